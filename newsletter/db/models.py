@@ -1,0 +1,138 @@
+"""SQLAlchemy 2.0 typed models. These rows never leave ``newsletter.db``; the pipeline sees records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, list[dict[str, Any]]: JSON}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# Datetimes are stored naive in UTC: SQLite has no time zones, and one convention beats two.
+
+
+class Source(Base):
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # arxiv-rss, arxiv-api, hf-daily, feed
+    name: Mapped[str | None] = mapped_column(String(200))
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(64))
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_fetched_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Paper(Base):
+    __tablename__ = "papers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The arXiv id without version ("2409.01234", "hep-th/9901001"); for other feeds the link or guid.
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    arxiv_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    version: Mapped[int | None]
+    title: Mapped[str] = mapped_column(Text)
+    abstract: Mapped[str] = mapped_column(Text)
+    authors: Mapped[list[str]] = mapped_column(default=list)
+    categories: Mapped[list[str]] = mapped_column(default=list)
+    links: Mapped[dict[str, Any]] = mapped_column(default=dict)  # abs, pdf, code, project
+    announce_type: Mapped[str | None] = mapped_column(String(32))
+    published_at: Mapped[dt.datetime | None]
+    first_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    upvotes: Mapped[int | None]
+    tldr: Mapped[str | None] = mapped_column(Text)
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Stored lower-cased, so uniqueness is case-insensitive on every database.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_hour: Mapped[int] = mapped_column(default=7)
+    frequency: Mapped[str] = mapped_column(String(16), default="daily")  # daily | weekly (Mondays)
+    max_papers: Mapped[int] = mapped_column(default=10)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None]
+    unsubscribed_at: Mapped[dt.datetime | None]
+
+    preferences: Mapped[Preferences] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", uselist=False, lazy="joined"
+    )
+
+
+SUBSCRIBER_STATUSES = ("pending", "active", "paused", "unsubscribed")
+
+
+class Preferences(Base):
+    __tablename__ = "preferences"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    topics: Mapped[list[dict[str, Any]]] = mapped_column(default=list)  # [{"phrase": ..., "weight": 1.0}]
+    exclude: Mapped[list[str]] = mapped_column(default=list)
+    categories: Mapped[list[str]] = mapped_column(default=list)
+    authors: Mapped[list[str]] = mapped_column(default=list)
+    describe: Mapped[str] = mapped_column(Text, default="")
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="preferences")
+
+
+class Delivery(Base):
+    """The delivery ledger: one row per subscriber per issue date, whatever happens to it.
+
+    status: pending → sending → sent | retry | failed | expired | unknown; ``empty`` for a quiet day
+    on which nothing was worth sending.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "issue_date", name="uq_deliveries_subscriber_date"),
+        Index("ix_deliveries_issue_date_status", "issue_date", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    issue_date: Mapped[dt.date]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    message_id: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+    items: Mapped[list[DeliveryItem]] = relationship(
+        cascade="all, delete-orphan", order_by="DeliveryItem.rank"
+    )
+
+
+DELIVERY_STATUSES = ("pending", "sending", "sent", "retry", "failed", "expired", "unknown", "empty")
+
+
+class DeliveryItem(Base):
+    """A paper picked for a delivery, with its rank, score and reasons, frozen at pick time."""
+
+    __tablename__ = "delivery_items"
+
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"), primary_key=True, index=True)
+    rank: Mapped[int]
+    score: Mapped[float]
+    reasons: Mapped[list[str]] = mapped_column(default=list)

@@ -1,0 +1,329 @@
+"""All SQL lives here. Keyword-only functions that take the session; callers own the transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy.orm import Session
+
+from newsletter import records
+from newsletter.db.models import Delivery, DeliveryItem, Paper, Preferences, Source, Subscriber, utcnow
+from newsletter.errors import InvalidInput, NotFound
+
+UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry
+IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
+
+
+# --- subscribers -------------------------------------------------------------------------------
+
+
+def _preferences_row(prefs: records.Preferences) -> dict[str, Any]:
+    return {
+        "topics": [{"phrase": t.phrase, "weight": t.weight} for t in prefs.topics],
+        "exclude": list(prefs.exclude),
+        "categories": list(prefs.categories),
+        "authors": list(prefs.authors),
+        "describe": prefs.describe,
+    }
+
+
+def preferences_record(row: Preferences | None) -> records.Preferences:
+    if row is None:
+        return records.Preferences()
+    return records.Preferences(
+        topics=tuple(records.Topic(t["phrase"], float(t.get("weight", 1.0))) for t in row.topics),
+        exclude=tuple(row.exclude),
+        categories=tuple(row.categories),
+        authors=tuple(row.authors),
+        describe=row.describe or "",
+    )
+
+
+def _subscriber_row(new: records.NewSubscriber, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "email": new.email,
+        "status": new.status,
+        "timezone": new.timezone,
+        "send_hour": new.send_hour,
+        "frequency": new.frequency,
+        "max_papers": new.max_papers,
+        "created_at": now,
+        "confirmed_at": now if new.status == "active" else None,
+    }
+
+
+def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
+    if session.scalar(select(Subscriber.id).where(Subscriber.email == new.email)) is not None:
+        raise InvalidInput(f"{new.email} is already a subscriber: use 'newsletter subscribers show {new.email}'")
+    row = Subscriber(**_subscriber_row(new, utcnow()))
+    row.preferences = Preferences(**_preferences_row(new.preferences))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def existing_emails(session: Session, *, emails: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    emails = list(emails)
+    for start in range(0, len(emails), IN_CHUNK):
+        chunk = emails[start : start + IN_CHUNK]
+        found.update(session.scalars(select(Subscriber.email).where(Subscriber.email.in_(chunk))))
+    return found
+
+
+def import_subscribers(session: Session, *, subscribers: Sequence[records.NewSubscriber]) -> int:
+    """Bulk insert (one INSERT ... RETURNING per batch): 100,000 rows take seconds, not minutes."""
+    now = utcnow()
+    ids = session.scalars(
+        insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True),
+        [_subscriber_row(s, now) for s in subscribers],
+    ).all()
+    session.execute(
+        insert(Preferences),
+        [{"subscriber_id": i, **_preferences_row(s.preferences)} for i, s in zip(ids, subscribers, strict=True)],
+    )
+    return len(ids)
+
+
+def get_subscriber(session: Session, *, email: str) -> Subscriber:
+    row = session.scalar(select(Subscriber).where(Subscriber.email == email.strip().lower()))
+    if row is None:
+        raise NotFound(f"no subscriber {email!r}: 'newsletter subscribers list' shows who there is")
+    return row
+
+
+def list_subscribers(session: Session, *, status: str | None = None) -> list[Subscriber]:
+    query = select(Subscriber).order_by(Subscriber.email)
+    if status:
+        query = query.where(Subscriber.status == status)
+    return list(session.scalars(query).unique())
+
+
+def remove_subscriber(session: Session, *, email: str) -> None:
+    """Delete the subscriber, their preferences and their delivery history."""
+    session.delete(get_subscriber(session, email=email))
+
+
+def subscriber_view(row: Subscriber) -> dict[str, Any]:
+    prefs = preferences_record(row.preferences)
+    return {
+        "email": row.email,
+        "status": row.status,
+        "timezone": row.timezone,
+        "send_hour": row.send_hour,
+        "frequency": row.frequency,
+        "max_papers": row.max_papers,
+        "created_at": row.created_at.isoformat(timespec="seconds"),
+        "topics": [t.phrase for t in prefs.topics],
+        "exclude": list(prefs.exclude),
+        "categories": list(prefs.categories),
+        "authors": list(prefs.authors),
+        "describe": prefs.describe,
+    }
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def add_source(session: Session, *, url: str, kind: str, name: str | None = None) -> Source:
+    if session.scalar(select(Source.id).where(Source.url == url)) is not None:
+        raise InvalidInput(f"source {url} is already configured: 'newsletter sources list' shows them")
+    row = Source(url=url, kind=kind, name=name)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_sources(session: Session) -> list[Source]:
+    return list(session.scalars(select(Source).order_by(Source.id)))
+
+
+def get_source(session: Session, *, url: str) -> Source | None:
+    return session.scalar(select(Source).where(Source.url == url))
+
+
+def remove_source(session: Session, *, ref: str) -> Source:
+    """Remove by id or URL; papers it brought stay."""
+    query = select(Source).where(Source.id == int(ref)) if ref.isdigit() else select(Source).where(Source.url == ref)
+    row = session.scalar(query)
+    if row is None:
+        raise NotFound(f"no source {ref!r}: 'newsletter sources list' shows the configured ones")
+    session.delete(row)
+    return row
+
+
+# --- papers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpsertCounts:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def _merge_lists(old: Sequence[str], new: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*old, *new]))
+
+
+def _apply(row: Paper, paper: records.Paper) -> bool:
+    """Merge a newer sighting of a paper into its row; True when anything changed."""
+    changes: dict[str, Any] = {}
+    categories = _merge_lists(row.categories, paper.categories)  # cross-lists add categories
+    if categories != row.categories:
+        changes["categories"] = categories
+    if paper.version is not None and (row.version is None or paper.version > row.version):
+        changes.update(version=paper.version, title=paper.title, abstract=paper.abstract,
+                       announce_type=paper.announce_type)
+        if paper.authors:
+            changes["authors"] = list(paper.authors)
+    if paper.upvotes is not None and paper.upvotes != row.upvotes:
+        changes["upvotes"] = paper.upvotes
+    if paper.tldr and paper.tldr != row.tldr:
+        changes["tldr"] = paper.tldr
+    links = {**row.links, **_links(paper)}
+    if links != row.links:
+        changes["links"] = links
+    for name, value in changes.items():
+        setattr(row, name, value)
+    return bool(changes)
+
+
+def _links(paper: records.Paper) -> dict[str, str]:
+    return {k: v for k, v in (("abs", paper.abs_url), ("pdf", paper.pdf_url)) if v}
+
+
+def upsert_papers(
+    session: Session, *, papers: Sequence[records.Paper], source_id: int | None, now: dt.datetime
+) -> UpsertCounts:
+    """Store papers idempotently: one row per key, later versions and cross-lists merged in."""
+    keys = list(dict.fromkeys(p.key for p in papers))
+    rows: dict[str, Paper] = {}
+    for start in range(0, len(keys), IN_CHUNK):
+        chunk = keys[start : start + IN_CHUNK]
+        rows.update((r.key, r) for r in session.scalars(select(Paper).where(Paper.key.in_(chunk))))
+    counts = UpsertCounts()
+    touched: set[str] = set()
+    for paper in papers:
+        row = rows.get(paper.key)
+        if row is None:
+            row = Paper(
+                key=paper.key, arxiv_id=paper.arxiv_id, version=paper.version, title=paper.title,
+                abstract=paper.abstract, authors=list(paper.authors), categories=list(paper.categories),
+                links=_links(paper), announce_type=paper.announce_type, published_at=paper.published_at,
+                first_seen_at=now, updated_at=now, upvotes=paper.upvotes, tldr=paper.tldr, source_id=source_id,
+            )
+            session.add(row)
+            rows[paper.key] = row
+            counts.new += 1
+            touched.add(paper.key)
+        elif _apply(row, paper) and paper.key not in touched:
+            counts.updated += 1
+            touched.add(paper.key)
+        elif paper.key not in touched:
+            counts.unchanged += 1
+            touched.add(paper.key)
+    session.flush()
+    return counts
+
+
+def paper_record(row: Paper) -> records.Paper:
+    return records.Paper(
+        id=row.id, key=row.key, arxiv_id=row.arxiv_id, version=row.version, title=row.title,
+        abstract=row.abstract, authors=tuple(row.authors), categories=tuple(row.categories),
+        abs_url=row.links.get("abs"), pdf_url=row.links.get("pdf"), published_at=row.published_at,
+        announce_type=row.announce_type, upvotes=row.upvotes, tldr=row.tldr,
+    )
+
+
+def papers_first_seen_between(session: Session, *, start: dt.datetime, end: dt.datetime) -> list[records.Paper]:
+    query = (
+        select(Paper)
+        .where(Paper.first_seen_at >= start, Paper.first_seen_at < end)
+        .order_by(Paper.first_seen_at, Paper.id)
+    )
+    return [paper_record(r) for r in session.scalars(query)]
+
+
+def count_papers(session: Session) -> int:
+    return session.scalar(select(func.count(Paper.id))) or 0
+
+
+# --- deliveries --------------------------------------------------------------------------------
+
+
+def deliveries_on(session: Session, *, issue_date: dt.date) -> dict[int, Delivery]:
+    rows = session.scalars(select(Delivery).where(Delivery.issue_date == issue_date))
+    return {r.subscriber_id: r for r in rows}
+
+
+def sent_paper_keys(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
+    """Keys of papers already picked for each subscriber on any earlier digest (sent or on its way)."""
+    found: dict[int, set[str]] = defaultdict(set)
+    for start in range(0, len(subscriber_ids), IN_CHUNK):
+        chunk = subscriber_ids[start : start + IN_CHUNK]
+        query = (
+            select(Delivery.subscriber_id, Paper.key)
+            .join(DeliveryItem, DeliveryItem.delivery_id == Delivery.id)
+            .join(Paper, Paper.id == DeliveryItem.paper_id)
+            .where(Delivery.subscriber_id.in_(chunk), Delivery.status.not_in(("failed", "expired")))
+        )
+        for subscriber_id, key in session.execute(query):
+            found[subscriber_id].add(key)
+    return found
+
+
+def create_delivery(
+    session: Session, *, subscriber_id: int, issue_date: dt.date, picks: Sequence[records.RankedPaper],
+    status: str, message_domain: str,
+) -> Delivery:
+    """Record what one subscriber will get; the Message-ID is fixed here so a resend reuses it."""
+    token = secrets.token_hex(8)
+    delivery = Delivery(
+        subscriber_id=subscriber_id,
+        issue_date=issue_date,
+        status=status,
+        message_id=f"<digest.{issue_date:%Y%m%d}.{subscriber_id}.{token}@{message_domain}>",
+    )
+    delivery.items = [
+        DeliveryItem(paper_id=p.paper.id, rank=rank, score=round(p.score, 4), reasons=list(p.reasons))
+        for rank, p in enumerate(picks, start=1)
+    ]
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def deliveries_to_send(session: Session, *, issue_date: dt.date) -> list[Delivery]:
+    """Pending and retry deliveries of that date, plus ``unknown`` ones not yet retried."""
+    due = or_(
+        Delivery.status.in_(("pending", "retry")),
+        # One retry for an unknown outcome, with the same Message-ID: a duplicate at worst, never a loss.
+        and_(Delivery.status == "unknown", Delivery.attempts < UNKNOWN_MAX_ATTEMPTS),
+    )
+    query = select(Delivery).where(Delivery.issue_date == issue_date, due).order_by(Delivery.id)
+    return list(session.scalars(query))
+
+
+def digest_papers(session: Session, *, delivery: Delivery) -> list[records.RankedPaper]:
+    papers = {r.id: r for r in session.scalars(select(Paper).where(Paper.id.in_([i.paper_id for i in delivery.items])))}
+    return [
+        records.RankedPaper(paper=paper_record(papers[i.paper_id]), score=i.score, reasons=tuple(i.reasons))
+        for i in delivery.items
+    ]
+
+
+def mark_interrupted_sends(session: Session) -> int:
+    """Deliveries left in ``sending`` by a crash: the relay may or may not have the message."""
+    rows = list(session.scalars(select(Delivery).where(Delivery.status == "sending")))
+    for row in rows:
+        row.status = "unknown"
+        row.last_error = "the sending process stopped before the relay's answer was recorded"
+    return len(rows)
+

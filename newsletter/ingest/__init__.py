@@ -1,0 +1,1 @@
+"""Ingest: sources → fetched bytes (fetch) → Paper records (feeds) → stored papers (run)."""

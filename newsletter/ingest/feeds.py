@@ -1,0 +1,124 @@
+"""Feed bytes → ``Paper`` records. Pure: feedparser is only ever given bytes.
+
+Handles the arXiv RSS listing (``rss.arxiv.org``), the arXiv API's Atom answers and any other
+RSS/Atom feed. What cannot be read raises ``FeedError`` naming the source and the reason; an
+empty but valid feed (arXiv on weekends and holidays) is zero papers, not an error.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import html
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import feedparser
+import nh3
+
+from newsletter.errors import FeedError
+from newsletter.ingest import arxiv
+from newsletter.records import Paper
+
+WHITESPACE = re.compile(r"\s+")
+AUTHOR_SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
+# feedparser reports these for documents it could still read completely.
+HARMLESS_BOZO = (feedparser.CharacterEncodingOverride,)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str
+    papers: tuple[Paper, ...]
+
+
+def clean_text(value: str | None) -> str:
+    """HTML reduced to plain text (tags and scripts dropped, entities decoded), whitespace folded."""
+    if not value:
+        return ""
+    return WHITESPACE.sub(" ", html.unescape(nh3.clean(value, tags=set()))).strip()
+
+
+def parse_feed(body: bytes, *, source: str) -> ParsedFeed:
+    parsed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
+    problem = parsed.get("bozo_exception")
+    if not parsed.get("version"):
+        head = body[:512].lstrip().lower()
+        looks = "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else "not RSS or Atom"
+        reason = f" ({problem})" if problem and looks != "an HTML page" else ""
+        raise FeedError(f"{source}: not a feed, it is {looks}{reason}; check the URL")
+    if problem is not None and not isinstance(problem, HARMLESS_BOZO):
+        raise FeedError(f"{source}: malformed feed ({problem}); nothing from it was stored")
+    papers = tuple(p for p in (_paper(entry) for entry in parsed.entries) if p is not None)
+    return ParsedFeed(title=clean_text(parsed.feed.get("title")) or source, papers=papers)
+
+
+def _paper(entry: Any) -> Paper | None:
+    title = clean_text(entry.get("title"))
+    if not title:
+        return None
+    summary = entry.get("summary") or entry.get("description") or ""
+    abstract, announce_type = arxiv.strip_rss_prefix(clean_text(summary))
+    announce_type = entry.get("arxiv_announce_type") or announce_type
+    found = _arxiv_id(entry)
+    categories = _categories(entry)
+    if found:
+        arxiv_id, version = found
+        key, abs_url, pdf_url = arxiv_id, arxiv.abs_url(arxiv_id), _pdf_link(entry) or arxiv.pdf_url(arxiv_id)
+    else:
+        arxiv_id = version = None
+        key = entry.get("id") or entry.get("link")
+        if not key:
+            return None
+        abs_url, pdf_url = entry.get("link"), _pdf_link(entry)
+    return Paper(
+        key=key,
+        title=title,
+        abstract=abstract,
+        authors=_authors(entry),
+        categories=categories,
+        arxiv_id=arxiv_id,
+        version=version,
+        abs_url=abs_url,
+        pdf_url=pdf_url,
+        published_at=_date(entry.get("published_parsed") or entry.get("updated_parsed")),
+        announce_type=announce_type,
+    )
+
+
+def _arxiv_id(entry: Any) -> tuple[str, int | None] | None:
+    for field in ("id", "link"):
+        value = entry.get(field) or ""
+        if "arxiv" in value.lower():
+            found = arxiv.split_id(value)
+            if found:
+                return found
+    return None
+
+
+def _categories(entry: Any) -> tuple[str, ...]:
+    primary = (entry.get("arxiv_primary_category") or {}).get("term")
+    terms = [primary] if primary else []
+    terms += [t.get("term") for t in entry.get("tags") or [] if t.get("term")]
+    return tuple(dict.fromkeys(clean_text(t) for t in terms if t))
+
+
+def _authors(entry: Any) -> tuple[str, ...]:
+    names = [a.get("name", "") for a in entry.get("authors") or []]
+    if len(names) == 1 and ("," in names[0] or " and " in names[0]):
+        names = AUTHOR_SPLIT.split(names[0])  # arXiv RSS: "Ada Lovelace, Alan Turing and Grace Hopper"
+    return tuple(n for n in (clean_text(n) for n in names) if n)
+
+
+def _pdf_link(entry: Any) -> str | None:
+    for link in entry.get("links") or []:
+        if link.get("title") == "pdf" or link.get("type") == "application/pdf":
+            return link.get("href")
+    return None
+
+
+def _date(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromtimestamp(calendar.timegm(value), dt.UTC).replace(tzinfo=None)

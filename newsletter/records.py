@@ -1,0 +1,123 @@
+"""Frozen records passed between the pipeline's stages.
+
+ORM rows stay in ``newsletter.db``; ingest produces ``Paper`` records, scoring consumes
+``Paper`` and ``Profile`` and produces ``RankedPaper``, rendering turns a ``Digest`` into an
+``OutgoingEmail``, sending consumes that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One paper as a source announced it. ``key`` is the arXiv id without version when known."""
+
+    key: str
+    title: str
+    abstract: str
+    authors: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    arxiv_id: str | None = None
+    version: int | None = None
+    abs_url: str | None = None
+    pdf_url: str | None = None
+    published_at: dt.datetime | None = None
+    announce_type: str | None = None  # arXiv: new, cross, replace, replace-cross
+    upvotes: int | None = None
+    tldr: str | None = None
+    id: int | None = None  # database id once stored
+
+    @property
+    def primary_category(self) -> str | None:
+        return self.categories[0] if self.categories else None
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    phrase: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    topics: tuple[Topic, ...] = ()
+    exclude: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    describe: str = ""
+
+    @classmethod
+    def from_lists(
+        cls,
+        *,
+        topics: list[str] | tuple[str, ...] = (),
+        exclude: list[str] | tuple[str, ...] = (),
+        categories: list[str] | tuple[str, ...] = (),
+        authors: list[str] | tuple[str, ...] = (),
+        describe: str | None = "",
+    ) -> Preferences:
+        return cls(
+            topics=tuple(Topic(t.strip()) for t in topics if t.strip()),
+            exclude=tuple(x.strip() for x in exclude if x.strip()),
+            categories=tuple(c.strip() for c in categories if c.strip()),
+            authors=tuple(a.strip() for a in authors if a.strip()),
+            describe=(describe or "").strip(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What scoring needs to know about one subscriber."""
+
+    subscriber_id: int
+    email: str
+    preferences: Preferences
+    max_papers: int
+    already_sent: frozenset[str] = field(default_factory=frozenset)  # paper keys
+
+
+@dataclass(frozen=True, slots=True)
+class RankedPaper:
+    paper: Paper
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """One subscriber's email for one issue date, before rendering."""
+
+    email: str
+    issue_date: dt.date
+    papers: tuple[RankedPaper, ...]
+    unsubscribe_url: str
+    preferences_url: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEmail:
+    """A rendered message ready for a Mailer."""
+
+    to: str
+    subject: str
+    html: str
+    text: str
+    message_id: str
+    unsubscribe_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewSubscriber:
+    """A validated subscriber about to be stored (CLI add, CSV import, web sign-up)."""
+
+    email: str
+    preferences: Preferences = Preferences()
+    timezone: str = "UTC"
+    send_hour: int = 7
+    frequency: str = "daily"
+    max_papers: int = 10
+    status: str = "active"

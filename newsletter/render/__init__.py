@@ -1,0 +1,1 @@
+"""Render: a Digest record → an OutgoingEmail (templates) → MIME bytes. Pure: no database, no network."""

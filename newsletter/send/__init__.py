@@ -1,0 +1,1 @@
+"""Send: rendered messages → the configured mail backend, recorded in the delivery ledger."""

@@ -1,0 +1,221 @@
+"""All SMTP lives here. A ``Mailer`` delivers one message at a time and classifies what went wrong.
+
+Implementations: ``SmtpMailer`` (aiosmtplib, one connection reused for many messages),
+``FileMailer`` (one ``.eml`` per message), ``ConsoleMailer`` and ``RecordingMailer`` (tests and
+``--dry-run``). Each ``send`` either returns (the relay took the message) or raises one of:
+
+- ``TemporaryFailure``: 4xx, or 552 in answer to RCPT (RFC 5321 §4.5.3.1.10); retry later;
+- ``PermanentFailure``: any other 5xx; never retry;
+- ``UnknownOutcome``: the connection was lost after the message's final dot and before the reply.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol, Self
+
+import aiosmtplib
+
+from newsletter.errors import DeliveryError
+from newsletter.settings import Settings
+
+
+class TemporaryFailure(Exception):
+    """The relay said 'not now'."""
+
+
+class PermanentFailure(Exception):
+    """The relay said 'never' for this recipient."""
+
+
+class UnknownOutcome(Exception):
+    """The relay may or may not have accepted the message."""
+
+
+class Mailer(Protocol):
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None: ...
+
+
+class SmtpMailer:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        security: str,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 60.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host, self.port, self.security = host, port, security
+        self.username, self.password, self.timeout_s = username, password, timeout_s
+        self.tls_context = tls_context
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._smtp is not None and self._smtp.is_connected:
+            try:
+                await self._smtp.quit()
+            except aiosmtplib.SMTPException:
+                self._smtp.close()
+        self._smtp = None
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self.timeout_s,
+            use_tls=self.security == "tls",
+            # starttls: required (a relay without it is an error, never a silent plaintext fallback);
+            # none: not even attempted.
+            start_tls=True if self.security == "starttls" else False,
+            tls_context=self.tls_context,
+            username=self.username,
+            password=self.password,
+        )
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                f"SMTP relay {self.host}:{self.port} refused the login ({exc.code} {exc.message}); "
+                "check NEWSLETTER_SMTP_USERNAME and NEWSLETTER_SMTP_PASSWORD"
+            ) from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise DeliveryError(
+                f"cannot reach SMTP relay {self.host}:{self.port} with security={self.security} ({exc}); "
+                "check NEWSLETTER_SMTP_HOST, NEWSLETTER_SMTP_PORT and NEWSLETTER_SMTP_SECURITY"
+            ) from None
+        self._smtp = smtp
+        return smtp
+
+    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+        smtp = self._smtp if self._smtp is not None and self._smtp.is_connected else await self._connect()
+        try:
+            await smtp.mail(sender)
+            await smtp.rcpt(recipient)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            await self._reset(smtp)
+            raise _classify(exc.code, exc.message, in_rcpt=True) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset(smtp)
+            raise _classify(exc.code, exc.message, in_rcpt=False) from None
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            self._drop()
+            raise TemporaryFailure(f"connection lost before the message was sent ({exc})") from None
+        try:
+            await smtp.data(message.as_bytes())
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset(smtp)
+            raise _classify(exc.code, exc.message, in_rcpt=False) from None
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            self._drop()
+            raise UnknownOutcome(f"connection lost while the relay was taking the message ({exc})") from None
+
+    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
+        """RSET after a refusal so the next message starts clean; reconnect next time if that fails."""
+        try:
+            await smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+        self._smtp = None
+
+
+def _classify(code: int, text: str, *, in_rcpt: bool) -> Exception:
+    detail = f"{code} {text}".strip()
+    if 400 <= code < 500 or (code == 552 and in_rcpt):
+        return TemporaryFailure(detail)
+    return PermanentFailure(detail)
+
+
+SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class FileMailer:
+    """Writes each message to ``outbox_dir/<recipient>/<message-id>.eml`` (atomically: tmp + rename)."""
+
+    def __init__(self, outbox_dir: Path) -> None:
+        self.outbox_dir = outbox_dir
+        self.written: list[Path] = []
+
+    async def __aenter__(self) -> Self:
+        try:
+            self.outbox_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeliveryError(f"cannot create the outbox {self.outbox_dir} ({exc}); check NEWSLETTER_OUTBOX_DIR") from None
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+        folder = self.outbox_dir / SAFE_FILENAME.sub("_", recipient)
+        folder.mkdir(exist_ok=True)
+        path = folder / (SAFE_FILENAME.sub("_", str(message["Message-ID"]).strip("<>")) + ".eml")
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(message.as_bytes())
+        os.replace(temporary, path)
+        self.written.append(path)
+
+
+class ConsoleMailer:
+    """Prints each message to standard output (development)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+        sys.stdout.write(f"--- message for {recipient} (from {sender}) ---\n{message.as_string()}\n")
+
+
+class RecordingMailer:
+    """Keeps every message in memory: tests and dry runs."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, EmailMessage]] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+        self.sent.append((recipient, message))
+
+
+def mailer_from_settings(settings: Settings) -> Mailer:
+    """The backend NEWSLETTER_EMAIL_BACKEND names, built from the settings."""
+    if settings.email_backend == "smtp":
+        settings.require("smtp_host", purpose="NEWSLETTER_EMAIL_BACKEND=smtp")
+        return SmtpMailer(
+            host=settings.smtp_host or "",
+            port=settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout_s=settings.smtp_timeout_s,
+        )
+    if settings.email_backend == "console":
+        return ConsoleMailer()
+    return FileMailer(settings.outbox_dir)

@@ -1,0 +1,94 @@
+"""Typed settings, read once at an entry point (CLI, daemon, web app) and passed down.
+
+Every field is read from ``NEWSLETTER_<NAME>`` in the environment or in ``.env``; ``.env.example``
+lists them all. Nothing in the package reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from newsletter.errors import ConfigError
+
+ENV_PREFIX = "NEWSLETTER_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite:///newsletter.db"
+
+    email_backend: Literal["smtp", "file", "console"] = "file"
+    outbox_dir: Path = Path("outbox")
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_s: float = Field(default=60.0, gt=0)  # relays may take a minute to answer the final dot
+    # Dev switch: every message goes to this one address instead of the subscriber's.
+    redirect_all_to: str | None = None
+
+    from_address: str | None = None
+    list_name: str = "Paper digest"
+    base_url: str = "http://localhost:8000"
+    secret_key: str | None = None
+
+    # Ingest
+    sources: list[str] = Field(default_factory=list)  # extra sources besides those in the database
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    max_feed_bytes: int = Field(default=20_000_000, gt=0)  # 20 MB: arXiv's largest listings are ~5 MB
+    contact_email: str | None = None  # put in the User-Agent, as arXiv's terms ask
+
+    # Digest
+    candidate_window_days: int = Field(default=3, ge=1, le=31)  # spans a weekend without arXiv listings
+    default_max_papers: int = Field(default=10, ge=1, le=100)
+    min_score: float = Field(default=1.5, ge=0)  # BM25 units; below it a paper is noise
+    send_empty_digest: bool = False  # quiet days: no email unless this is set
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must start with sqlite:// or postgresql:// (e.g. sqlite:///newsletter.db)")
+        if value.startswith(("postgresql://", "postgres://")):
+            # psycopg 3 is the driver we ship; say so once here instead of at every connect.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    def require(self, *names: str, purpose: str) -> None:
+        """Raise a ConfigError naming the first of ``names`` that is unset."""
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                hint = SETTING_HINTS.get(name, "")
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} is not set; {purpose} needs it. "
+                    f"Set it in the environment or in .env{hint}"
+                )
+
+    @property
+    def from_domain(self) -> str:
+        return (self.from_address or "localhost").rpartition("@")[2] or "localhost"
+
+
+SETTING_HINTS = {
+    "secret_key": " (make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+    "from_address": " (e.g. digest@example.org)",
+    "smtp_host": " (the host name of your SMTP relay)",
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment and .env, turning validation errors into one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise ConfigError(f"{name} is invalid: {first['msg']}. Fix it in the environment or in .env") from None

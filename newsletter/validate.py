@@ -1,0 +1,54 @@
+"""Checks on what people type: email addresses, time zones, hours. Pure; raise InvalidInput."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+
+from email_validator import EmailNotValidError, validate_email
+
+from newsletter.errors import InvalidInput
+
+FREQUENCIES = ("daily", "weekly")
+ARXIV_CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?$")  # cs.LG, math.ST, hep-th, q-bio.NC
+
+
+def normalize_email(raw: str) -> str:
+    """The address as stored: syntax-checked (no DNS look-up) and lower-cased."""
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidInput(f"invalid email address {raw!r}: {exc}") from None
+    return result.normalized.lower()
+
+
+def check_timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None
+    return name
+
+
+def check_hour(hour: int) -> int:
+    if not 0 <= hour <= 23:
+        raise InvalidInput(f"send hour {hour} is out of range: use 0 to 23 (local time)")
+    return hour
+
+
+def check_max_papers(count: int) -> int:
+    if not 1 <= count <= 100:
+        raise InvalidInput(f"max papers {count} is out of range: use 1 to 100")
+    return count
+
+
+def check_frequency(frequency: str) -> str:
+    if frequency not in FREQUENCIES:
+        raise InvalidInput(f"unknown frequency {frequency!r}: use {' or '.join(FREQUENCIES)}")
+    return frequency
+
+
+def check_category(category: str) -> str:
+    if not ARXIV_CATEGORY.match(category):
+        raise InvalidInput(f"{category!r} is not an arXiv category: use names such as cs.LG or hep-th")
+    return category

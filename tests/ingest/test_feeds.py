@@ -1,0 +1,93 @@
+"""Parsing the real shapes of ../shared/FORMATS.md into Paper records."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from newsletter.errors import FeedError
+from newsletter.ingest import arxiv
+from newsletter.ingest.feeds import clean_text, parse_feed
+from newsletter.ingest.sources import resolve
+from tests.conftest import FIXTURES
+
+
+def test_arxiv_rss_items_become_papers_keyed_by_id_without_version() -> None:
+    feed = parse_feed((FIXTURES / "arxiv_cs_lg.rss").read_bytes(), source="cs.LG")
+    assert feed.title == "cs.LG updates on arXiv.org"
+    assert len(feed.papers) == 60
+    paper = feed.papers[3]
+    assert (paper.key, paper.arxiv_id, paper.version) == ("2611.10003", "2611.10003", 1)
+    assert paper.abstract.startswith("Foundation models are redefining")  # "arXiv:... Announce Type: new Abstract:" gone
+    assert paper.announce_type == "new"
+    assert paper.authors == ("Sergey O'Brien", "Kaiming Silva", "Niki Hopper", "Emily Turing")
+    assert paper.categories == ("cs.SE", "cs.LG", "cs.AI")
+    assert paper.abs_url == "https://arxiv.org/abs/2611.10003"
+    assert paper.published_at == dt.datetime(2026, 11, 23, 5, 0)
+
+
+def test_cross_lists_keep_their_announce_type() -> None:
+    feed = parse_feed((FIXTURES / "arxiv_cs_lg.rss").read_bytes(), source="cs.LG")
+    assert {p.announce_type for p in feed.papers} == {"new", "cross"}
+
+
+def test_arxiv_api_atom_entries_carry_version_authors_pdf_and_primary_category() -> None:
+    feed = parse_feed((FIXTURES / "arxiv_api.atom").read_bytes(), source="api")
+    assert len(feed.papers) == 20
+    paper = feed.papers[0]
+    assert (paper.key, paper.version) == ("2611.10050", 2)
+    assert paper.pdf_url == "http://arxiv.org/pdf/2611.10050v2"
+    assert len(paper.authors) >= 1 and all("," not in a for a in paper.authors)
+    assert paper.categories[0] == paper.primary_category
+    assert "\n" not in paper.title and "  " not in paper.abstract
+
+
+def test_empty_weekend_listing_is_zero_papers_not_an_error() -> None:
+    assert parse_feed((FIXTURES / "arxiv_weekend.rss").read_bytes(), source="cs.LG").papers == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"<!DOCTYPE html><html><head><title>Oops</title></head><body>maintenance</body></html>", "not a feed, it is an HTML page"),
+        (b'{"papers": []}', "not a feed"),
+        (b"", "not a feed"),
+    ],
+)
+def test_things_that_are_not_feeds_are_refused(body: bytes, expected: str) -> None:
+    with pytest.raises(FeedError, match=expected) as raised:
+        parse_feed(body, source="https://example.org/x")
+    assert str(raised.value).startswith("https://example.org/x: ")
+
+
+def test_a_truncated_feed_is_refused_whole() -> None:
+    body = (FIXTURES / "arxiv_cs_lg.rss").read_bytes()
+    with pytest.raises(FeedError, match="malformed feed"):
+        parse_feed(body[: len(body) // 2], source="cs.LG")
+
+
+def test_html_in_titles_and_abstracts_is_reduced_to_text() -> None:
+    assert clean_text("Fast <i>and</i> &amp; safe<script>alert(1)</script>\n  sampling") == "Fast and & safe sampling"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2409.01234v2", ("2409.01234", 2)),
+        ("oai:arXiv.org:2409.01234v1", ("2409.01234", 1)),
+        ("https://arxiv.org/abs/2409.0123", ("2409.0123", None)),
+        ("http://arxiv.org/abs/hep-th/9901001v3", ("hep-th/9901001", 3)),
+        ("http://arxiv.org/pdf/math.GT/0309136v1", ("math.GT/0309136", 1)),
+        ("https://www.biorxiv.org/content/10.1101/2024.01.01", None),
+    ],
+)
+def test_arxiv_ids_are_split_from_their_version(text: str, expected) -> None:
+    assert arxiv.split_id(text) == expected
+
+
+def test_source_shorthands() -> None:
+    assert resolve("arxiv:cs.AI+cs.LG").url == "https://rss.arxiv.org/rss/cs.AI+cs.LG"
+    api = resolve("arxiv-query:cat:cs.LG AND abs:diffusion")
+    assert api.kind == "arxiv-api" and "search_query=cat%3Acs.LG+AND+abs%3Adiffusion" in api.url
+    assert resolve("https://www.biorxiv.org/rss").kind == "feed"

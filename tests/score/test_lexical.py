@@ -1,0 +1,95 @@
+"""The ranker's promises, on the real abstracts of the sample feed."""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter.ingest.feeds import parse_feed
+from newsletter.records import Preferences, Profile
+from newsletter.score import PaperIndex, rank_papers
+from newsletter.score.text import name_keys, phrase_terms
+from newsletter.paths import PACKAGE_DIR
+
+MIN_SCORE = 1.5
+
+
+@pytest.fixture(scope="module")
+def papers():
+    return parse_feed((PACKAGE_DIR / "demo_data" / "arxiv_sample.rss").read_bytes(), source="sample").papers
+
+
+@pytest.fixture(scope="module")
+def index(papers) -> PaperIndex:
+    return PaperIndex.build(papers)
+
+
+def profile(subscriber_id: int = 1, max_papers: int = 10, already_sent: frozenset[str] = frozenset(), **prefs) -> Profile:
+    return Profile(subscriber_id, f"s{subscriber_id}@example.org", Preferences.from_lists(**prefs), max_papers, already_sent)
+
+
+def text_of(paper) -> str:
+    return f"{paper.title} {paper.abstract}".lower()
+
+
+def test_picks_are_on_topic_best_first_and_each_has_a_reason(index) -> None:
+    [picks] = rank_papers(index, [profile(topics=["diffusion models"])], min_score=MIN_SCORE)
+    assert 5 <= len(picks) <= 10
+    assert all("diffusion" in text_of(p.paper) for p in picks)
+    assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
+    assert all(p.reasons for p in picks)
+    assert picks[0].reasons[0] == "topic: “diffusion models”"
+
+
+def test_an_excluded_phrase_never_appears(index) -> None:
+    [unfiltered] = rank_papers(index, [profile(topics=["diffusion models"])], min_score=MIN_SCORE)
+    assert any("video" in text_of(p.paper) for p in unfiltered), "the fixture must contain the excluded word"
+    [picks] = rank_papers(index, [profile(topics=["diffusion models"], exclude=["video"])], min_score=MIN_SCORE)
+    assert picks and not any("video" in text_of(p.paper) for p in picks)
+
+
+def test_a_multi_word_exclusion_matches_the_phrase_in_any_word_form(index) -> None:
+    [picks] = rank_papers(index, [profile(topics=["reinforcement learning"], exclude=["language models"])], min_score=MIN_SCORE)
+    assert picks
+    for pick in picks:
+        assert " ".join(phrase_terms("language model")) not in " ".join(phrase_terms(text_of(pick.paper)))
+
+
+def test_a_followed_authors_paper_always_makes_the_digest_first(index, papers) -> None:
+    author = papers[100].authors[0]
+    [picks] = rank_papers(index, [profile(topics=["protein folding"], authors=[author], max_papers=3)], min_score=MIN_SCORE)
+    assert picks and author in picks[0].paper.authors
+    assert picks[0].reasons[0] == f"by {author} (followed author)"
+
+
+def test_authors_match_by_initial_and_without_accents() -> None:
+    assert name_keys("Jürgen Müller")[0] == "jurgen muller"
+    assert name_keys("J. Müller")[0] in name_keys("Jürgen Muller")
+
+
+def test_categories_restrict_the_picks(index) -> None:
+    [picks] = rank_papers(index, [profile(topics=["reinforcement learning", "robot"], categories=["cs.RO"])], min_score=MIN_SCORE)
+    assert picks and all("cs.RO" in p.paper.categories for p in picks)
+    assert all("in cs.RO" in p.reasons[-1] for p in picks)
+
+
+def test_papers_already_sent_are_not_sent_again(index) -> None:
+    [first] = rank_papers(index, [profile(topics=["language models"], max_papers=5)], min_score=MIN_SCORE)
+    sent = frozenset(p.paper.key for p in first)
+    [second] = rank_papers(index, [profile(topics=["language models"], max_papers=5, already_sent=sent)], min_score=MIN_SCORE)
+    assert second and not sent & {p.paper.key for p in second}
+
+
+def test_nothing_above_the_threshold_means_no_picks(index) -> None:
+    assert rank_papers(index, [profile(topics=["marine biology of coral reefs"])], min_score=MIN_SCORE) == [[]]
+
+
+def test_equal_inputs_give_equal_output_for_every_subscriber_in_a_batch(index) -> None:
+    prefs = [dict(topics=["graph neural networks"]), dict(topics=["speech recognition"], describe="I build voice assistants"),
+             dict(topics=["large language models"], exclude=["medical"])]
+    alone = [rank_papers(index, [profile(i, **p)], min_score=MIN_SCORE)[0] for i, p in enumerate(prefs)]
+    together = rank_papers(index, [profile(i, **p) for i, p in enumerate(prefs)], min_score=MIN_SCORE)
+    assert together == alone == rank_papers(index, [profile(i, **p) for i, p in enumerate(prefs)], min_score=MIN_SCORE)
+
+
+def test_an_empty_day_gives_empty_digests() -> None:
+    assert rank_papers(PaperIndex.build([]), [profile(topics=["anything"])], min_score=MIN_SCORE) == [[]]

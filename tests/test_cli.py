@@ -1,0 +1,205 @@
+"""The admin CLI: subscriber management, CSV import, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Delivery, Paper, Source, Subscriber
+from tests.conftest import FIXTURES, free_port
+
+
+def counts(database_url: str) -> dict[str, int]:
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine)() as session:
+        result = {model.__tablename__: session.scalar(select(func.count()).select_from(model)) or 0
+                  for model in (Subscriber, Paper, Source, Delivery)}
+    engine.dispose()
+    return result
+
+
+@pytest.fixture
+def ready(cli, configured) -> str:
+    assert cli("init").code == 0
+    return configured
+
+
+def test_every_command_has_help(cli) -> None:
+    for command in (["--help"], ["init", "--help"], ["ingest", "--help"], ["digest", "--help"], ["demo", "--help"],
+                    ["sources", "add", "--help"], ["sources", "list", "--help"], ["sources", "remove", "--help"],
+                    ["subscribers", "add", "--help"], ["subscribers", "list", "--help"], ["subscribers", "show", "--help"],
+                    ["subscribers", "remove", "--help"], ["subscribers", "import", "--help"]):
+        result = cli(*command)
+        assert result.code == 0 and "Usage" in result.out, command
+
+
+def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
+    added = cli("subscribers", "add", "Ada.Lovelace@Example.ORG", "--topic", "diffusion models", "--topic", "sampling",
+                "--exclude", "video", "--category", "cs.CV", "--author", "Yann LeCun",
+                "--describe", "I make image generators faster.", "--timezone", "Europe/Berlin", "--hour", "6",
+                "--max-papers", "8")
+    assert added.code == 0, added.err
+    shown = json.loads(cli("subscribers", "show", "ada.lovelace@example.org", "--json").out)
+    assert shown == shown | {
+        "email": "ada.lovelace@example.org", "status": "active", "timezone": "Europe/Berlin", "send_hour": 6,
+        "max_papers": 8, "topics": ["diffusion models", "sampling"], "exclude": ["video"], "categories": ["cs.CV"],
+        "authors": ["Yann LeCun"], "describe": "I make image generators faster.", "frequency": "daily",
+    }
+    listed = json.loads(cli("subscribers", "list", "--json").out)
+    assert [s["email"] for s in listed] == ["ada.lovelace@example.org"]
+    duplicate = cli("subscribers", "add", "ADA.LOVELACE@example.org")
+    assert duplicate.code == 1 and "already a subscriber" in duplicate.err
+    assert cli("subscribers", "remove", "Ada.Lovelace@example.org").code == 0
+    assert json.loads(cli("subscribers", "list", "--json").out) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["subscribers", "add", "not-an-address"], "invalid email address 'not-an-address'"),
+        (["subscribers", "add", "a@example.org", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+        (["subscribers", "add", "a@example.org", "--hour", "25"], "send hour 25 is out of range"),
+        (["subscribers", "add", "a@example.org", "--category", "machine learning"], "is not an arXiv category"),
+        (["subscribers", "show", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
+        (["subscribers", "remove", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
+        (["digest", "--only", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
+        (["digest", "--date", "28/11/2026"], "is not a date: use YYYY-MM-DD"),
+        (["sources", "remove", "42"], "no source '42'"),
+        (["ingest"], "no sources configured"),
+        (["ingest", "/nowhere/feed.xml"], "/nowhere/feed.xml: no such file"),
+    ],
+)
+def test_bad_input_is_one_line_names_the_thing_and_changes_nothing(cli, ready, args, expected) -> None:
+    cli("subscribers", "add", "kept@example.org", "--topic", "graphs")
+    before = counts(ready)
+    result = cli(*args)
+    assert result.code != 0
+    assert expected in result.err
+    assert result.err.strip().count("\n") == 0 or args[0] == "ingest", result.err
+    assert "Traceback" not in result.err
+    assert counts(ready) == before
+
+
+def test_a_page_that_is_not_a_feed_is_refused_by_name(cli, ready, httpserver) -> None:
+    httpserver.expect_request("/blog").respond_with_data("<!DOCTYPE html><html><body>Hello</body></html>",
+                                                         content_type="text/html")
+    url = httpserver.url_for("/blog")
+    before = counts(ready)
+    added = cli("sources", "add", url)
+    assert added.code == 1 and f"{url}: not a feed, it is an HTML page" in added.err
+    ingested = cli("ingest", url)
+    assert ingested.code == 1 and f"{url}: not a feed" in ingested.err
+    assert counts(ready) == before
+
+
+def test_unreachable_smtp_relay_is_reported_and_nothing_is_recorded(cli, env, ready) -> None:
+    port = free_port()  # nothing listens there
+    env(email_backend="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_security="none")
+    cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models")
+    cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
+    before = counts(ready)
+    result = cli("digest")
+    assert result.code == 1
+    assert f"cannot reach SMTP relay 127.0.0.1:{port}" in result.err and "NEWSLETTER_SMTP_HOST" in result.err
+    assert counts(ready) == before
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"email_backend": "smtp"}, "NEWSLETTER_SMTP_HOST is not set"),
+        ({"secret_key": ""}, "NEWSLETTER_SECRET_KEY is not set"),
+        ({"from_address": ""}, "NEWSLETTER_FROM_ADDRESS is not set"),
+        ({"smtp_port": "seventy"}, "NEWSLETTER_SMTP_PORT is invalid"),
+        ({"email_backend": "pigeon"}, "NEWSLETTER_EMAIL_BACKEND is invalid"),
+        ({"database_url": "mysql://x"}, "NEWSLETTER_DATABASE_URL is invalid"),
+    ],
+)
+def test_a_missing_or_invalid_setting_is_named(cli, env, ready, settings, expected) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models")
+    cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
+    env(**settings)
+    result = cli("digest")
+    assert result.code == 1 and expected in result.err
+    env(email_backend="file", secret_key="s", from_address="d@example.org", smtp_port=25, database_url=ready)
+    assert counts(ready)["deliveries"] == 0
+
+
+def test_commands_refuse_an_uninitialised_database(cli, env, tmp_path) -> None:
+    env(database_url=f"sqlite:///{tmp_path / 'fresh.db'}")
+    result = cli("subscribers", "list")
+    assert result.code == 1 and "run 'newsletter init'" in result.err
+
+
+def test_sources_add_list_remove_with_arxiv_shorthand(cli, ready, httpserver) -> None:
+    added = cli("sources", "add", "arxiv:cs.AI+cs.LG", "--no-check")
+    assert added.code == 0
+    [source] = json.loads(cli("sources", "list", "--json").out)
+    assert (source["url"], source["kind"]) == ("https://rss.arxiv.org/rss/cs.AI+cs.LG", "arxiv-rss")
+    assert cli("sources", "remove", "arxiv:cs.AI+cs.LG").code == 0
+    assert json.loads(cli("sources", "list", "--json").out) == []
+
+
+# --- CSV import ----------------------------------------------------------------------------------
+
+HEADER = "email,topics,exclude,categories,authors,describe,timezone,hour,frequency,max_papers\n"
+
+
+def write_csv(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "subscribers.csv"
+    path.write_text(HEADER + body, encoding="utf-8")
+    return path
+
+
+def test_import_reads_every_column(cli, ready, tmp_path) -> None:
+    path = write_csv(tmp_path, 'ada@example.org,diffusion models;sampling,video,cs.CV;cs.LG,Yann LeCun,"I make images, fast.",'
+                               "Europe/Berlin,6,weekly,7\nbob@example.org,graphs,,,,,,,,\n")
+    result = cli("subscribers", "import", str(path), "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == {"imported": 2, "errors": []}
+    ada = json.loads(cli("subscribers", "show", "ada@example.org", "--json").out)
+    assert ada == ada | {"topics": ["diffusion models", "sampling"], "exclude": ["video"], "categories": ["cs.CV", "cs.LG"],
+                         "authors": ["Yann LeCun"], "describe": "I make images, fast.", "timezone": "Europe/Berlin",
+                         "send_hour": 6, "frequency": "weekly", "max_papers": 7, "status": "active"}
+    bob = json.loads(cli("subscribers", "show", "bob@example.org", "--json").out)
+    assert (bob["timezone"], bob["send_hour"], bob["frequency"], bob["max_papers"]) == ("UTC", 7, "daily", 10)
+
+
+def test_import_reports_invalid_rows_by_line_and_imports_nothing(cli, ready, tmp_path) -> None:
+    cli("subscribers", "add", "old@example.org")
+    path = write_csv(tmp_path, "good@example.org,graphs,,,,,,,,\n"
+                               "broken-address,graphs,,,,,,,,\n"
+                               "tz@example.org,,,,,,Nowhere/City,,,\n"
+                               "GOOD@example.org,,,,,,,,,\n"
+                               "old@example.org,,,,,,,,,\n"
+                               "hour@example.org,,,,,,,noon,,\n")
+    result = cli("subscribers", "import", str(path))
+    assert result.code == 1
+    for expected in ("line 3: invalid email address 'broken-address'", "line 4: unknown time zone 'Nowhere/City'",
+                     "line 5: good@example.org already appears on line 2", "line 6: old@example.org is already a subscriber",
+                     "line 7: hour 'noon' is not a whole number", "5 invalid rows, nothing imported"):
+        assert expected in result.err
+    assert [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)] == ["old@example.org"]
+
+    skipped = cli("subscribers", "import", str(path), "--skip-invalid")
+    assert skipped.code == 0 and "imported 1 subscribers" in skipped.out
+    emails = [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)]
+    assert emails == ["good@example.org", "old@example.org"]
+
+
+def test_import_without_an_email_column_is_refused(cli, ready, tmp_path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("address,topics\na@example.org,graphs\n")
+    result = cli("subscribers", "import", str(path))
+    assert result.code == 1 and "no 'email' column" in result.err
+
+
+def test_import_of_many_rows_uses_bulk_inserts(cli, ready, tmp_path) -> None:
+    rows = "".join(f"user{i}@example.org,topic {i % 50};graphs,,cs.LG,,,,,,\n" for i in range(5000))
+    result = cli("subscribers", "import", str(write_csv(tmp_path, rows)), "--json")
+    assert json.loads(result.out)["imported"] == 5000
+    assert counts(ready)["subscribers"] == 5000

@@ -1,0 +1,46 @@
+"""Settings: typed, from NEWSLETTER_* in the environment or .env, and every one documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from newsletter.errors import ConfigError
+from newsletter.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_embedded_ones() -> None:
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///newsletter.db"
+    assert settings.email_backend == "file"
+    assert settings.outbox_dir == Path("outbox")
+
+
+def test_environment_overrides_dotenv(tmp_path, monkeypatch) -> None:
+    (tmp_path / ".env").write_text("NEWSLETTER_SMTP_HOST=relay.example.org\nNEWSLETTER_SMTP_PORT=2525\n")
+    monkeypatch.setenv("NEWSLETTER_SMTP_PORT", "465")
+    settings = load_settings()
+    assert (settings.smtp_host, settings.smtp_port) == ("relay.example.org", 465)
+
+
+def test_postgres_urls_use_psycopg_3(monkeypatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql://u@db/news")
+    assert load_settings().database_url == "postgresql+psycopg://u@db/news"
+
+
+def test_an_invalid_value_names_the_setting(monkeypatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_SECURITY", "ssl-please")
+    with pytest.raises(ConfigError, match="NEWSLETTER_SMTP_SECURITY is invalid"):
+        load_settings()
+
+
+def test_env_example_lists_every_setting_with_a_comment() -> None:
+    text = (ROOT / ".env.example").read_text()
+    listed = re.findall(r"^#?\s*NEWSLETTER_([A-Z_]+)=", text, flags=re.M)
+    assert sorted(listed) == sorted(name.upper() for name in Settings.model_fields)
+    for name in listed:
+        assert re.search(rf"^# .+\n#?\s*NEWSLETTER_{name}=", text, flags=re.M), f"NEWSLETTER_{name} has no comment line"
