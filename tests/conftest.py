@@ -97,6 +97,12 @@ class SmtpSink:
     host: str
     port: int
     received: list[Received] = field(default_factory=list)
+    sessions: int = 0  # EHLO/HELO greetings: one per SMTP connection
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, N802
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802 - aiosmtpd's hook
         message = message_from_bytes(envelope.original_content, policy=default)

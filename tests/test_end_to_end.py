@@ -39,6 +39,7 @@ def test_digest_reaches_each_subscriber_once_over_smtp(cli, env, configured, smt
     by_recipient = {r.recipients[0]: r for r in smtp_server.received}
     # The coral-reef subscriber had nothing above the threshold: a quiet day sends no email.
     assert sorted(by_recipient) == ["ada@example.org", "grace@example.org"]
+    assert smtp_server.sessions == 1, "one SMTP connection carries all of a run's messages"
     for address, received in by_recipient.items():
         message = received.message
         assert received.sender == "digest@example.org"
