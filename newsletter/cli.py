@@ -102,30 +102,33 @@ def init(typer_ctx: typer.Context) -> None:
 @app.command()
 def ingest(
     typer_ctx: typer.Context,
-    sources: Annotated[list[str] | None, typer.Argument(help="URLs, file paths or shorthands (arxiv:cs.LG); default: the configured sources.")] = None,
+    sources: Annotated[list[str] | None, typer.Argument(help="URLs, file paths or shorthands (arxiv:cs.LG, hf-daily); default: the configured sources.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch sources and store their papers (one paper per arXiv id, versions merged)."""
-    from newsletter.ingest.fetch import make_client
+    from newsletter.ingest.fetch import Fetcher, make_client
     from newsletter.ingest.run import ingest_sources
     from newsletter.ingest.sources import SourceSpec, resolve
 
     ctx = _ctx(typer_ctx)
     settings = ctx.settings
     if sources:
-        specs = [resolve(s) for s in sources]
+        specs = [resolve(s, hf_daily_url=settings.hf_daily_url) for s in sources]
     else:
         with ctx.sessions() as session:
             specs = [SourceSpec(s.url, s.kind) for s in repo.list_sources(session)]
-        specs += [resolve(s) for s in settings.sources]
+        specs += [resolve(s, hf_daily_url=settings.hf_daily_url) for s in settings.sources]
     if not specs:
         raise NewsletterError("no sources configured: add one with 'newsletter sources add arxiv:cs.LG' or pass a URL")
     with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client, _progress(as_json) as bar:
-        task = bar.add_task("ingest", total=len(specs))
-        reports = ingest_sources(
-            specs, sessions=ctx.sessions, client=client, max_bytes=settings.max_feed_bytes, now=utcnow(),
-            on_source=lambda spec, done: bar.update(task, completed=done, description=f"fetching {spec.url[:60]}"),
-        )
+        tasks = [bar.add_task(spec.url[:70], total=1, start=False) for spec in specs]
+
+        def done(index: int, report) -> None:  # noqa: ANN001 - SourceReport
+            status = "[red]failed[/red]" if report.error else f"{report.new} new, {report.updated} updated"
+            bar.update(tasks[index], completed=1, description=f"{specs[index].url[:70]}  {status}")
+
+        reports = ingest_sources(specs, sessions=ctx.sessions, fetcher=Fetcher.from_settings(settings, client),
+                                 now=utcnow(), on_start=lambda index, _spec: bar.start_task(tasks[index]), on_done=done)
     if as_json:
         _print_json([r.as_dict() for r in reports])
     else:
@@ -154,21 +157,21 @@ def sources_add(
     check: Annotated[bool, typer.Option(help="Fetch the source once and refuse it if it is not a feed.")] = True,
 ) -> None:
     """Add a source; it is fetched once first, so a wrong URL is refused now rather than every night."""
-    from newsletter.ingest.feeds import parse_feed
-    from newsletter.ingest.fetch import fetch, make_client
+    from newsletter.ingest.fetch import Fetcher, make_client
+    from newsletter.ingest.run import read_source
     from newsletter.ingest.sources import resolve
 
     ctx = _ctx(typer_ctx)
-    resolved = resolve(spec)
-    title = None
+    resolved = resolve(spec, hf_daily_url=ctx.settings.hf_daily_url)
+    title, count = None, None
     if check:
         with make_client(timeout_s=ctx.settings.fetch_timeout_s, contact_email=ctx.settings.contact_email) as client:
-            feed = parse_feed(fetch(resolved.url, client=client, max_bytes=ctx.settings.max_feed_bytes).body, source=resolved.url)
-        title = feed.title
+            feed, _ = read_source(resolved, fetcher=Fetcher.from_settings(ctx.settings, client), now=utcnow())
+        title, count = (feed.title, len(feed.papers)) if feed else (None, None)
     with ctx.sessions() as session:
         repo.add_source(session, url=resolved.url, kind=resolved.kind, name=name or title)
         session.commit()
-    out.print(f"added {resolved.kind} source {resolved.url}" + (f" ({title})" if title else ""))
+    out.print(f"added {resolved.kind} source {resolved.url}" + (f" ({title}: {count} papers now)" if title else ""))
 
 
 @sources_app.command("list")
@@ -194,8 +197,9 @@ def sources_remove(typer_ctx: typer.Context, ref: Annotated[str, typer.Argument(
     """Remove a source (the papers it brought stay)."""
     from newsletter.ingest.sources import resolve
 
-    with _ctx(typer_ctx).sessions() as session:
-        ref = ref if ref.isdigit() else resolve(ref).url
+    ctx = _ctx(typer_ctx)
+    with ctx.sessions() as session:
+        ref = ref if ref.isdigit() else resolve(ref, hf_daily_url=ctx.settings.hf_daily_url).url
         row = repo.remove_source(session, ref=ref)
         session.commit()
     out.print(f"removed source {row.url}")

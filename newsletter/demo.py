@@ -19,7 +19,7 @@ from pathlib import Path
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import utcnow
-from newsletter.ingest.fetch import make_client
+from newsletter.ingest.fetch import Fetcher, make_client
 from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
 from newsletter.paths import PACKAGE_DIR
@@ -87,8 +87,8 @@ def run_demo(folder: Path) -> DemoResult:
     migrate.upgrade(engine)
     sessions = make_sessionmaker(engine)
     with make_client(timeout_s=settings.fetch_timeout_s) as client:
-        [report] = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss")], sessions=sessions, client=client,
-                                  max_bytes=settings.max_feed_bytes, now=utcnow())
+        [report] = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss")], sessions=sessions,
+                                  fetcher=Fetcher.from_settings(settings, client), now=utcnow())
     with sessions() as session:
         for subscriber in SAMPLE_SUBSCRIBERS:
             repo.add_subscriber(session, new=subscriber)

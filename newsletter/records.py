@@ -27,7 +27,10 @@ class Paper:
     published_at: dt.datetime | None = None
     announce_type: str | None = None  # arXiv: new, cross, replace, replace-cross
     upvotes: int | None = None
-    tldr: str | None = None
+    tldr: str | None = None  # the trending API's one-line AI summary
+    keywords: tuple[str, ...] = ()
+    code_url: str | None = None
+    project_url: str | None = None
     id: int | None = None  # database id once stored
 
     @property

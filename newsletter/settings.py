@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(default=30.0, gt=0)
     max_feed_bytes: int = Field(default=20_000_000, gt=0)  # 20 MB: arXiv's largest listings are ~5 MB
     contact_email: str | None = None  # put in the User-Agent, as arXiv's terms ask
+    fetch_retries: int = Field(default=3, ge=0, le=10)  # on 429 and 5xx
+    host_interval_s: float = Field(default=1.0, ge=0)  # between two requests to one host
+    allow_private_sources: bool = False  # admin: allow feeds on private / loopback addresses
+    hf_daily_url: str = "https://huggingface.co/api/daily_papers"  # the trending-papers API
 
     # Digest
     candidate_window_days: int = Field(default=3, ge=1, le=31)  # spans a weekend without arXiv listings

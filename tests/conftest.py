@@ -154,5 +154,6 @@ def env(monkeypatch: pytest.MonkeyPatch):
 def configured(env, database_url: str, tmp_path: Path) -> str:
     """Settings for a working installation on either database; returns the database URL."""
     env(database_url=database_url, secret_key="test-secret", from_address="digest@example.org",
-        outbox_dir=tmp_path / "outbox", base_url="https://digest.example.org")
+        outbox_dir=tmp_path / "outbox", base_url="https://digest.example.org",
+        allow_private_sources="true", host_interval_s=0)  # the feeds in tests are served on 127.0.0.1
     return database_url

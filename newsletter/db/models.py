@@ -32,6 +32,8 @@ class Source(Base):
     added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_fetched_at: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the last body stored: identical bytes from a server without ETag support are not re-parsed.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Paper(Base):
@@ -53,7 +55,23 @@ class Paper(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     upvotes: Mapped[int | None]
     tldr: Mapped[str | None] = mapped_column(Text)
+    keywords: Mapped[list[str]] = mapped_column(default=list)
+    # What the latest new version changed ("title", "abstract", "authors"), for an "updated" note.
+    updated_fields: Mapped[list[str]] = mapped_column(default=list)
+    version_updated_at: Mapped[dt.datetime | None]
     source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
+
+
+class UpvoteSnapshot(Base):
+    """Upvotes as seen at each ingest where they changed, so "trending" can mean growth, not only a total."""
+
+    __tablename__ = "paper_upvotes"
+    __table_args__ = (Index("ix_paper_upvotes_paper_observed", "paper_id", "observed_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
+    observed_at: Mapped[dt.datetime]
+    upvotes: Mapped[int]
 
 
 class Subscriber(Base):

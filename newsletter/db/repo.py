@@ -13,7 +13,16 @@ from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter import records
-from newsletter.db.models import Delivery, DeliveryItem, Paper, Preferences, Source, Subscriber, utcnow
+from newsletter.db.models import (
+    Delivery,
+    DeliveryItem,
+    Paper,
+    Preferences,
+    Source,
+    Subscriber,
+    UpvoteSnapshot,
+    utcnow,
+)
 from newsletter.errors import InvalidInput, NotFound
 
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry
@@ -172,21 +181,24 @@ def _merge_lists(old: Sequence[str], new: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*old, *new]))
 
 
-def _apply(row: Paper, paper: records.Paper) -> bool:
+def _apply(row: Paper, paper: records.Paper, now: dt.datetime) -> bool:
     """Merge a newer sighting of a paper into its row; True when anything changed."""
     changes: dict[str, Any] = {}
     categories = _merge_lists(row.categories, paper.categories)  # cross-lists add categories
     if categories != row.categories:
         changes["categories"] = categories
     if paper.version is not None and (row.version is None or paper.version > row.version):
-        changes.update(version=paper.version, title=paper.title, abstract=paper.abstract,
-                       announce_type=paper.announce_type)
-        if paper.authors:
-            changes["authors"] = list(paper.authors)
-    if paper.upvotes is not None and paper.upvotes != row.upvotes:
-        changes["upvotes"] = paper.upvotes
-    if paper.tldr and paper.tldr != row.tldr:
-        changes["tldr"] = paper.tldr
+        # A new version ("replace") updates the paper but keeps first_seen_at: it is not announced as new again.
+        revised = {"title": paper.title, "abstract": paper.abstract, "authors": list(paper.authors) or row.authors}
+        changed = [name for name, value in revised.items() if getattr(row, name) != value]
+        changes.update(revised, version=paper.version, announce_type=paper.announce_type,
+                       updated_fields=changed, version_updated_at=now)
+    for name in ("upvotes", "tldr"):
+        value = getattr(paper, name)
+        if value is not None and value != getattr(row, name):
+            changes[name] = value
+    if paper.keywords and list(paper.keywords) != row.keywords:
+        changes["keywords"] = list(paper.keywords)
     links = {**row.links, **_links(paper)}
     if links != row.links:
         changes["links"] = links
@@ -196,41 +208,65 @@ def _apply(row: Paper, paper: records.Paper) -> bool:
 
 
 def _links(paper: records.Paper) -> dict[str, str]:
-    return {k: v for k, v in (("abs", paper.abs_url), ("pdf", paper.pdf_url)) if v}
+    pairs = (("abs", paper.abs_url), ("pdf", paper.pdf_url), ("code", paper.code_url), ("project", paper.project_url))
+    return {k: v for k, v in pairs if v}
 
 
 def upsert_papers(
     session: Session, *, papers: Sequence[records.Paper], source_id: int | None, now: dt.datetime
 ) -> UpsertCounts:
-    """Store papers idempotently: one row per key, later versions and cross-lists merged in."""
+    """Store papers idempotently: one row per key, later versions and cross-lists merged in.
+
+    Upvotes are also kept as a history (one snapshot whenever they change), for growth-based trending.
+    """
     keys = list(dict.fromkeys(p.key for p in papers))
     rows: dict[str, Paper] = {}
     for start in range(0, len(keys), IN_CHUNK):
         chunk = keys[start : start + IN_CHUNK]
         rows.update((r.key, r) for r in session.scalars(select(Paper).where(Paper.key.in_(chunk))))
     counts = UpsertCounts()
-    touched: set[str] = set()
+    outcome: dict[str, str] = {}  # key → new | updated | unchanged (a key seen twice counts once)
+    upvoted: dict[str, int] = {}
     for paper in papers:
         row = rows.get(paper.key)
         if row is None:
-            row = Paper(
+            rows[paper.key] = row = Paper(
                 key=paper.key, arxiv_id=paper.arxiv_id, version=paper.version, title=paper.title,
                 abstract=paper.abstract, authors=list(paper.authors), categories=list(paper.categories),
                 links=_links(paper), announce_type=paper.announce_type, published_at=paper.published_at,
-                first_seen_at=now, updated_at=now, upvotes=paper.upvotes, tldr=paper.tldr, source_id=source_id,
+                first_seen_at=now, updated_at=now, upvotes=paper.upvotes, tldr=paper.tldr,
+                keywords=list(paper.keywords), updated_fields=[], source_id=source_id,
             )
             session.add(row)
-            rows[paper.key] = row
-            counts.new += 1
-            touched.add(paper.key)
-        elif _apply(row, paper) and paper.key not in touched:
-            counts.updated += 1
-            touched.add(paper.key)
-        elif paper.key not in touched:
-            counts.unchanged += 1
-            touched.add(paper.key)
+            outcome[paper.key] = "new"
+            if paper.upvotes is not None:
+                upvoted[paper.key] = paper.upvotes
+            continue
+        previous_upvotes = row.upvotes
+        if _apply(row, paper, now):
+            outcome[paper.key] = "new" if outcome.get(paper.key) == "new" else "updated"
+        else:
+            outcome.setdefault(paper.key, "unchanged")
+        if row.upvotes is not None and row.upvotes != previous_upvotes:
+            upvoted[paper.key] = row.upvotes
     session.flush()
+    if upvoted:
+        session.execute(insert(UpvoteSnapshot), [
+            {"paper_id": rows[key].id, "observed_at": now, "upvotes": votes} for key, votes in upvoted.items()
+        ])
+    for value in outcome.values():
+        setattr(counts, value, getattr(counts, value) + 1)
     return counts
+
+
+def upvote_history(session: Session, *, key: str) -> list[tuple[dt.datetime, int]]:
+    query = (
+        select(UpvoteSnapshot.observed_at, UpvoteSnapshot.upvotes)
+        .join(Paper, Paper.id == UpvoteSnapshot.paper_id)
+        .where(Paper.key == key)
+        .order_by(UpvoteSnapshot.observed_at, UpvoteSnapshot.id)
+    )
+    return [(when, votes) for when, votes in session.execute(query)]
 
 
 def paper_record(row: Paper) -> records.Paper:
@@ -238,7 +274,8 @@ def paper_record(row: Paper) -> records.Paper:
         id=row.id, key=row.key, arxiv_id=row.arxiv_id, version=row.version, title=row.title,
         abstract=row.abstract, authors=tuple(row.authors), categories=tuple(row.categories),
         abs_url=row.links.get("abs"), pdf_url=row.links.get("pdf"), published_at=row.published_at,
-        announce_type=row.announce_type, upvotes=row.upvotes, tldr=row.tldr,
+        announce_type=row.announce_type, upvotes=row.upvotes, tldr=row.tldr, keywords=tuple(row.keywords),
+        code_url=row.links.get("code"), project_url=row.links.get("project"),
     )
 
 

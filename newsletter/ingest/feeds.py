@@ -16,6 +16,9 @@ from typing import Any
 
 import feedparser
 import nh3
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError
+from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv
@@ -37,10 +40,33 @@ def clean_text(value: str | None) -> str:
     """HTML reduced to plain text (tags and scripts dropped, entities decoded), whitespace folded."""
     if not value:
         return ""
-    return WHITESPACE.sub(" ", html.unescape(nh3.clean(value, tags=set()))).strip()
+    if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
+        value = html.unescape(nh3.clean(value, tags=set()))
+    return WHITESPACE.sub(" ", value).strip()
+
+
+def web_url(value: str | None) -> str | None:
+    """Only http(s) links reach an email: no javascript:, data: or file: URLs from a feed."""
+    return value if value and value.startswith(("https://", "http://")) else None
+
+
+def refuse_unsafe_xml(body: bytes, *, source: str) -> None:
+    """Refuse entity declarations and external references before feedparser sees the bytes.
+
+    Feeds never need them; they are how billion-laughs and external-entity (file read) attacks work.
+    A document that is not well-formed passes here and is judged by feedparser below.
+    """
+    try:
+        defused_fromstring(body, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as exc:
+        raise FeedError(f"{source}: refused, the feed declares XML entities or external references ({type(exc).__name__}); "
+                        "a feed never needs them") from None
+    except (ParseError, ValueError):
+        pass
 
 
 def parse_feed(body: bytes, *, source: str) -> ParsedFeed:
+    refuse_unsafe_xml(body, source=source)
     parsed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
     problem = parsed.get("bozo_exception")
     if not parsed.get("version"):
@@ -65,13 +91,13 @@ def _paper(entry: Any) -> Paper | None:
     categories = _categories(entry)
     if found:
         arxiv_id, version = found
-        key, abs_url, pdf_url = arxiv_id, arxiv.abs_url(arxiv_id), _pdf_link(entry) or arxiv.pdf_url(arxiv_id)
+        key, abs_url, pdf_url = arxiv_id, arxiv.abs_url(arxiv_id), web_url(_pdf_link(entry)) or arxiv.pdf_url(arxiv_id)
     else:
         arxiv_id = version = None
-        key = entry.get("id") or entry.get("link")
+        abs_url, pdf_url = web_url(entry.get("link")), web_url(_pdf_link(entry))
+        key = abs_url or entry.get("id")  # the link is the paper's identity outside arXiv; the guid if none
         if not key:
             return None
-        abs_url, pdf_url = entry.get("link"), _pdf_link(entry)
     return Paper(
         key=key,
         title=title,

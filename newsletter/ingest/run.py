@@ -1,24 +1,34 @@
 """Ingest a list of sources: fetch, parse and store each one in its own transaction.
 
 A source that fails is reported by name with the reason and leaves nothing half-written; the
-others are still ingested.
+others are still ingested. The kind decides how a source is read:
+
+- ``arxiv-rss`` and ``feed``: one conditional GET, parsed as RSS/Atom (or as trending-papers JSON
+  when the body is JSON);
+- ``arxiv-api``: pages of ``max_results`` until the results run out (at most ``ARXIV_API_MAX_RESULTS``),
+  at least ``ARXIV_API_INTERVAL_S`` apart as the API's terms demand;
+- ``hf-daily``: the trending-papers JSON for the date in the URL, or for today (UTC) if none.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
 from newsletter.errors import NewsletterError
-from newsletter.ingest.feeds import parse_feed
-from newsletter.ingest.fetch import fetch
-from newsletter.ingest.sources import SourceSpec
+from newsletter.ingest.feeds import ParsedFeed, parse_feed
+from newsletter.ingest.fetch import Fetched, Fetcher
+from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, with_query
+from newsletter.ingest.trending import looks_like_json, parse_trending
+
+ARXIV_API_INTERVAL_S = 3.0  # arXiv API terms of use: no more than one request every three seconds
+ARXIV_API_MAX_RESULTS = 2000  # per ingest run; a daily query returns far fewer
 
 
 @dataclass
@@ -40,50 +50,89 @@ def ingest_sources(
     specs: Sequence[SourceSpec],
     *,
     sessions: sessionmaker[Session],
-    client: httpx.Client,
-    max_bytes: int,
+    fetcher: Fetcher,
     now: dt.datetime,
-    on_source: Callable[[SourceSpec, int], None] | None = None,
+    on_start: Callable[[int, SourceSpec], None] | None = None,
+    on_done: Callable[[int, SourceReport], None] | None = None,
 ) -> list[SourceReport]:
-    """Ingest each source in turn; ``on_source(spec, done)`` is told before each one starts."""
+    """Ingest each source in turn; the callbacks drive a progress display."""
     reports = []
-    for done, spec in enumerate(specs):
-        if on_source:
-            on_source(spec, done)
-        reports.append(ingest_one(spec, sessions=sessions, client=client, max_bytes=max_bytes, now=now))
+    for index, spec in enumerate(specs):
+        if on_start:
+            on_start(index, spec)
+        reports.append(ingest_one(spec, sessions=sessions, fetcher=fetcher, now=now))
+        if on_done:
+            on_done(index, reports[-1])
     return reports
 
 
-def ingest_one(
-    spec: SourceSpec, *, sessions: sessionmaker[Session], client: httpx.Client, max_bytes: int, now: dt.datetime
-) -> SourceReport:
+def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fetcher, now: dt.datetime) -> SourceReport:
     report = SourceReport(spec.url)
     started = time.perf_counter()
     with sessions() as session:
         source = repo.get_source(session, url=spec.url)
         try:
-            fetched = fetch(spec.url, client=client, max_bytes=max_bytes,
-                            etag=source.etag if source else None,
-                            last_modified=source.last_modified if source else None)
-            if fetched.not_modified:
+            feed, fetched = read_source(spec, fetcher=fetcher, now=now, etag=source.etag if source else None,
+                                        last_modified=source.last_modified if source else None)
+            digest = hashlib.sha256(fetched.body).hexdigest() if fetched and not fetched.not_modified else None
+            if feed is None:
                 report.note = "not modified since the last fetch"
+            elif source is not None and digest is not None and digest == source.content_sha256:
+                report.fetched = report.unchanged = len(feed.papers)
+                report.note = "same content as the last fetch"
             else:
-                feed = parse_feed(fetched.body, source=spec.url)
                 report.fetched = len(feed.papers)
                 counts = repo.upsert_papers(session, papers=feed.papers, source_id=source.id if source else None, now=now)
                 report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
                 if not feed.papers:
                     report.note = "no new papers (normal on weekends and holidays)"
-                if source:
-                    source.etag, source.last_modified = fetched.etag, fetched.last_modified
-            if source:
+            if source is not None:
                 source.last_fetched_at, source.last_error = now, None
+                if fetched is not None and not fetched.not_modified:
+                    source.etag, source.last_modified, source.content_sha256 = fetched.etag, fetched.last_modified, digest
             session.commit()
         except NewsletterError as exc:
             session.rollback()
             report.error = str(exc)
-            if source:
+            if source is not None:
                 source.last_error = str(exc)
                 session.commit()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def read_source(
+    spec: SourceSpec, *, fetcher: Fetcher, now: dt.datetime, etag: str | None = None, last_modified: str | None = None
+) -> tuple[ParsedFeed | None, Fetched | None]:
+    """Fetch and parse one source: (papers, or None when not modified; the response, None for API paging)."""
+    if spec.kind == "arxiv-api":
+        return _read_arxiv_api(spec.url, fetcher), None
+    url = spec.url
+    if spec.kind == "hf-daily":
+        etag = last_modified = None  # the URL changes with the date; upvotes change without a new ETag
+        if not query_param(url, "date"):
+            url = with_query(url, date=now.date().isoformat())
+    fetched = fetcher.get(url, etag=etag, last_modified=last_modified)
+    return (None if fetched.not_modified else _parse(fetched, spec)), fetched
+
+
+def _parse(fetched: Fetched, spec: SourceSpec) -> ParsedFeed:
+    if spec.kind == "hf-daily" or (spec.kind == "feed" and looks_like_json(fetched.body)):
+        return parse_trending(fetched.body, source=spec.url, content_type=fetched.content_type)
+    return parse_feed(fetched.body, source=spec.url)
+
+
+def _read_arxiv_api(url: str, fetcher: Fetcher) -> ParsedFeed:
+    """Every page of an arXiv API query, politely spaced; all pages or nothing."""
+    page_size = int(query_param(url, "max_results") or ARXIV_API_PAGE)
+    start = int(query_param(url, "start") or 0)
+    papers, title = [], url
+    while len(papers) < ARXIV_API_MAX_RESULTS:
+        page_url = with_query(url, start=start, max_results=page_size)
+        page = parse_feed(fetcher.get(page_url, min_interval_s=ARXIV_API_INTERVAL_S).body, source=page_url)
+        title = page.title
+        papers += page.papers
+        if len(page.papers) < page_size:
+            break
+        start += page_size
+    return ParsedFeed(title=title, papers=tuple(papers))

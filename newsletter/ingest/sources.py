@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from newsletter.errors import InvalidInput
 from newsletter.validate import check_category
@@ -11,7 +12,8 @@ from newsletter.validate import check_category
 ARXIV_RSS = "https://rss.arxiv.org/rss/"
 ARXIV_API = "https://export.arxiv.org/api/query"
 ARXIV_API_PAGE = 200  # results per API request; the API allows up to 2000 but answers slowly past a few hundred
-KINDS = ("arxiv-rss", "arxiv-api", "feed")
+HF_DAILY = "https://huggingface.co/api/daily_papers"
+KINDS = ("arxiv-rss", "arxiv-api", "hf-daily", "feed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +22,19 @@ class SourceSpec:
     kind: str
 
 
-def resolve(spec: str) -> SourceSpec:
-    """``arxiv:cs.AI+cs.LG``, ``arxiv-query:cat:cs.LG AND abs:diffusion``, a feed URL or a file path."""
+def resolve(spec: str, *, hf_daily_url: str = HF_DAILY) -> SourceSpec:
+    """``arxiv:cs.AI+cs.LG``, ``arxiv-query:cat:cs.LG AND abs:diffusion``, ``hf-daily`` (today's trending
+    papers, the date filled in at each fetch) or ``hf-daily:2026-11-27``, a feed URL or a file path."""
     spec = spec.strip()
+    if spec == "hf-daily" or spec.startswith("hf-daily:"):
+        day = spec.removeprefix("hf-daily").removeprefix(":")
+        if day:
+            try:
+                dt.date.fromisoformat(day)
+            except ValueError:
+                raise InvalidInput(f"hf-daily:{day}: the date must be YYYY-MM-DD") from None
+            return SourceSpec(f"{hf_daily_url}?{urlencode({'date': day})}", "hf-daily")
+        return SourceSpec(hf_daily_url, "hf-daily")
     if spec.startswith("arxiv:"):
         categories = [c for c in spec.removeprefix("arxiv:").split("+") if c]
         if not categories:
@@ -41,8 +53,23 @@ def resolve(spec: str) -> SourceSpec:
 
 
 def detect_kind(url: str) -> str:
+    """The kind from the URL; a "feed" whose body turns out to be JSON is read as trending papers."""
+    if "/api/daily_papers" in url:
+        return "hf-daily"
     if "export.arxiv.org/api" in url:
         return "arxiv-api"
     if "rss.arxiv.org" in url or "arxiv.org/rss" in url:
         return "arxiv-rss"
     return "feed"
+
+
+def with_query(url: str, **params: object) -> str:
+    """``url`` with query parameters set (replacing any of the same name)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.update({k: str(v) for k, v in params.items()})
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def query_param(url: str, name: str) -> str | None:
+    return dict(parse_qsl(urlsplit(url).query)).get(name)

@@ -1,0 +1,80 @@
+"""Benchmark: a 2,000-item arXiv RSS feed parsed and stored into a fresh SQLite database, then again.
+
+    python bench/ingest.py [--items 2000] [--repeat 5]
+
+Prints medians over the repeats: first ingest (all new) and re-ingest (all unchanged), in seconds
+and items/s, and feedparser alone on the same bytes for the ratio. Targets (issue 3): first ingest
+under 2 s, re-ingest under 1 s on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import feedparser
+import httpx
+
+from newsletter.db import migrate
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import utcnow
+from newsletter.ingest.fetch import Fetcher
+from newsletter.ingest.run import ingest_one
+from newsletter.ingest.sources import SourceSpec
+from newsletter.paths import PACKAGE_DIR
+
+
+def build_feed(items: int) -> bytes:
+    """The bundled sample feed's items repeated under fresh ids until there are ``items`` of them."""
+    text = (PACKAGE_DIR / "demo_data" / "arxiv_sample.rss").read_text()
+    head, rest = text.split("<item>", 1)
+    body, tail = ("<item>" + rest).rsplit("</item>", 1)
+    originals = [chunk + "</item>" for chunk in body.split("</item>") if chunk.strip()]
+    out = []
+    for n in range(items):
+        item = originals[n % len(originals)]
+        old_id = item.split("<link>https://arxiv.org/abs/", 1)[1].split("<", 1)[0]
+        out.append(item.replace(old_id, f"2612.{20000 + n:05d}"))
+    return (head + "\n".join(out) + "</item>".join([""]) + tail).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    feed = build_feed(args.items)
+    first, again, parse_only = [], [], []
+    with tempfile.TemporaryDirectory() as folder, httpx.Client() as client:
+        path = Path(folder) / "feed.rss"
+        path.write_bytes(feed)
+        fetcher = Fetcher(client=client, max_bytes=50_000_000)
+        for run in range(args.repeat):
+            engine = make_engine(f"sqlite:///{folder}/bench{run}.db")
+            migrate.upgrade(engine)
+            sessions = make_sessionmaker(engine)
+            spec = SourceSpec(str(path), "arxiv-rss")
+            started = time.perf_counter()
+            report = ingest_one(spec, sessions=sessions, fetcher=fetcher, now=utcnow())
+            first.append(time.perf_counter() - started)
+            assert report.new == args.items and report.error is None, report
+            started = time.perf_counter()
+            report = ingest_one(spec, sessions=sessions, fetcher=fetcher, now=utcnow())
+            again.append(time.perf_counter() - started)
+            assert report.unchanged == args.items, report
+            engine.dispose()
+            started = time.perf_counter()
+            assert len(feedparser.parse(feed).entries) == args.items
+            parse_only.append(time.perf_counter() - started)
+    for label, times in (("first ingest", first), ("re-ingest", again), ("feedparser alone", parse_only)):
+        median = statistics.median(times)
+        print(f"{label:>17}: median {median:.3f} s  ({args.items / median:,.0f} items/s)  runs: "
+              + ", ".join(f"{t:.3f}" for t in times))
+    print(f"first ingest / feedparser alone: {statistics.median(first) / statistics.median(parse_only):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
