@@ -36,8 +36,8 @@ subscribers_app = typer.Typer(help="Manage subscribers (the admin path: added su
 app.add_typer(sources_app, name="sources")
 app.add_typer(subscribers_app, name="subscribers")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # messages stay on one line; tables still fit the terminal
+err = Console(stderr=True, soft_wrap=True)  # an error stays on one line, whatever the width
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -166,7 +166,7 @@ def sources_add(
     title, count = None, None
     if check:
         with make_client(timeout_s=ctx.settings.fetch_timeout_s, contact_email=ctx.settings.contact_email) as client:
-            feed, _ = read_source(resolved, fetcher=Fetcher.from_settings(ctx.settings, client), now=utcnow())
+            feed = read_source(resolved, fetcher=Fetcher.from_settings(ctx.settings, client), now=utcnow()).feed
         title, count = (feed.title, len(feed.papers)) if feed else (None, None)
     with ctx.sessions() as session:
         repo.add_source(session, url=resolved.url, kind=resolved.kind, name=name or title)

@@ -30,6 +30,7 @@ from newsletter.send.mailer import FileMailer
 from newsletter.settings import Settings
 
 SAMPLE_FEED = PACKAGE_DIR / "demo_data" / "arxiv_sample.rss"
+SAMPLE_TRENDING = PACKAGE_DIR / "demo_data" / "hf_daily_sample.json"  # upvotes for 30 of the papers
 
 SAMPLE_SUBSCRIBERS = (
     NewSubscriber(
@@ -87,8 +88,8 @@ def run_demo(folder: Path) -> DemoResult:
     migrate.upgrade(engine)
     sessions = make_sessionmaker(engine)
     with make_client(timeout_s=settings.fetch_timeout_s) as client:
-        [report] = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss")], sessions=sessions,
-                                  fetcher=Fetcher.from_settings(settings, client), now=utcnow())
+        report, _ = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss"), SourceSpec(str(SAMPLE_TRENDING), "hf-daily")],
+                                   sessions=sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow())
     with sessions() as session:
         for subscriber in SAMPLE_SUBSCRIBERS:
             repo.add_subscriber(session, new=subscriber)

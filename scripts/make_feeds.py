@@ -128,6 +128,25 @@ def atom(entries: list[str]) -> str:
 """
 
 
+def hf_element(index: int, paper: dict, upvotes: int) -> dict:
+    """One element of the trending-papers API, with the optional fields present on some papers only."""
+    arxiv_id = f"2611.{10000 + index}"
+    first_sentence = paper["abstract"].split(". ")[0].rstrip(".") + "."
+    inner = {"id": arxiv_id, "authors": [{"name": n} for n in authors(index)],
+             "publishedAt": "2026-11-23T17:59:00.000Z", "title": paper["title"], "summary": paper["abstract"],
+             "upvotes": upvotes}
+    if index % 2 == 0:
+        inner["ai_summary"] = first_sentence
+        inner["ai_keywords"] = [w for w in paper["title"].split()[:3]]
+    if index % 3 == 0:
+        inner["githubRepo"] = f"https://github.com/example-lab/paper-{index}"
+        inner["githubStars"] = 10 * index
+    if index % 5 == 0:
+        inner["projectPage"] = f"https://example-lab.github.io/paper-{index}/"
+    return {"paper": inner, "publishedAt": "2026-11-23T17:59:00.000Z", "title": paper["title"],
+            "summary": paper["abstract"], "numComments": index % 4, "submittedBy": {"name": "curator"}}
+
+
 def main() -> None:
     papers = json.loads(SEED.read_text())
     demo = ROOT / "newsletter" / "demo_data"
@@ -138,6 +157,11 @@ def main() -> None:
     (fixtures / "arxiv_cs_lg.rss").write_text(rss([rss_item(i, p) for i, p in enumerate(papers[:60])], "cs.LG updates on arXiv.org"))
     (fixtures / "arxiv_weekend.rss").write_text(rss([], "cs.LG updates on arXiv.org"))
     (fixtures / "arxiv_api.atom").write_text(atom([api_entry(i, p) for i, p in enumerate(papers[50:70], start=50)]))
+    # Trending: ten papers of the test feed plus five it does not list; upvotes fall with rank.
+    trending = [hf_element(i, papers[i], 120 - 7 * n) for n, i in enumerate([*range(0, 20, 2), *range(200, 205)])]
+    (fixtures / "hf_daily.json").write_text(json.dumps(trending, indent=1, ensure_ascii=False))
+    demo_trending = [hf_element(i, papers[i], 150 - 4 * n) for n, i in enumerate(range(3, 211, 7))]
+    (demo / "hf_daily_sample.json").write_text(json.dumps(demo_trending, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

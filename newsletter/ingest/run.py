@@ -72,24 +72,22 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
     with sessions() as session:
         source = repo.get_source(session, url=spec.url)
         try:
-            feed, fetched = read_source(spec, fetcher=fetcher, now=now, etag=source.etag if source else None,
-                                        last_modified=source.last_modified if source else None)
-            digest = hashlib.sha256(fetched.body).hexdigest() if fetched and not fetched.not_modified else None
-            if feed is None:
-                report.note = "not modified since the last fetch"
-            elif source is not None and digest is not None and digest == source.content_sha256:
-                report.fetched = report.unchanged = len(feed.papers)
-                report.note = "same content as the last fetch"
+            read = read_source(spec, fetcher=fetcher, now=now, etag=source.etag if source else None,
+                               last_modified=source.last_modified if source else None,
+                               known_sha256=source.content_sha256 if source else None)
+            if read.feed is None:
+                report.note = read.status
             else:
-                report.fetched = len(feed.papers)
-                counts = repo.upsert_papers(session, papers=feed.papers, source_id=source.id if source else None, now=now)
+                report.fetched = len(read.feed.papers)
+                counts = repo.upsert_papers(session, papers=read.feed.papers, source_id=source.id if source else None, now=now)
                 report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
-                if not feed.papers:
+                if not read.feed.papers:
                     report.note = "no new papers (normal on weekends and holidays)"
             if source is not None:
                 source.last_fetched_at, source.last_error = now, None
-                if fetched is not None and not fetched.not_modified:
-                    source.etag, source.last_modified, source.content_sha256 = fetched.etag, fetched.last_modified, digest
+                if read.fetched is not None and read.feed is not None:
+                    source.etag, source.last_modified = read.fetched.etag, read.fetched.last_modified
+                    source.content_sha256 = read.sha256
             session.commit()
         except NewsletterError as exc:
             session.rollback()
@@ -101,19 +99,33 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class SourceRead:
+    feed: ParsedFeed | None  # None: nothing to store (see status)
+    fetched: Fetched | None = None  # None for arXiv API paging
+    sha256: str | None = None
+    status: str = "parsed"  # or "not modified since the last fetch", "same content as the last fetch"
+
+
 def read_source(
-    spec: SourceSpec, *, fetcher: Fetcher, now: dt.datetime, etag: str | None = None, last_modified: str | None = None
-) -> tuple[ParsedFeed | None, Fetched | None]:
-    """Fetch and parse one source: (papers, or None when not modified; the response, None for API paging)."""
+    spec: SourceSpec, *, fetcher: Fetcher, now: dt.datetime, etag: str | None = None, last_modified: str | None = None,
+    known_sha256: str | None = None,
+) -> SourceRead:
+    """Fetch and parse one source; bytes identical to the last stored ones (``known_sha256``) are not parsed."""
     if spec.kind == "arxiv-api":
-        return _read_arxiv_api(spec.url, fetcher), None
+        return SourceRead(_read_arxiv_api(spec.url, fetcher))
     url = spec.url
     if spec.kind == "hf-daily":
         etag = last_modified = None  # the URL changes with the date; upvotes change without a new ETag
         if not query_param(url, "date"):
             url = with_query(url, date=now.date().isoformat())
     fetched = fetcher.get(url, etag=etag, last_modified=last_modified)
-    return (None if fetched.not_modified else _parse(fetched, spec)), fetched
+    if fetched.not_modified:
+        return SourceRead(None, fetched, status="not modified since the last fetch")
+    sha256 = hashlib.sha256(fetched.body).hexdigest()
+    if sha256 == known_sha256:
+        return SourceRead(None, fetched, sha256, status="same content as the last fetch")
+    return SourceRead(_parse(fetched, spec), fetched, sha256)
 
 
 def _parse(fetched: Fetched, spec: SourceSpec) -> ParsedFeed:

@@ -1,0 +1,131 @@
+"""A corpus of malformed and hostile inputs, each served over HTTP and ingested: every outcome asserted.
+
+An input that is refused leaves the database as it was and names the source and the reason; an
+input that is accepted is stored as safe plain text.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pytest_httpserver import HTTPServer
+from sqlalchemy import select
+
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Paper
+from tests.conftest import FIXTURES
+
+HOSTILE = FIXTURES / "hostile"
+
+REFUSED = {
+    "billion_laughs.xml": "refused, the feed declares XML entities",
+    "quadratic_blowup.xml": "refused, the feed declares XML entities",
+    "xxe_local_file.xml": "refused, the feed declares XML entities",
+    "xxe_parameter_entity.xml": "refused, the feed declares XML entities",
+    "utf16_entity_bomb.xml": "refused, the feed declares XML entities",
+    "html_page.xml": "not a feed, it is an HTML page",
+    "truncated.xml": "malformed feed",
+    "not_xml_binary.xml": "not a feed, it is not RSS or Atom",
+    "empty.xml": "not a feed",
+    "json_instead_of_xml.xml": "expected a JSON list of papers, got a dict",
+    "hf_html_page.json": "answered with an HTML page instead of JSON",
+    "hf_changed_shape.json": "expected a JSON list of papers, got a dict; the API changed shape",
+    "hf_missing_fields.json": "element 0 has no paper.id and title",
+    "hf_truncated.json": "not valid JSON",
+}
+
+
+def stored(database_url: str) -> list[Paper]:
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine)() as session:
+        rows = list(session.scalars(select(Paper).order_by(Paper.id)))
+    engine.dispose()
+    return rows
+
+
+def serve(httpserver: HTTPServer, name: str) -> str:
+    """Feeds at /NAME; trending-API answers at /NAME/api/daily_papers, where the kind is detected from the URL."""
+    path, content_type = f"/{name}", "application/rss+xml"
+    if name.startswith("hf_"):
+        path, content_type = f"/{name}/api/daily_papers", "text/html" if "html" in name else "application/json"
+    httpserver.expect_request(path).respond_with_data((HOSTILE / name).read_bytes(), content_type=content_type)
+    return httpserver.url_for(path)
+
+
+@pytest.fixture
+def ready(cli, configured) -> str:
+    assert cli("init").code == 0
+    return configured
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_inputs_name_the_source_and_store_nothing(cli, ready, httpserver, name) -> None:
+    url = serve(httpserver, name)
+    result = cli("ingest", url, "--json")
+    assert result.code == 1
+    [report] = json.loads(result.out)
+    assert report["error"].startswith(f"{url}: ") and REFUSED[name] in report["error"], report["error"]
+    assert f"error: {url}: " in result.err
+    assert stored(ready) == []
+
+
+def ingest_one(cli, httpserver, name: str) -> dict:
+    result = cli("ingest", serve(httpserver, name), "--json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)[0]
+
+
+def test_script_and_markup_in_titles_and_abstracts_become_plain_text(cli, ready, httpserver) -> None:
+    assert ingest_one(cli, httpserver, "script_in_abstract.xml")["new"] == 1
+    [paper] = stored(ready)
+    assert paper.title == "Robust Sampling"
+    assert paper.abstract == "We sample. Fast."
+
+
+def test_a_javascript_link_is_dropped_and_the_guid_keys_the_paper(cli, ready, httpserver) -> None:
+    ingest_one(cli, httpserver, "javascript_link.xml")
+    [paper] = stored(ready)
+    assert paper.key == "urn:lab:paper-1" and "abs" not in paper.links
+
+
+def test_an_item_without_a_title_is_skipped_and_the_rest_kept(cli, ready, httpserver) -> None:
+    report = ingest_one(cli, httpserver, "item_without_title.xml")
+    assert (report["fetched"], report["new"]) == (1, 1)
+    assert [p.title for p in stored(ready)] == ["Kept"]
+
+
+def test_a_wrongly_declared_encoding_is_decoded_not_refused(cli, ready, httpserver) -> None:
+    ingest_one(cli, httpserver, "wrong_encoding.xml")
+    [paper] = stored(ready)
+    assert paper.title == "Café: naïve Bayes for crème brûlée"
+
+
+def test_line_breaks_and_header_lookalikes_in_a_title_are_folded(cli, ready, httpserver) -> None:
+    ingest_one(cli, httpserver, "control_characters.xml")
+    [paper] = stored(ready)
+    assert "\n" not in paper.title and "\r" not in paper.title
+    assert paper.title == "Line one Subject: injected Bcc: victim@example.org"
+
+
+def test_a_huge_title_is_stored_as_text(cli, ready, httpserver) -> None:
+    ingest_one(cli, httpserver, "huge_title.xml")
+    [paper] = stored(ready)
+    assert paper.title.startswith("Attention Attention") and len(paper.title) == len("Attention " * 1000) - 1
+
+
+def test_an_external_dtd_is_never_fetched(cli, ready, httpserver) -> None:
+    httpserver.expect_request("/evil.dtd").respond_with_data('<!ENTITY x "pwned">', content_type="application/xml-dtd")
+    body = (HOSTILE / "external_dtd.xml").read_text().replace("EXTERNAL_DTD_URL", httpserver.url_for("/evil.dtd"))
+    httpserver.expect_request("/feed").respond_with_data(body, content_type="application/rss+xml")
+    result = cli("ingest", httpserver.url_for("/feed"), "--json")
+    assert result.code == 0
+    assert [p.title for p in stored(ready)] == ["Plain paper"]
+    assert [r.path for r, _ in httpserver.log] == ["/feed"], "the DTD must not be requested"
+
+
+def test_the_corpus_covers_at_least_fifteen_inputs() -> None:
+    covered = set(REFUSED) | {"script_in_abstract.xml", "javascript_link.xml", "item_without_title.xml",
+                              "wrong_encoding.xml", "control_characters.xml", "huge_title.xml", "external_dtd.xml"}
+    assert covered == {p.name for p in HOSTILE.iterdir()}
+    assert len(covered) >= 15
