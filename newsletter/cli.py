@@ -338,17 +338,17 @@ def digest(
     """Score, render and send the day's digests; each subscriber gets at most one per day."""
     from newsletter.pipeline import run_digest
     from newsletter.render.digest import make_environment
-    from newsletter.send.mailer import RecordingMailer, mailer_from_settings
+    from newsletter.send.mailer import RecordingMailer, mailer_factory
 
     ctx = _ctx(typer_ctx)
     issue_date = _parse_date(date)
-    mailer = RecordingMailer() if dry_run else mailer_from_settings(ctx.settings)
+    connect = RecordingMailer if dry_run else mailer_factory(ctx.settings)
     with _progress(as_json) as bar:
         task = bar.add_task("sending", total=None)
         run = asyncio.run(run_digest(
-            settings=ctx.settings, sessions=ctx.sessions, mailer=mailer, templates=make_environment(),
+            settings=ctx.settings, sessions=ctx.sessions, connect=connect, templates=make_environment(),
             issue_date=issue_date, only=only, dry_run=dry_run,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, _total: bar.update(task, completed=done),
         ))
     if as_json:
         data: Any = [{"email": p.email, "papers": [
@@ -361,8 +361,28 @@ def digest(
             out.print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(run.outcomes.items())) or "nothing to send"))
     for message in run.errors:
         err.print(f"error: {message}", markup=False, highlight=False)
-    if run.errors or run.outcomes.get("failed"):
+    if run.errors:
         raise typer.Exit(1)
+
+
+@app.command()
+def preview(
+    typer_ctx: typer.Context,
+    email: str,
+    date: Annotated[str | None, typer.Option(help="Issue date, YYYY-MM-DD (default: today, UTC).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the HTML here (default: preview-EMAIL-DATE.html).")] = None,
+) -> None:
+    """Write the digest a subscriber would get, as HTML, without sending or recording anything."""
+    from newsletter.preview import preview_digest
+    from newsletter.render.digest import make_environment
+
+    ctx = _ctx(typer_ctx)
+    issue_date = _parse_date(date)
+    email_out = preview_digest(settings=ctx.settings, sessions=ctx.sessions, templates=make_environment(),
+                               email=email, issue_date=issue_date)
+    path = out_file or Path(f"preview-{email.strip().lower().replace('@', '_at_')}-{issue_date}.html")
+    path.write_text(email_out.html, encoding="utf-8")
+    out.print(f"{email_out.subject}\n{len(email_out.html):,} bytes of HTML written to [bold]{path.resolve()}[/bold]")
 
 
 def print_picks(picks: list, *, title: str) -> None:  # noqa: ANN001 - list[pipeline.Pick]

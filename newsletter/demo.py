@@ -95,7 +95,7 @@ def run_demo(folder: Path) -> DemoResult:
             repo.add_subscriber(session, new=subscriber)
         session.commit()
     mailer = FileMailer(settings.outbox_dir)
-    run = asyncio.run(run_digest(settings=settings, sessions=sessions, mailer=mailer, templates=make_environment(),
+    run = asyncio.run(run_digest(settings=settings, sessions=sessions, connect=lambda: mailer, templates=make_environment(),
                                  issue_date=dt.datetime.now(dt.UTC).date()))
     engine.dispose()
     html_path = folder / "digest.html"

@@ -1,17 +1,20 @@
 """The spine: ingest → score → render → send, for one issue date.
 
-``run_digest`` reads top to bottom: pick the subscribers due, score the day's papers for all of
+``run_digest`` reads top to bottom: open the connections to the relay (an unreachable relay stops
+the run before anything is written), pick the subscribers due, score the day's papers for all of
 them at once, record each subscriber's picks in the delivery ledger (committed before anything is
-sent), then render and send every delivery not yet sent, committing around each SMTP transaction.
-Running it again for the same date sends nothing twice: the ledger row per subscriber per date
-is unique, and only pending / retry / (once) unknown deliveries are sent.
+sent), then render and send every delivery not yet sent over a pool of connections, the ledger
+written around each message (``newsletter.send.dispatch``). Running it again for the same date sends
+nothing twice: the ledger row per subscriber per date is unique, and only pending, due retry and
+(once) unknown deliveries are sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import jinja2
@@ -19,15 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import tokens
 from newsletter.db import repo
-from newsletter.db.models import Delivery, Subscriber, utcnow
-from newsletter.records import Digest, Profile, RankedPaper
-from newsletter.render.digest import render_digest
-from newsletter.render.message import build_message
+from newsletter.db.ledger import Ledger, RetryPolicy, recent_send_times, recover_interrupted
+from newsletter.db.models import Subscriber, utcnow
+from newsletter.records import Digest, Envelope, Paper, Profile, RankedPaper
+from newsletter.render.digest import DigestRenderer
+from newsletter.render.mime import DkimKey, build_message
 from newsletter.score import PaperIndex, rank_papers
-from newsletter.send.mailer import Mailer, PermanentFailure, TemporaryFailure, UnknownOutcome
+from newsletter.send.dispatch import GroupCommitter, Job, RateLimiter, dispatch
+from newsletter.send.mailer import Mailer
 from newsletter.settings import Settings
 
 Progress = Callable[[int, int], None]  # (done, total)
+SEND_BATCH = 500  # deliveries read, rendered and queued at a time
 
 
 @dataclass
@@ -57,12 +63,16 @@ def window_days(subscriber: Subscriber, *, daily_days: int) -> int:
     return max(daily_days, 7) if subscriber.frequency == "weekly" else daily_days
 
 
+def day_end(issue_date: dt.date) -> dt.datetime:
+    return dt.datetime.combine(issue_date + dt.timedelta(days=1), dt.time())
+
+
 def score_subscribers(
     session: Session, *, settings: Settings, subscribers: list[Subscriber], issue_date: dt.date
 ) -> tuple[int, list[list[RankedPaper]]]:
     """Rank the papers first seen in the candidate window for each subscriber (pure scoring inside)."""
     picks: list[list[RankedPaper]] = [[] for _ in subscribers]
-    end = dt.datetime.combine(issue_date + dt.timedelta(days=1), dt.time())
+    end = day_end(issue_date)
     sent = repo.sent_paper_keys(session, subscriber_ids=[s.id for s in subscribers])
     candidates = 0
     by_window: dict[int, list[int]] = {}
@@ -81,16 +91,23 @@ def score_subscribers(
             )
             for p in positions
         ]
-        for position, ranked in zip(positions, rank_papers(PaperIndex.build(papers), profiles, min_score=settings.min_score), strict=True):
-            picks[position] = ranked
+        ranked = rank_papers(PaperIndex.build(papers), profiles, min_score=settings.min_score)
+        for position, subscriber_picks in zip(positions, ranked, strict=True):
+            picks[position] = subscriber_picks
     return candidates, picks
+
+
+def open_mailers(settings: Settings, connect: Callable[[], Mailer]) -> list[Mailer]:
+    """One mailer per connection: the SMTP pool, or a single file/console/recording backend."""
+    size = settings.smtp_pool_size if settings.email_backend == "smtp" else 1
+    return [connect() for _ in range(size)]
 
 
 async def run_digest(
     *,
     settings: Settings,
     sessions: sessionmaker[Session],
-    mailer: Mailer,
+    connect: Callable[[], Mailer],
     templates: jinja2.Environment,
     issue_date: dt.date,
     only: str | None = None,
@@ -100,17 +117,18 @@ async def run_digest(
     """Score, record, render and send the digests of ``issue_date``. ``dry_run`` writes and sends nothing."""
     run = DigestRun(issue_date)
     if dry_run:
-        return _score_and_record(settings=settings, sessions=sessions, issue_date=issue_date, only=only, dry_run=True, run=run)
+        return plan_digests(settings=settings, sessions=sessions, issue_date=issue_date, only=only, dry_run=True, run=run)
     settings.require("secret_key", "from_address", purpose="sending digests")
-    # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
-    async with mailer:
-        _score_and_record(settings=settings, sessions=sessions, issue_date=issue_date, only=only, dry_run=False, run=run)
-        await send_pending(settings=settings, sessions=sessions, mailer=mailer, templates=templates,
-                           issue_date=issue_date, only=only, run=run, progress=progress)
+    async with contextlib.AsyncExitStack() as stack:
+        # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
+        mailers = [await stack.enter_async_context(m) for m in open_mailers(settings, connect)]
+        plan_digests(settings=settings, sessions=sessions, issue_date=issue_date, only=only, dry_run=False, run=run)
+        await send_due(settings=settings, sessions=sessions, mailers=mailers, templates=templates,
+                       issue_date=issue_date, only=only, run=run, progress=progress)
     return run
 
 
-def _score_and_record(
+def plan_digests(
     *, settings: Settings, sessions: sessionmaker[Session], issue_date: dt.date, only: str | None, dry_run: bool,
     run: DigestRun,
 ) -> DigestRun:
@@ -120,83 +138,114 @@ def _score_and_record(
         if only and subscribers[0].status != "active":
             run.errors.append(f"{subscribers[0].email} is {subscribers[0].status}, not active: nothing to send")
             return run
-        already = repo.deliveries_on(session, issue_date=issue_date)
-        due = [s for s in subscribers if is_due(s, issue_date) and (dry_run or s.id not in already)]
+        served = set() if dry_run else repo.subscribers_with_delivery(session, issue_date=issue_date)
+        due = [s for s in subscribers if is_due(s, issue_date) and s.id not in served]
         run.candidates, ranked = score_subscribers(session, settings=settings, subscribers=due, issue_date=issue_date)
         run.picks = [Pick(s.email, r) for s, r in zip(due, ranked, strict=True)]
         if dry_run:
             return run
-        for subscriber, picks in zip(due, ranked, strict=True):
-            status = "pending" if picks or settings.send_empty_digest else "empty"  # quiet day: no email
-            repo.create_delivery(session, subscriber_id=subscriber.id, issue_date=issue_date, picks=picks,
-                                 status=status, message_domain=settings.from_domain)
+        planned = [repo.PlannedDelivery(s.id, picks, "pending" if picks or settings.send_empty_digest else "empty")
+                   for s, picks in zip(due, ranked, strict=True)]  # a quiet day sends no email
+        repo.record_deliveries(session, issue_date=issue_date, planned=planned, message_domain=settings.from_domain)
         session.commit()
     return run
 
 
-async def send_pending(
+def dkim_key(settings: Settings) -> DkimKey | None:
+    if settings.dkim_private_key_path is None:
+        return None
+    from newsletter.errors import ConfigError
+
+    try:
+        pem = settings.dkim_private_key_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"NEWSLETTER_DKIM_PRIVATE_KEY_PATH: cannot read {settings.dkim_private_key_path} ({exc.strerror})") from None
+    return DkimKey(settings.dkim_selector, settings.dkim_domain or settings.from_domain, pem)
+
+
+async def send_due(
     *,
     settings: Settings,
     sessions: sessionmaker[Session],
-    mailer: Mailer,
+    mailers: Sequence[Mailer],
     templates: jinja2.Environment,
     issue_date: dt.date,
     run: DigestRun,
     only: str | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Send every delivery of the date that is not sent yet, recording each outcome as it happens."""
+    """Send every delivery of the date that is due, recording each outcome as it happens."""
+    now = utcnow()
     with sessions() as session:
-        repo.mark_interrupted_sends(session)
+        recover_interrupted(session, now=now)
         session.commit()
-        deliveries = repo.deliveries_to_send(session, issue_date=issue_date)
-        subscribers = {s.id: s for s in repo.list_subscribers(session)}
-        if only:
-            deliveries = [d for d in deliveries if subscribers[d.subscriber_id].email == only.strip().lower()]
-        for done, delivery in enumerate(deliveries, start=1):
-            subscriber = subscribers[delivery.subscriber_id]
-            message = build_message(
-                render_digest(digest_for(session, settings=settings, delivery=delivery, subscriber=subscriber),
-                              env=templates, list_name=settings.list_name),
-                from_address=settings.from_address or "",
-                list_name=settings.list_name,
-                list_id=f"digest.{settings.from_domain}",
-                date=utcnow(),
-                to=settings.redirect_all_to,
-            )
-            delivery.status, delivery.attempts = "sending", delivery.attempts + 1
-            session.commit()  # from here until the next commit, a crash leaves "sending" → unknown
-            await _send_one(mailer, message, delivery, sender=settings.from_address or "",
-                            recipient=settings.redirect_all_to or subscriber.email)
+        trending = repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
+                                        limit=settings.trending_count)
+        renderer = DigestRenderer(env=templates, list_name=settings.list_name, issue_date=issue_date, trending=trending)
+        recent = recent_send_times(session, since=now - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
+        limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
+        ledger = Ledger(session, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
+                                                    bounce_limit=settings.bounce_limit))
+
+        def write(started: list[int], finished: list) -> None:  # noqa: ANN001 - list[Outcome]
+            moment = utcnow()
+            if started:
+                ledger.started(started, now=moment)
+            if finished:
+                ledger.finished(finished, now=moment)
             session.commit()
-            run.outcomes[delivery.status] += 1
+
+        done = 0
+
+        def counted(_outcome: object) -> None:
+            nonlocal done
+            done += 1
             if progress:
-                progress(done, len(deliveries))
+                progress(done, done)
+
+        jobs = _jobs(session, settings=settings, renderer=renderer, issue_date=issue_date, now=now, only=only,
+                     dkim=dkim_key(settings))
+        result = await dispatch(jobs, mailers=mailers, committer=GroupCommitter(write), limiter=limiter, on_outcome=counted)
+    run.outcomes.update(result.outcomes)
+    if result.error:
+        run.errors.append(f"{result.error}; the remaining digests stay pending for the next run")
 
 
-async def _send_one(mailer: Mailer, message, delivery: Delivery, *, sender: str, recipient: str) -> None:  # noqa: ANN001
-    try:
-        await mailer.send(message, sender=sender, recipient=recipient)
-    except TemporaryFailure as exc:
-        delivery.status, delivery.last_error = "retry", str(exc)
-    except PermanentFailure as exc:
-        delivery.status, delivery.last_error = "failed", str(exc)
-    except UnknownOutcome as exc:
-        delivery.status, delivery.last_error = "unknown", str(exc)
-    else:
-        delivery.status, delivery.last_error, delivery.sent_at = "sent", None, utcnow()
+async def _jobs(
+    session: Session, *, settings: Settings, renderer: DigestRenderer, issue_date: dt.date, now: dt.datetime,
+    only: str | None, dkim: DkimKey | None,
+) -> AsyncIterator[Job]:
+    """Due deliveries in id order, a batch at a time, rendered from their recorded picks."""
+    papers: dict[int, Paper] = {}
+    after = 0
+    while batch := repo.due_deliveries(session, issue_date=issue_date, now=now, after_id=after, limit=SEND_BATCH, email=only):
+        after = batch[-1].id
+        items = repo.delivery_items(session, delivery_ids=[d.id for d in batch])
+        missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - papers.keys()
+        papers.update(repo.papers_by_id(session, ids=missing))
+        for delivery in batch:
+            picks = tuple(RankedPaper(papers[paper_id], score, tuple(reasons)) for paper_id, score, reasons in items[delivery.id])
+            email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks))
+            data = build_message(email, from_address=settings.from_address or "", list_name=settings.list_name,
+                                 list_id=f"digest.{settings.from_domain}", date=utcnow(), to=settings.redirect_all_to,
+                                 dkim_key=dkim)
+            recipient = settings.redirect_all_to or delivery.email
+            yield Job(delivery.id, delivery.subscriber_id, Envelope(settings.from_address or "", recipient, delivery.message_id, data))
 
 
-def digest_for(session: Session, *, settings: Settings, delivery: Delivery, subscriber: Subscriber) -> Digest:
+def digest_for(*, settings: Settings, delivery: repo.DueDelivery, picks: Sequence[RankedPaper]) -> Digest:
     secret = settings.secret_key or ""
     base = settings.base_url.rstrip("/")
-    unsubscribe = tokens.make_token(secret_key=secret, purpose=tokens.UNSUBSCRIBE, subscriber_id=subscriber.id)
-    preferences = tokens.make_token(secret_key=secret, purpose=tokens.PREFERENCES, subscriber_id=subscriber.id)
+
+    def token(purpose: str) -> str:
+        return tokens.make_token(secret_key=secret, purpose=purpose, subscriber_id=delivery.subscriber_id)
+
     return Digest(
-        email=subscriber.email,
+        email=delivery.email,
         issue_date=delivery.issue_date,
-        papers=tuple(repo.digest_papers(session, delivery=delivery)),
-        unsubscribe_url=f"{base}/unsubscribe/{unsubscribe}",
-        preferences_url=f"{base}/preferences/{preferences}",
+        papers=tuple(picks),
+        unsubscribe_url=f"{base}/unsubscribe/{token(tokens.UNSUBSCRIBE)}",
+        preferences_url=f"{base}/preferences/{token(tokens.PREFERENCES)}",
+        view_url=f"{base}/digest/{delivery.issue_date.isoformat()}/{token(tokens.VIEW)}",
         message_id=delivery.message_id,
     )

@@ -98,6 +98,7 @@ class Digest:
     papers: tuple[RankedPaper, ...]
     unsubscribe_url: str
     preferences_url: str
+    view_url: str
     message_id: str
 
 
@@ -124,3 +125,13 @@ class NewSubscriber:
     frequency: str = "daily"
     max_papers: int = 10
     status: str = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message on its way: SMTP envelope plus the bytes."""
+
+    sender: str
+    recipient: str
+    message_id: str
+    data: bytes

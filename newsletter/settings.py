@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_timeout_s: float = Field(default=60.0, gt=0)  # relays may take a minute to answer the final dot
+    smtp_pool_size: int = Field(default=4, ge=1, le=64)  # connections to the relay, each reused for many messages
+    smtp_rate_per_s: float = Field(default=0.0, ge=0)  # messages per second to the relay; 0: no limit
+    retry_base_s: float = Field(default=300.0, ge=0)  # first retry after a 4xx; doubles each time (±25%)
+    retry_window_h: float = Field(default=24.0, gt=0)  # a delivery still failing after this long expires
+    bounce_limit: int = Field(default=3, ge=1)  # permanent failures before an address is suppressed
+    dkim_private_key_path: Path | None = None  # PEM; signing is on when this is set
+    dkim_selector: str = "digest"
+    dkim_domain: str | None = None  # default: the From address's domain
     # Dev switch: every message goes to this one address instead of the subscriber's.
     redirect_all_to: str | None = None
 
@@ -55,6 +63,7 @@ class Settings(BaseSettings):
     default_max_papers: int = Field(default=10, ge=1, le=100)
     min_score: float = Field(default=1.5, ge=0)  # BM25 units; below it a paper is noise
     send_empty_digest: bool = False  # quiet days: no email unless this is set
+    trending_count: int = Field(default=5, ge=0, le=20)  # papers in the "trending today" section
 
     @field_validator("database_url")
     @classmethod

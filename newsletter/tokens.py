@@ -8,6 +8,7 @@ from newsletter.errors import InvalidInput
 
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
+VIEW = "view"  # "view in browser": the subscriber's digest of a date
 
 
 def make_token(*, secret_key: str, purpose: str, subscriber_id: int) -> str:

@@ -21,7 +21,8 @@ def feed_url(httpserver: HTTPServer) -> str:
 
 
 def test_digest_reaches_each_subscriber_once_over_smtp(cli, env, configured, smtp_server, feed_url) -> None:
-    env(email_backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none")
+    env(email_backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
+        smtp_pool_size=1)
     assert cli("init").code == 0
     assert cli("sources", "add", feed_url).code == 0
     assert cli("subscribers", "add", "Ada@Example.org", "--topic", "diffusion models", "--topic", "image generation").code == 0

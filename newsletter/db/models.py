@@ -88,13 +88,14 @@ class Subscriber(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     confirmed_at: Mapped[dt.datetime | None]
     unsubscribed_at: Mapped[dt.datetime | None]
+    bounce_count: Mapped[int] = mapped_column(default=0)  # permanent failures; suppressed past a limit
 
     preferences: Mapped[Preferences] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", uselist=False, lazy="joined"
     )
 
 
-SUBSCRIBER_STATUSES = ("pending", "active", "paused", "unsubscribed")
+SUBSCRIBER_STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
 
 
 class Preferences(Base):
@@ -134,7 +135,8 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    sent_at: Mapped[dt.datetime | None]
+    sent_at: Mapped[dt.datetime | None] = mapped_column(index=True)  # also feeds the rate limit after a restart
+    next_attempt_at: Mapped[dt.datetime | None]  # for status retry: not before this
 
     items: Mapped[list[DeliveryItem]] = relationship(
         cascade="all, delete-orphan", order_by="DeliveryItem.rank"

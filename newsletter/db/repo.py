@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -23,9 +23,9 @@ from newsletter.db.models import (
     UpvoteSnapshot,
     utcnow,
 )
+from newsletter.db.ledger import due_filter
 from newsletter.errors import InvalidInput, NotFound
 
-UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry
 IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
 
 
@@ -300,6 +300,10 @@ def deliveries_on(session: Session, *, issue_date: dt.date) -> dict[int, Deliver
     return {r.subscriber_id: r for r in rows}
 
 
+def subscribers_with_delivery(session: Session, *, issue_date: dt.date) -> set[int]:
+    return set(session.scalars(select(Delivery.subscriber_id).where(Delivery.issue_date == issue_date)))
+
+
 def sent_paper_keys(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:
     """Keys of papers already picked for each subscriber on any earlier digest (sent or on its way)."""
     found: dict[int, set[str]] = defaultdict(set)
@@ -316,51 +320,83 @@ def sent_paper_keys(session: Session, *, subscriber_ids: Sequence[int]) -> dict[
     return found
 
 
-def create_delivery(
-    session: Session, *, subscriber_id: int, issue_date: dt.date, picks: Sequence[records.RankedPaper],
-    status: str, message_domain: str,
-) -> Delivery:
-    """Record what one subscriber will get; the Message-ID is fixed here so a resend reuses it."""
-    token = secrets.token_hex(8)
-    delivery = Delivery(
-        subscriber_id=subscriber_id,
-        issue_date=issue_date,
-        status=status,
-        message_id=f"<digest.{issue_date:%Y%m%d}.{subscriber_id}.{token}@{message_domain}>",
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    subscriber_id: int
+    picks: Sequence[records.RankedPaper]
+    status: str  # pending, or empty on a quiet day
+
+
+def record_deliveries(
+    session: Session, *, issue_date: dt.date, planned: Sequence[PlannedDelivery], message_domain: str,
+) -> None:
+    """Record what each subscriber will get, in bulk; the Message-ID is fixed here so a resend reuses it."""
+    now = utcnow()
+    for start in range(0, len(planned), 5000):
+        batch = planned[start : start + 5000]
+        ids = session.scalars(
+            insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True),
+            [{"subscriber_id": p.subscriber_id, "issue_date": issue_date, "status": p.status, "attempts": 0,
+              "message_id": f"<digest.{issue_date:%Y%m%d}.{p.subscriber_id}.{secrets.token_hex(8)}@{message_domain}>",
+              "created_at": now, "updated_at": now} for p in batch],
+        ).all()
+        items = [{"delivery_id": delivery_id, "paper_id": pick.paper.id, "rank": rank, "score": round(pick.score, 4),
+                  "reasons": list(pick.reasons)}
+                 for delivery_id, plan in zip(ids, batch, strict=True) for rank, pick in enumerate(plan.picks, start=1)]
+        if items:
+            session.execute(insert(DeliveryItem), items)
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    id: int
+    subscriber_id: int
+    email: str
+    message_id: str
+    issue_date: dt.date
+
+
+def due_deliveries(
+    session: Session, *, issue_date: dt.date, now: dt.datetime, after_id: int, limit: int, email: str | None = None,
+) -> list[DueDelivery]:
+    """The next ``limit`` deliveries to send (by id, after ``after_id``), for subscribers still active."""
+    query = (
+        select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Delivery.message_id, Delivery.issue_date)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.issue_date == issue_date, due_filter(now=now), Subscriber.status == "active", Delivery.id > after_id)
+        .order_by(Delivery.id)
+        .limit(limit)
     )
-    delivery.items = [
-        DeliveryItem(paper_id=p.paper.id, rank=rank, score=round(p.score, 4), reasons=list(p.reasons))
-        for rank, p in enumerate(picks, start=1)
-    ]
-    session.add(delivery)
-    session.flush()
-    return delivery
+    if email:
+        query = query.where(Subscriber.email == email.strip().lower())
+    return [DueDelivery(*row) for row in session.execute(query)]
 
 
-def deliveries_to_send(session: Session, *, issue_date: dt.date) -> list[Delivery]:
-    """Pending and retry deliveries of that date, plus ``unknown`` ones not yet retried."""
-    due = or_(
-        Delivery.status.in_(("pending", "retry")),
-        # One retry for an unknown outcome, with the same Message-ID: a duplicate at worst, never a loss.
-        and_(Delivery.status == "unknown", Delivery.attempts < UNKNOWN_MAX_ATTEMPTS),
+def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int, list[tuple[int, float, list[str]]]]:
+    """Each delivery's (paper id, score, reasons) in rank order."""
+    found: dict[int, list[tuple[int, float, list[str]]]] = defaultdict(list)
+    query = (
+        select(DeliveryItem.delivery_id, DeliveryItem.paper_id, DeliveryItem.score, DeliveryItem.reasons)
+        .where(DeliveryItem.delivery_id.in_(delivery_ids))
+        .order_by(DeliveryItem.delivery_id, DeliveryItem.rank)
     )
-    query = select(Delivery).where(Delivery.issue_date == issue_date, due).order_by(Delivery.id)
-    return list(session.scalars(query))
+    for delivery_id, paper_id, score, reasons in session.execute(query):
+        found[delivery_id].append((paper_id, score, reasons))
+    return found
 
 
-def digest_papers(session: Session, *, delivery: Delivery) -> list[records.RankedPaper]:
-    papers = {r.id: r for r in session.scalars(select(Paper).where(Paper.id.in_([i.paper_id for i in delivery.items])))}
-    return [
-        records.RankedPaper(paper=paper_record(papers[i.paper_id]), score=i.score, reasons=tuple(i.reasons))
-        for i in delivery.items
-    ]
+def papers_by_id(session: Session, *, ids: Iterable[int]) -> dict[int, records.Paper]:
+    ids = list(ids)
+    found: dict[int, records.Paper] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        found.update((r.id, paper_record(r)) for r in session.scalars(select(Paper).where(Paper.id.in_(ids[start : start + IN_CHUNK]))))
+    return found
 
 
-def mark_interrupted_sends(session: Session) -> int:
-    """Deliveries left in ``sending`` by a crash: the relay may or may not have the message."""
-    rows = list(session.scalars(select(Delivery).where(Delivery.status == "sending")))
-    for row in rows:
-        row.status = "unknown"
-        row.last_error = "the sending process stopped before the relay's answer was recorded"
-    return len(rows)
-
+def trending_papers(session: Session, *, since: dt.datetime, limit: int) -> list[records.Paper]:
+    """The most upvoted papers whose upvotes were seen since ``since``: the same for every subscriber."""
+    query = (
+        select(Paper).where(Paper.upvotes.is_not(None), Paper.upvotes > 0, Paper.updated_at >= since)
+        .order_by(Paper.upvotes.desc(), Paper.id).limit(limit)
+    )
+    return [paper_record(r) for r in session.scalars(query)]

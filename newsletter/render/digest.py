@@ -1,49 +1,60 @@
-"""Digest → subject, HTML and plain text, from the Jinja2 templates in ``templates/``. Pure."""
+"""Digest → subject, HTML and plain text, from the Jinja2 templates in ``templates/email/``. Pure.
+
+A day's digests share almost everything: the page around the papers, each paper's card, the
+"trending today" section. ``DigestRenderer`` renders those once per issue date with Jinja2 and inlines
+their CSS once with css-inline (email clients ignore most ``<style>`` rules); what differs per
+subscriber (their papers' order, the reasons, their links) is filled into named slots. A slot is an
+unguessable marker made per renderer, so no paper title can forge one.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import secrets
+from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 
+import css_inline
 import jinja2
+from markupsafe import Markup
 
 from newsletter.paths import resource_dir
-from newsletter.records import Digest, OutgoingEmail
+from newsletter.records import Digest, OutgoingEmail, Paper
 
 MAX_AUTHORS = 5  # past five, "et al."
-SNIPPET_CHARS = 320  # about three lines in a phone's mail app
+TLDR_CHARS = 300  # about three lines in a phone's mail app
 SUBJECT_TITLE_CHARS = 90  # phones show ~40–90 characters of a subject
-SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+# A sentence ends at . ! or ? and a space, but not after "e.g.", "i.e.", "et al.", "etc.", "vs.", "Fig.".
+SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)(?<! al\.)(?<!etc\.)(?<! vs\.)(?<!Fig\.)\s")
 
 
-def short_authors(authors: tuple[str, ...] | list[str]) -> str:
+def short_authors(authors: Sequence[str]) -> str:
     if len(authors) > MAX_AUTHORS:
         return ", ".join(authors[:MAX_AUTHORS]) + " et al."
     return ", ".join(authors)
 
 
-def snippet(abstract: str, limit: int = SNIPPET_CHARS) -> str:
-    """The abstract cut at a sentence end (or a word) before ``limit`` characters."""
-    if len(abstract) <= limit:
-        return abstract
-    cut = abstract[:limit]
-    ends = [m.start() for m in SENTENCE_END.finditer(cut)]
-    if ends and ends[-1] > limit // 2:
-        return cut[: ends[-1]]
-    return cut.rsplit(" ", 1)[0].rstrip(",;:") + " …"
+def tldr(paper: Paper) -> str:
+    """The trending API's AI summary when there is one, else the abstract's first sentence."""
+    if paper.tldr:
+        return paper.tldr
+    match = SENTENCE_END.search(paper.abstract)
+    first = paper.abstract[: match.start()] if match else paper.abstract
+    if len(first) > TLDR_CHARS:
+        first = first[:TLDR_CHARS].rsplit(" ", 1)[0] + " …"
+    return first
 
 
 def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir or resource_dir("templates")),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=True),
         undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not as an empty string
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["short_authors"] = short_authors
-    env.filters["snippet"] = snippet
-    return env
 
 
 def subject_for(digest: Digest, *, list_name: str) -> str:
@@ -57,14 +68,90 @@ def subject_for(digest: Digest, *, list_name: str) -> str:
     return f"{list_name} · {date}: {title}" + (f" (+{more} more)" if more else "")
 
 
-def render_digest(digest: Digest, *, env: jinja2.Environment, list_name: str) -> OutgoingEmail:
-    subject = subject_for(digest, list_name=list_name)
-    context = {"digest": digest, "list_name": list_name, "subject": subject}
-    return OutgoingEmail(
-        to=digest.email,
-        subject=subject,
-        html=env.get_template("digest.html.j2").render(context),
-        text=env.get_template("digest.txt.j2").render(context),
-        message_id=digest.message_id,
-        unsubscribe_url=digest.unsubscribe_url,
-    )
+class _Slots:
+    """``slot.name`` in a template renders as a marker the renderer later fills."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(8)
+        self.pattern = re.compile(rf"@@{self.token}:([a-z_]+)@@")
+
+    def __getattr__(self, name: str) -> Markup:
+        return Markup(f"@@{self.token}:{name}@@")
+
+
+class _Filled:
+    """A rendered text split at its slots: ``fill(name=value, ...)`` joins it back."""
+
+    def __init__(self, text: str, slots: _Slots) -> None:
+        parts = slots.pattern.split(text)
+        self.literals, self.names = parts[0::2], parts[1::2]
+
+    def fill(self, **values: str) -> str:
+        out = [self.literals[0]]
+        for name, literal in zip(self.names, self.literals[1:], strict=True):
+            out.append(values[name])
+            out.append(literal)
+        return "".join(out)
+
+
+class DigestRenderer:
+    """Renders every digest of one issue date (see the module docstring)."""
+
+    def __init__(self, *, env: jinja2.Environment, list_name: str, issue_date: dt.date,
+                 trending: Sequence[Paper] = ()) -> None:
+        self.env, self.list_name, self.issue_date = env, list_name, issue_date
+        self.slots = _Slots()
+        self.css = self._source("email/digest.css")
+        context = {"slot": self.slots, "list_name": list_name, "date_text": issue_date.strftime("%A, %d %B %Y"),
+                   "trending": list(trending), "dark_css": Markup(self._source("email/dark.css"))}
+        html = env.get_template("email/shell.html.j2").render(context)
+        inliner = css_inline.CSSInliner(extra_css=self.css, keep_style_tags=True, load_remote_stylesheets=False)
+        self.shell_html = _Filled(inliner.inline(html), self.slots)
+        self.shell_text = _Filled(env.get_template("email/shell.txt.j2").render(context), self.slots)
+        self.reason_html = _Filled(self._fragment("email/reason.html.j2", {}), self.slots)
+        self._cards: dict[str, tuple[_Filled, _Filled]] = {}
+
+    def _source(self, name: str) -> str:
+        assert self.env.loader is not None
+        return self.env.loader.get_source(self.env, name)[0]
+
+    def _fragment(self, name: str, context: dict[str, object]) -> str:
+        html = self.env.get_template(name).render(slot=self.slots, **context)
+        return css_inline.inline_fragment(html, self.css)
+
+    def _card(self, paper: Paper) -> tuple[_Filled, _Filled]:
+        """The paper's HTML and text card, rendered once per day whoever it goes to."""
+        card = self._cards.get(paper.key)
+        if card is None:
+            links = [(label, url) for label, url in (("PDF", paper.pdf_url), ("Code", paper.code_url),
+                                                     ("Project page", paper.project_url)) if url]
+            context = {"paper": paper, "authors": short_authors(paper.authors), "tldr": tldr(paper), "links": links}
+            text = self.env.get_template("email/paper.txt.j2").render(slot=self.slots, **context)
+            card = self._cards[paper.key] = (_Filled(self._fragment("email/paper.html.j2", context), self.slots),
+                                             _Filled(text, self.slots))
+        return card
+
+    def render(self, digest: Digest) -> OutgoingEmail:
+        html_cards, text_cards = [], []
+        for pick in digest.papers:
+            html_card, text_card = self._card(pick.paper)
+            html_cards.append(html_card.fill(reasons="".join(self.reason_html.fill(reason=escape(r)) for r in pick.reasons)))
+            text_cards.append(text_card.fill(reasons="; ".join(pick.reasons)))
+        count = f"{len(digest.papers)} paper{'s' if len(digest.papers) != 1 else ''} picked for you"
+        preheader = " · ".join(p.paper.title for p in digest.papers[:3])
+        common = {"count": count, "email": digest.email, "preferences_url": digest.preferences_url,
+                  "unsubscribe_url": digest.unsubscribe_url, "view_url": digest.view_url}
+        html = self.shell_html.fill(papers="".join(html_cards), preheader=escape(preheader),
+                                    **{k: escape(v) for k, v in common.items()})
+        text = self.shell_text.fill(papers="\n\n".join(text_cards), preheader=preheader, **common)
+        return OutgoingEmail(to=digest.email, subject=subject_for(digest, list_name=self.list_name), html=html,
+                             text=text, message_id=digest.message_id, unsubscribe_url=digest.unsubscribe_url)
+
+
+def render_digest(digest: Digest, *, env: jinja2.Environment, list_name: str,
+                  trending: Sequence[Paper] = ()) -> OutgoingEmail:
+    """One digest on its own (previews, tests); a day's run uses one DigestRenderer for all."""
+    return DigestRenderer(env=env, list_name=list_name, issue_date=digest.issue_date, trending=trending).render(digest)
+
+
+__all__ = ["DigestRenderer", "make_environment", "render_digest", "short_authors", "subject_for", "tldr"]

@@ -15,18 +15,23 @@ import os
 import re
 import ssl
 import sys
-from email.message import EmailMessage
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol, Self
 
 import aiosmtplib
 
 from newsletter.errors import DeliveryError
+from newsletter.records import Envelope
 from newsletter.settings import Settings
 
 
 class TemporaryFailure(Exception):
-    """The relay said 'not now'."""
+    """The relay said 'not now', or the connection was lost before the message was handed over."""
+
+    def __init__(self, detail: str, *, connection_lost: bool = False) -> None:
+        super().__init__(detail)
+        self.connection_lost = connection_lost  # worth one immediate try on a fresh connection
 
 
 class PermanentFailure(Exception):
@@ -42,7 +47,7 @@ class Mailer(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None: ...
+    async def send(self, envelope: Envelope) -> None: ...
 
 
 class SmtpMailer:
@@ -102,11 +107,11 @@ class SmtpMailer:
         self._smtp = smtp
         return smtp
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
+    async def send(self, envelope: Envelope) -> None:
         smtp = self._smtp if self._smtp is not None and self._smtp.is_connected else await self._connect()
         try:
-            await smtp.mail(sender)
-            await smtp.rcpt(recipient)
+            await smtp.mail(envelope.sender)
+            await smtp.rcpt(envelope.recipient)
         except aiosmtplib.SMTPRecipientRefused as exc:
             await self._reset(smtp)
             raise _classify(exc.code, exc.message, in_rcpt=True) from None
@@ -115,9 +120,9 @@ class SmtpMailer:
             raise _classify(exc.code, exc.message, in_rcpt=False) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             self._drop()
-            raise TemporaryFailure(f"connection lost before the message was sent ({exc})") from None
+            raise TemporaryFailure(f"connection lost before the message was sent ({exc})", connection_lost=True) from None
         try:
-            await smtp.data(message.as_bytes())
+            await smtp.data(envelope.data)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset(smtp)
             raise _classify(exc.code, exc.message, in_rcpt=False) from None
@@ -165,12 +170,12 @@ class FileMailer:
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
-        folder = self.outbox_dir / SAFE_FILENAME.sub("_", recipient)
+    async def send(self, envelope: Envelope) -> None:
+        folder = self.outbox_dir / SAFE_FILENAME.sub("_", envelope.recipient)
         folder.mkdir(exist_ok=True)
-        path = folder / (SAFE_FILENAME.sub("_", str(message["Message-ID"]).strip("<>")) + ".eml")
+        path = folder / (SAFE_FILENAME.sub("_", envelope.message_id.strip("<>")) + ".eml")
         temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(message.as_bytes())
+        temporary.write_bytes(envelope.data)
         os.replace(temporary, path)
         self.written.append(path)
 
@@ -184,15 +189,16 @@ class ConsoleMailer:
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
-        sys.stdout.write(f"--- message for {recipient} (from {sender}) ---\n{message.as_string()}\n")
+    async def send(self, envelope: Envelope) -> None:
+        sys.stdout.write(f"--- message for {envelope.recipient} (from {envelope.sender}) ---\n"
+                         f"{envelope.data.decode('utf-8', 'replace')}\n")
 
 
 class RecordingMailer:
     """Keeps every message in memory: tests and dry runs."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[str, EmailMessage]] = []
+        self.sent: list[Envelope] = []
 
     async def __aenter__(self) -> Self:
         return self
@@ -200,15 +206,15 @@ class RecordingMailer:
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> None:
-        self.sent.append((recipient, message))
+    async def send(self, envelope: Envelope) -> None:
+        self.sent.append(envelope)
 
 
-def mailer_from_settings(settings: Settings) -> Mailer:
-    """The backend NEWSLETTER_EMAIL_BACKEND names, built from the settings."""
+def mailer_factory(settings: Settings) -> Callable[[], Mailer]:
+    """Makes a mailer (one connection, for smtp) of the backend NEWSLETTER_EMAIL_BACKEND names."""
     if settings.email_backend == "smtp":
         settings.require("smtp_host", purpose="NEWSLETTER_EMAIL_BACKEND=smtp")
-        return SmtpMailer(
+        return lambda: SmtpMailer(
             host=settings.smtp_host or "",
             port=settings.smtp_port,
             security=settings.smtp_security,
@@ -217,5 +223,5 @@ def mailer_from_settings(settings: Settings) -> Mailer:
             timeout_s=settings.smtp_timeout_s,
         )
     if settings.email_backend == "console":
-        return ConsoleMailer()
-    return FileMailer(settings.outbox_dir)
+        return ConsoleMailer
+    return lambda: FileMailer(settings.outbox_dir)

@@ -1,80 +1,189 @@
-"""Rendering a digest: what the subscriber reads, and headers that cannot be forged by a title."""
+"""Rendering a digest: what the subscriber reads, and bytes that cannot be forged by a title."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from email import message_from_bytes
 from email.policy import default
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newsletter.records import Digest, Paper, RankedPaper
-from newsletter.render.digest import make_environment, render_digest, short_authors, snippet
-from newsletter.render.message import build_message
+from newsletter.render.digest import DigestRenderer, make_environment, render_digest, short_authors, tldr
+from newsletter.render.mime import DkimKey, build_message, header_text
 
 ENV = make_environment()
+DATE = dt.date(2026, 11, 23)
+HEADERS = sorted([b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Id", b"List-Unsubscribe",
+                  b"List-Unsubscribe-Post", b"MIME-Version", b"Content-Type"])
 
 
-def digest(title: str = "Fast Sampling for Diffusion Models", authors: tuple[str, ...] = ("Ada Lovelace",)) -> Digest:
-    paper = Paper(key="2611.10001", arxiv_id="2611.10001", title=title, abstract="We sample faster. " * 40,
-                  authors=authors, categories=("cs.LG", "cs.CV"), abs_url="https://arxiv.org/abs/2611.10001",
-                  pdf_url="https://arxiv.org/pdf/2611.10001")
-    return Digest(email="ada@example.org", issue_date=dt.date(2026, 11, 23),
-                  papers=(RankedPaper(paper, 7.5, ("topic: “diffusion models”", "in cs.LG")),),
+def paper(n: int = 1, **fields) -> Paper:
+    values = dict(key=f"2611.1000{n}", arxiv_id=f"2611.1000{n}", title=f"Fast Sampling for Diffusion Models {n}",
+                  abstract="We sample faster, e.g. by skipping steps. Then we prove it works. " * 5,
+                  authors=("Ada Lovelace", "Alan Turing"), categories=("cs.LG", "cs.CV"),
+                  abs_url=f"https://arxiv.org/abs/2611.1000{n}", pdf_url=f"https://arxiv.org/pdf/2611.1000{n}")
+    return Paper(**(values | fields))
+
+
+def digest(*papers: Paper, reasons=("topic: “diffusion models”", "in cs.LG")) -> Digest:
+    return Digest(email="ada@example.org", issue_date=DATE,
+                  papers=tuple(RankedPaper(p, 7.5 - i, reasons) for i, p in enumerate(papers or (paper(),))),
                   unsubscribe_url="https://digest.example.org/unsubscribe/tok",
                   preferences_url="https://digest.example.org/preferences/tok",
+                  view_url="https://digest.example.org/digest/2026-11-23/tok",
                   message_id="<digest.20261123.1.abc@example.org>")
 
 
-def test_html_and_text_carry_title_link_authors_snippet_reasons_and_footer() -> None:
-    email = render_digest(digest(), env=ENV, list_name="Paper digest")
+def message_bytes(email, **kw) -> bytes:
+    return build_message(email, from_address="digest@example.org", list_name="Paper digest", list_id="digest.example.org",
+                         date=dt.datetime(2026, 11, 23, 7), **kw)
+
+
+def test_every_part_of_a_paper_and_of_the_page_is_in_both_versions() -> None:
+    rich = paper(2, authors=tuple(f"Author {i}" for i in range(7)), tldr="One line that says it all.", upvotes=42,
+                 code_url="https://github.com/lab/code", project_url="https://lab.example.org/p")
+    trending = [paper(3, title="Everyone Reads This", upvotes=99)]
+    email = render_digest(digest(paper(1), rich), env=ENV, list_name="Paper digest", trending=trending)
     for body in (email.html, email.text):
-        assert "Fast Sampling for Diffusion Models" in body
-        assert "https://arxiv.org/abs/2611.10001" in body
-        assert "Ada Lovelace" in body
-        assert "diffusion models" in body
-        assert "https://digest.example.org/unsubscribe/tok" in body
-        assert "https://digest.example.org/preferences/tok" in body
-    assert '<a class="paper-title" href="https://arxiv.org/abs/2611.10001">' in email.html
-    assert email.subject == "Paper digest · 23 Nov: Fast Sampling for Diffusion Models"
+        for expected in ("Fast Sampling for Diffusion Models 1", "https://arxiv.org/abs/2611.10001", "Ada Lovelace, Alan Turing",
+                         "We sample faster, e.g. by skipping steps.", "cs.LG, cs.CV", "https://arxiv.org/pdf/2611.10001",
+                         "Author 0, Author 1, Author 2, Author 3, Author 4 et al.", "One line that says it all.",
+                         "https://github.com/lab/code", "https://lab.example.org/p", "42 upvotes", "diffusion models",
+                         "Everyone Reads This", "99", "Monday, 23 November 2026", "2 papers picked for you",
+                         "https://digest.example.org/unsubscribe/tok", "https://digest.example.org/preferences/tok",
+                         "https://digest.example.org/digest/2026-11-23/tok"):
+            assert expected in body.replace("&amp;", "&"), expected
+    assert "Then we prove it works" not in email.html, "the TL;DR is the first sentence only"
+    assert email.subject == "Paper digest · 23 Nov: Fast Sampling for Diffusion Models 1 (+1 more)"
+    assert "Trending today" in email.html and "TRENDING TODAY" in email.text
 
 
-def test_titles_are_escaped_in_html() -> None:
-    email = render_digest(digest(title='<script>alert("x")</script> Attention'), env=ENV, list_name="Paper digest")
-    assert "<script>alert" not in email.html
-    assert "&lt;script&gt;" in email.html
+def test_css_is_inlined_and_dark_mode_rules_kept() -> None:
+    html = render_digest(digest(), env=ENV, list_name="Paper digest").html
+    card = re.search(r'<td class="card" style="([^"]+)"', html)
+    assert card and "background-color: #ffffff" in card.group(1)
+    assert "prefers-color-scheme: dark" in html
+    assert 'class="preheader"' in html and "display: none" in html
 
 
-def test_authors_are_shortened_past_five_and_abstracts_cut_at_a_sentence() -> None:
+def test_titles_and_reasons_are_escaped_and_cannot_forge_a_slot() -> None:
+    renderer = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
+    forged = f"@@{renderer.slots.token}:email@@"  # even knowing the token, a title is escaped text, not a slot name
+    email = renderer.render(digest(paper(title='<script>alert("x")</script> Attention'),
+                                   reasons=(f"<b>{forged}</b>",)))
+    assert "<script>alert" not in email.html and "&lt;script&gt;" in email.html
+    assert "&lt;b&gt;" in email.html
+    fresh = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
+    assert fresh.slots.token != renderer.slots.token
+
+
+def test_cards_are_rendered_once_per_day_whoever_gets_them() -> None:
+    renderer = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
+    first = renderer.render(digest(paper(1), paper(2)))
+    second = renderer.render(digest(paper(2), paper(1), reasons=("by Ada Lovelace (followed author)",)))
+    assert len(renderer._cards) == 2
+    assert first.html.index("Models 1") < first.html.index("Models 2")
+    assert second.html.index("Models 2") < second.html.index("Models 1")
+    assert "followed author" in second.html and "followed author" not in first.html
+
+
+def test_short_authors_and_tldr_fallback() -> None:
     assert short_authors(("A", "B", "C", "D", "E")) == "A, B, C, D, E"
     assert short_authors(("A", "B", "C", "D", "E", "F")) == "A, B, C, D, E et al."
-    cut = snippet("First sentence is here. " * 30)
-    assert cut.endswith("here.") and len(cut) <= 320
+    assert tldr(paper(tldr="Given.")) == "Given."
+    assert tldr(paper(abstract="Results hold, i.e. always. More text.")) == "Results hold, i.e. always."
 
 
-def test_message_is_multipart_alternative_with_list_headers() -> None:
+def test_the_message_reads_back_as_multipart_alternative_with_list_headers() -> None:
     email = render_digest(digest(), env=ENV, list_name="Paper digest")
-    raw = build_message(email, from_address="digest@example.org", list_name="Paper digest",
-                        list_id="digest.example.org", date=dt.datetime(2026, 11, 23, 7)).as_bytes()
+    raw = message_bytes(email)
     message = message_from_bytes(raw, policy=default)
     assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    assert message.get_body(("plain",)).get_content() == email.text.replace("\n", "\r\n") or \
+        message.get_body(("plain",)).get_content().replace("\r\n", "\n") == email.text
+    assert message.get_body(("html",)).get_content().replace("\r\n", "\n") == email.html
     assert message["Message-ID"] == "<digest.20261123.1.abc@example.org>"
+    assert message["List-Id"] == "Paper digest <digest.example.org>"
     assert message["List-Unsubscribe"] == ("<https://digest.example.org/unsubscribe/tok>, "
                                            "<mailto:digest@example.org?subject=unsubscribe>")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message["Date"] == "Mon, 23 Nov 2026 07:00:00 +0000"
-    assert b"\r\n" in raw
+    assert raw == message_bytes(email), "a resend carries the same bytes"
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert all(len(line) <= 78 for line in head.split(b"\r\n")), "headers are folded"
+    assert all(len(line) <= 76 for line in body.split(b"\r\n")), "quoted-printable keeps every body line short"
+    assert b"\n" not in raw.replace(b"\r\n", b"")
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.text(min_size=1, max_size=400).filter(lambda t: t.strip()))
-def test_no_title_can_add_a_header(title: str) -> None:
-    email = render_digest(digest(title=title), env=ENV, list_name="Paper digest")
-    raw = build_message(email, from_address="digest@example.org", list_name="Paper digest",
-                        list_id="digest.example.org", date=dt.datetime(2026, 11, 23, 7)).as_bytes()
+def test_non_ascii_subjects_and_names_are_rfc2047_encoded() -> None:
+    email = render_digest(digest(paper(title="Überraschend schnelle Diffusion 🚀")), env=ENV, list_name="Ärzte-Digest")
+    raw = build_message(email, from_address="digest@example.org", list_name="Ärzte-Digest", list_id="digest.example.org",
+                        date=dt.datetime(2026, 11, 23, 7))
     head = raw.split(b"\r\n\r\n", 1)[0]
-    names = [line.split(b":", 1)[0] for line in head.split(b"\r\n") if line and not line[:1].isspace()]
-    assert sorted(names) == sorted([b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Id", b"List-Unsubscribe",
-                                    b"List-Unsubscribe-Post", b"Content-Type", b"MIME-Version"])
-    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    assert head.isascii()
+    message = message_from_bytes(raw, policy=default)
+    assert str(message["Subject"]) == "Ärzte-Digest · 23 Nov: Überraschend schnelle Diffusion 🚀"
+    assert message["From"].addresses[0].display_name == "Ärzte-Digest"
+
+
+hostile_text = st.one_of(
+    st.text(min_size=1, max_size=300),
+    st.sampled_from(["Title\r\nBcc: victim@example.org", "Title\nX-Injected: yes", "Title%0d%0aBcc: x@example.org",
+                     "=?utf-8?q?a=0D=0ABcc:_x@example.org?=", "Title\u2028X-Injected: yes", "🚀" * 500, "A" * 10_000,
+                     "Title\x00\x1b[31m", " ".join(["word"] * 3000)]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(title=hostile_text, list_name=hostile_text)
+def test_no_title_or_list_name_can_add_a_header_or_break_the_line_limit(title: str, list_name: str) -> None:
+    if not title.strip():
+        title = "x"
+    email = render_digest(digest(paper(title=title)), env=ENV, list_name=list_name)
+    raw = build_message(email, from_address="digest@example.org", list_name=list_name, list_id="digest.example.org",
+                        date=dt.datetime(2026, 11, 23, 7))
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")
+    names = [line.split(b":", 1)[0] for line in lines if line and not line[:1].isspace()]
+    assert sorted(names) == HEADERS
+    assert all(len(line) <= 998 for line in lines)
+    assert head.isascii()
+    message = message_from_bytes(raw, policy=default)
+    subject = str(message["Subject"])
+    assert "\n" not in subject and "\r" not in subject
+    assert subject.replace(" ", "") == header_text(email.subject).replace(" ", "")
+
+
+def test_dkim_signature_covers_the_list_headers_and_verifies() -> None:
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    import base64
+
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    raw = message_bytes(render_digest(digest(), env=ENV, list_name="Paper digest"),
+                        dkim_key=DkimKey("digest", "example.org", pem))
+    assert raw.startswith(b"DKIM-Signature:")
+    signature = raw.split(b"\r\n\r\n", 1)[0].decode()
+    signed = re.search(r"h=([^;]+);", signature.replace("\r\n", "").replace(" ", "")).group(1).lower().split(":")
+    assert {"list-unsubscribe", "list-unsubscribe-post", "from", "subject"} <= set(signed)
+    assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
+    tampered = raw.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: nothing")
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: record)
+
+
+@pytest.mark.parametrize("chars", [0, 89, 300])
+def test_subject_keeps_the_date_and_shortens_long_titles(chars: int) -> None:
+    email = render_digest(digest(paper(title="T" * chars or "Short")), env=ENV, list_name="Paper digest")
+    assert email.subject.startswith("Paper digest · 23 Nov: ")
+    assert len(email.subject) <= len("Paper digest · 23 Nov: ") + 91

@@ -1,0 +1,111 @@
+"""OutgoingEmail → RFC 5322 bytes: multipart/alternative (text, then HTML) with the list headers. Pure.
+
+Written by hand rather than with ``email.message.EmailMessage`` (about 2 ms a message here, most of
+the time of a whole digest) but to the same rules, and the tests read every message back with the
+``email`` package: CRLF line ends, quoted-printable UTF-8 bodies (no line over 76 octets), RFC 2047
+encoded headers folded under 78 octets, a stable Message-ID, and the list headers Gmail and Yahoo
+require of bulk mail (RFC 2369 / RFC 8058). Optionally DKIM-signed over the From, Subject and both
+List-Unsubscribe headers among others.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from email.header import Header
+from email.utils import format_datetime, formataddr
+
+from newsletter.records import OutgoingEmail
+
+# Every control character, and everything str.splitlines() breaks at: none may reach a header.
+CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+MAX_DISPLAY_CHARS = 64  # of the list name in From and List-Id; the Subject carries it whole
+SIGNED_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"list-id", b"list-unsubscribe",
+                  b"list-unsubscribe-post", b"mime-version", b"content-type")
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    selector: str
+    domain: str
+    private_key: bytes  # PEM
+
+
+def header_text(value: str) -> str:
+    """A header value on one line whatever the input held: no CR/LF can start a new header."""
+    return CONTROL.sub(" ", value).strip()
+
+
+def _plain(value: str) -> bool:
+    # "=?" would be read as the start of an encoded word by the client: encode such text too.
+    return value.isascii() and "=?" not in value
+
+
+def encode_header(name: str, value: str) -> str:
+    """``Name: value`` with RFC 2047 encoding when needed and folding under 78 octets a line."""
+    value = header_text(value)
+    if _plain(value) and len(name) + len(value) < 76:
+        return f"{name}: {value}"
+    charset = "us-ascii" if _plain(value) else "utf-8"
+    return f"{name}: " + Header(value, charset, header_name=name).encode(linesep="\r\n")
+
+
+def with_phrase(name: str, display: str, address: str) -> str:
+    """``Name: "Display" <address>``, the display name encoded and folded as needed, the address never."""
+    display = header_text(display)[:MAX_DISPLAY_CHARS]
+    if _plain(display):
+        phrase = formataddr((display, "x@x"))[: -len(" <x@x>")] if display else ""
+    else:
+        phrase = Header(display, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {phrase} <{address}>" if phrase else f"{name}: <{address}>"
+
+
+def _qp(text: str) -> bytes:
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def build_message(
+    email: OutgoingEmail,
+    *,
+    from_address: str,
+    list_name: str,
+    list_id: str,
+    date: dt.datetime,
+    to: str | None = None,
+    dkim_key: DkimKey | None = None,
+) -> bytes:
+    """The message as bytes ready for SMTP; ``to`` overrides the recipient (the dev redirect)."""
+    boundary = "=_d" + hashlib.sha1(email.message_id.encode()).hexdigest()[:20]  # same bytes on a resend
+    headers = [
+        with_phrase("From", list_name, from_address),
+        f"To: {header_text(to or email.to)}",
+        encode_header("Subject", email.subject),
+        "Date: " + format_datetime(date if date.tzinfo else date.replace(tzinfo=dt.UTC)),
+        f"Message-ID: {header_text(email.message_id)}",
+        with_phrase("List-Id", list_name, list_id),
+        encode_header("List-Unsubscribe", f"<{email.unsubscribe_url}>, <mailto:{from_address}?subject=unsubscribe>"),
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    part_head = "Content-Type: text/{}; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    message = b"".join([
+        "\r\n".join(headers).encode("ascii"), b"\r\n\r\n",
+        f"--{boundary}\r\n".encode(), part_head.format("plain").encode(), _qp(email.text), b"\r\n",
+        f"--{boundary}\r\n".encode(), part_head.format("html").encode(), _qp(email.html), b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ])
+    if dkim_key is not None:
+        message = sign(message, dkim_key)
+    return message
+
+
+def sign(message: bytes, key: DkimKey) -> bytes:
+    import dkim  # dkimpy: imported only when a key is configured
+
+    signature = dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private_key,
+                          include_headers=list(SIGNED_HEADERS))
+    return signature + message
