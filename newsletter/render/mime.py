@@ -10,12 +10,12 @@ List-Unsubscribe headers among others.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
-from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from newsletter.records import OutgoingEmail
@@ -44,13 +44,47 @@ def _plain(value: str) -> bool:
     return value.isascii() and "=?" not in value
 
 
+WORD_BYTES = 40  # UTF-8 bytes per encoded word: "Subject: =?utf-8?b?<56 base64 chars>?=" stays under 78
+
+
+def encoded_words(value: str) -> str:
+    """RFC 2047 base64 encoded words, one per folded line, never splitting a character.
+
+    Written here because the stdlib's encoder costs about 1 ms a subject, a third of a digest's time.
+    """
+    words, chunk, size = [], [], 0
+    for char in value:
+        width = len(char.encode())
+        if size + width > WORD_BYTES:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += width
+    words.append("".join(chunk))
+    return "\r\n ".join("=?utf-8?b?" + base64.b64encode(w.encode()).decode() + "?=" for w in words)
+
+
 def encode_header(name: str, value: str) -> str:
     """``Name: value`` with RFC 2047 encoding when needed and folding under 78 octets a line."""
     value = header_text(value)
     if _plain(value) and len(name) + len(value) < 76:
         return f"{name}: {value}"
-    charset = "us-ascii" if _plain(value) else "utf-8"
-    return f"{name}: " + Header(value, charset, header_name=name).encode(linesep="\r\n")
+    if _plain(value):
+        return fold(f"{name}: {value}")
+    return f"{name}: " + encoded_words(value)
+
+
+def fold(line: str, width: int = 78) -> str:
+    """Fold a long ASCII header line at spaces (RFC 5322 §2.2.3); a word longer than the width stays whole."""
+    out, current = [], ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return "\r\n".join(out)
 
 
 def with_phrase(name: str, display: str, address: str) -> str:
@@ -59,7 +93,7 @@ def with_phrase(name: str, display: str, address: str) -> str:
     if _plain(display):
         phrase = formataddr((display, "x@x"))[: -len(" <x@x>")] if display else ""
     else:
-        phrase = Header(display, "utf-8", header_name=name).encode(linesep="\r\n")
+        phrase = encoded_words(display)
     return f"{name}: {phrase} <{address}>" if phrase else f"{name}: <{address}>"
 
 

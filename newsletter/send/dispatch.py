@@ -33,27 +33,40 @@ class Job:
 
 
 class RateLimiter:
-    """At most ``per_second`` sends in any one-second window, across all connections.
+    """At most ``per_second`` messages reach the relay in any one-second window, across connections.
 
-    Seeded with the wall-clock times of the latest sends from the ledger, so the limit still holds
-    right after a restart. ``per_second`` 0 means no limit.
+    A send counts from the moment it starts until one window after it completes (the relay may
+    count it at any point in between), so the bound holds whatever the network latency. Seeded
+    with the completion times of the latest sends from the ledger, so it still holds right after a
+    restart. ``per_second`` 0 means no limit; below 1, one message per ``1/per_second`` seconds.
     """
 
     def __init__(self, per_second: float, *, recent: Sequence[float] = (), clock: Callable[[], float] = time.time) -> None:
-        self.capacity = int(per_second) if per_second >= 1 else (1 if per_second > 0 else 0)
+        self.capacity = max(int(per_second), 1) if per_second > 0 else 0
         self.window_s = 1.0 if per_second >= 1 else (1.0 / per_second if per_second > 0 else 0.0)
         self.clock = clock
-        self.sent: deque[float] = deque(sorted(recent)[-self.capacity:] if self.capacity else (), maxlen=self.capacity or None)
+        self.completed: deque[float] = deque(sorted(recent))
+        self.in_flight = 0
         self._lock = asyncio.Lock()
 
-    async def wait(self) -> None:
+    async def acquire(self) -> None:
         if not self.capacity:
             return
         async with self._lock:
-            now = self.clock()
-            if len(self.sent) == self.capacity and now - self.sent[0] < self.window_s:
-                await asyncio.sleep(self.window_s - (now - self.sent[0]))
-            self.sent.append(self.clock())
+            while True:
+                now = self.clock()
+                while self.completed and now - self.completed[0] >= self.window_s:
+                    self.completed.popleft()
+                if self.in_flight + len(self.completed) < self.capacity:
+                    break
+                wait = self.window_s - (now - self.completed[0]) if self.completed else 0.005
+                await asyncio.sleep(max(wait, 0.001))
+            self.in_flight += 1
+
+    def release(self) -> None:
+        if self.capacity:
+            self.in_flight -= 1
+            self.completed.append(self.clock())
 
 
 @dataclass
@@ -66,12 +79,12 @@ class GroupCommitter:
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
 
-    async def started(self, delivery_id: int) -> None:
-        self._started.append(delivery_id)
-        await self._committed()
-
-    async def finished(self, outcome: Outcome) -> None:
-        self._finished.append(outcome)
+    async def record(self, *, finished: Outcome | None = None, started: int | None = None) -> None:
+        """Record a connection's last outcome and/or the delivery it sends next, and wait for the commit."""
+        if finished is not None:
+            self._finished.append(finished)
+        if started is not None:
+            self._started.append(started)
         await self._committed()
 
     async def _committed(self) -> None:
@@ -126,19 +139,26 @@ async def dispatch(
                 await queue.put(None)
 
     async def work(mailer: Mailer) -> None:
-        while (job := await queue.get()) is not None:
-            if stop.is_set():
-                continue  # drain: the job stays pending for the next run
-            await limiter.wait()
-            await committer.started(job.delivery_id)
-            outcome, relay_down = await attempt(mailer, job)
+        last: Outcome | None = None
+        while (job := await queue.get()) is not None and not stop.is_set():
+            # One commit records the previous message's outcome and this one's start.
+            await committer.record(finished=last, started=job.delivery_id)
+            last = None
+            await limiter.acquire()  # after the commit, right before the send
+            try:
+                last, relay_down = await attempt(mailer, job)
+            finally:
+                limiter.release()
             if relay_down:
-                result.error = outcome.error
+                result.error = last.error
                 stop.set()
-            await committer.finished(outcome)
-            result.outcomes[outcome.status] = result.outcomes.get(outcome.status, 0) + 1
+            result.outcomes[last.status] = result.outcomes.get(last.status, 0) + 1
             if on_outcome:
-                on_outcome(outcome)
+                on_outcome(last)
+        if last is not None:
+            await committer.record(finished=last)
+        while job is not None:  # after a stop, drain: those jobs stay pending for the next run
+            job = await queue.get()
 
     await asyncio.gather(produce(), *(work(m) for m in mailers))
     return result

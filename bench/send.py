@@ -1,0 +1,231 @@
+"""Benchmark: digests for N subscribers rendered and sent to an aiosmtpd sink in another process.
+
+    python bench/send.py [--subscribers 20000] [--pool 4]
+
+Prints emails/s for: rendering + MIME alone; sending alone (pre-built messages through the pool,
+the rate limiter and the ledger); end to end (render + MIME + pool + ledger, from the recorded picks;
+scoring and recording the picks is timed on its own line); a bare pooled aiosmtplib loop sending
+pre-built messages to the same sink, with no database (the practical ceiling); and the naive path
+(the whole template rendered per subscriber, CSS inlined per message, ``EmailMessage``, a new
+connection per message). Then peak RSS. Targets (issue 5): rendering + MIME >= 2,000 emails/s;
+end to end >= 70 % of the bare loop; 100,000 subscribers scored, rendered and sent under 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import random
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+import css_inline
+from sqlalchemy import update
+
+from newsletter.db import migrate, repo
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Delivery, utcnow
+from newsletter.ingest.fetch import Fetcher, make_client
+from newsletter.ingest.run import ingest_sources
+from newsletter.ingest.sources import SourceSpec
+from newsletter.paths import PACKAGE_DIR
+from newsletter.pipeline import DigestRun, _jobs, plan_digests, send_due
+from newsletter.records import NewSubscriber, Preferences
+from newsletter.render.digest import DigestRenderer, make_environment, short_authors, tldr
+from newsletter.send.mailer import SmtpMailer
+from newsletter.settings import Settings
+
+TOPICS = ["diffusion models", "large language models", "reinforcement learning", "graph neural networks",
+          "retrieval-augmented generation", "speech recognition", "robot manipulation", "recommender systems",
+          "time series forecasting", "code generation", "federated learning", "image segmentation"]
+SAMPLE_MESSAGES = 2000  # pre-built messages the bare loop cycles through (keeps memory flat)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sink() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "smtp_sink.py"), str(port)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process, port
+
+
+def setup(folder: str, subscribers: int, port: int, pool: int) -> tuple[Settings, object]:
+    settings = Settings(database_url=f"sqlite:///{folder}/bench.db", email_backend="smtp", smtp_host="127.0.0.1",
+                        smtp_port=port, smtp_security="none", smtp_pool_size=pool, secret_key="bench",
+                        from_address="digest@example.org", _env_file=None)
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with make_client(timeout_s=5) as client:
+        ingest_sources([SourceSpec(str(PACKAGE_DIR / "demo_data" / "arxiv_sample.rss"), "arxiv-rss"),
+                        SourceSpec(str(PACKAGE_DIR / "demo_data" / "hf_daily_sample.json"), "hf-daily")],
+                       sessions=sessions, fetcher=Fetcher(client=client, max_bytes=50_000_000), now=utcnow())
+    rng = random.Random(5)
+    people = [NewSubscriber(email=f"reader{i}@lab{i % 211}.example.org", max_papers=rng.randint(5, 10),
+                            preferences=Preferences.from_lists(topics=rng.sample(TOPICS, rng.randint(1, 3))))
+              for i in range(subscribers)]
+    with sessions() as session:
+        repo.import_subscribers(session, subscribers=people)
+        session.commit()
+    return settings, sessions
+
+
+def reset(sessions) -> None:  # noqa: ANN001
+    with sessions() as session:
+        session.execute(update(Delivery).where(Delivery.status.in_(("sent", "sending")))
+                        .values(status="pending", attempts=0, sent_at=None))
+        session.commit()
+
+
+async def collect(settings, sessions, date, limit=None) -> tuple[list, float]:  # noqa: ANN001
+    """Render + MIME every due delivery (no sending); returns up to ``limit`` jobs and the seconds taken."""
+    env = make_environment()
+    kept, started = [], time.perf_counter()
+    with sessions() as session:
+        renderer = DigestRenderer(env=env, list_name=settings.list_name, issue_date=date,
+                                  trending=repo.trending_papers(session, since=utcnow() - dt.timedelta(days=3), limit=5))
+        async for job in _jobs(session, settings=settings, renderer=renderer, issue_date=date, now=utcnow(), only=None, dkim=None):
+            if limit is None or len(kept) < limit:
+                kept.append(job)
+    return kept, time.perf_counter() - started
+
+
+async def bare_loop(port: int, pool: int, messages: list[bytes], count: int) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(count):
+        queue.put_nowait(n)
+
+    async def worker() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        while not queue.empty():
+            n = queue.get_nowait()
+            await smtp.sendmail("digest@example.org", [f"r{n}@example.org"], messages[n % len(messages)])
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(pool)))
+    return time.perf_counter() - started
+
+
+NAIVE_TEMPLATE = """<html><head><style>{{ css }}</style></head><body><h1>{{ list_name }}</h1>
+{% for pick in picks %}<table><tr><td class="card"><a class="paper-title" href="{{ pick.paper.abs_url }}">{{ pick.paper.title }}</a>
+<div class="meta">{{ authors(pick.paper.authors) }}</div><p class="tldr">{{ tldr(pick.paper) }}</p>
+{% for r in pick.reasons %}<span class="reason">{{ r }}</span>{% endfor %}</td></tr></table>{% endfor %}
+<a href="{{ unsubscribe }}">Unsubscribe</a></body></html>"""
+
+
+async def naive(port: int, settings, sessions, date, count: int) -> float:  # noqa: ANN001
+    """The straightforward way: whole template per subscriber, CSS inlined per message, EmailMessage, a connection each."""
+    env = make_environment()
+    template = env.from_string(NAIVE_TEMPLATE)
+    css = (Path(env.loader.searchpath[0]) / "email" / "digest.css").read_text()  # type: ignore[union-attr]
+    jobs, _ = await collect(settings, sessions, date, limit=count)
+    with sessions() as session:
+        items = repo.delivery_items(session, delivery_ids=[j.delivery_id for j in jobs])
+        papers = repo.papers_by_id(session, ids={p for rows in items.values() for p, _, _ in rows})
+    started = time.perf_counter()
+    for job in jobs:
+        picks = [type("Pick", (), {"paper": papers[p], "reasons": r}) for p, _, r in items[job.delivery_id]]
+        html = css_inline.inline(template.render(css=css, list_name="Paper digest", picks=picks, authors=short_authors,
+                                                 tldr=tldr, unsubscribe="https://example.org/u"))
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "digest@example.org", job.envelope.recipient, "Digest"
+        message.set_content("text version")
+        message.add_alternative(html, subtype="html")
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        await smtp.send_message(message)
+        await smtp.quit()
+    return time.perf_counter() - started
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    sink, port = start_sink()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            date = utcnow().date()
+            settings, sessions = setup(folder, args.subscribers, port, args.pool)
+            started = time.perf_counter()
+            run = plan_digests(settings=settings, sessions=sessions, issue_date=date, only=None, dry_run=False, run=DigestRun(date))
+            plan_s = time.perf_counter() - started
+            total = sum(1 for p in run.picks if p.papers)
+            del run
+            sample, render_s = await collect(settings, sessions, date, limit=SAMPLE_MESSAGES)
+            messages = [job.envelope.data for job in sample]
+
+            # Sending alone: pre-built messages through the pool, limiter and ledger.
+            async def prebuilt(*_a, **_k):
+                with sessions() as session:
+                    after = 0
+                    while batch := repo.due_deliveries(session, issue_date=date, now=utcnow(), after_id=after, limit=500):
+                        after = batch[-1].id
+                        for n, delivery in enumerate(batch):
+                            yield type(sample[0])(delivery.id, delivery.subscriber_id,
+                                                  sample[n % len(sample)].envelope.__class__(
+                                                      "digest@example.org", delivery.email, delivery.message_id, messages[(after + n) % len(messages)]))
+
+            import newsletter.pipeline as pipeline_module
+
+            real_jobs = pipeline_module._jobs
+            pipeline_module._jobs = prebuilt  # type: ignore[assignment]
+            send_s = await timed_send(settings, sessions, date, args.pool)
+            pipeline_module._jobs = real_jobs
+            reset(sessions)
+            e2e_s = await timed_send(settings, sessions, date, args.pool)
+            bare_s = await bare_loop(port, args.pool, messages, total)
+            reset(sessions)  # the naive path renders the same deliveries again
+            naive_count = min(args.naive, total)
+            naive_s = await naive(port, settings, sessions, date, naive_count)
+    finally:
+        sink.terminate()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    bare_rate = total / bare_s
+    print(f"subscribers: {args.subscribers:,}   digests: {total:,}   SMTP connections: {args.pool}")
+    print(f"score + record picks       : {plan_s:7.2f} s  ({args.subscribers / plan_s:,.0f} subscribers/s)")
+    print(f"render + MIME alone        : {total / render_s:9,.0f} emails/s")
+    print(f"send alone (pool + ledger) : {total / send_s:9,.0f} emails/s")
+    print(f"end to end (render + send) : {total / e2e_s:9,.0f} emails/s   = {total / e2e_s / bare_rate:.0%} of the bare loop")
+    print(f"bare pooled aiosmtplib loop: {bare_rate:9,.0f} emails/s")
+    print(f"naive path                 : {naive_count / naive_s:9,.0f} emails/s   (end to end is {total / e2e_s / (naive_count / naive_s):.1f}x)")
+    print(f"all of it, score to sent   : {plan_s + e2e_s:7.2f} s   peak RSS {rss_mb:,.0f} MB")
+
+
+async def timed_send(settings, sessions, date, pool) -> float:  # noqa: ANN001
+    mailers = [SmtpMailer(host="127.0.0.1", port=settings.smtp_port, security="none") for _ in range(pool)]
+    for mailer in mailers:
+        await mailer.__aenter__()
+    started = time.perf_counter()
+    run = DigestRun(date)
+    await send_due(settings=settings, sessions=sessions, mailers=mailers, templates=make_environment(), issue_date=date, run=run)
+    elapsed = time.perf_counter() - started
+    for mailer in mailers:
+        await mailer.__aexit__(None, None, None)
+    assert run.outcomes.get("sent", 0) > 0 and not run.errors, (run.outcomes, run.errors)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--pool", type=int, default=4)
+    parser.add_argument("--naive", type=int, default=500, help="messages to time the naive path on")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Delivery against a real aiosmtpd server with injected faults: every recipient gets one message."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Delivery, Subscriber
+from tests.conftest import FIXTURES, free_port
+from tests.send.faults import FaultySink, share
+
+RECIPIENTS = 1200
+
+
+@pytest.fixture
+def sink() -> Iterator[FaultySink]:
+    handler = FaultySink()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    handler.port = port  # type: ignore[attr-defined]
+    yield handler
+    controller.stop()
+
+
+@pytest.fixture
+def list_ready(cli, env, sqlite_url, tmp_path: Path, sink: FaultySink):
+    """RECIPIENTS active subscribers who all match today's papers, and settings pointing at the sink."""
+    env(database_url=sqlite_url, secret_key="s", from_address="digest@example.org", email_backend="smtp",
+        smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none", smtp_timeout_s=2, retry_base_s=0)  # type: ignore[attr-defined]
+    rows = "".join(f"reader{i}@lab{i % 7}.example.org,diffusion models;language models,,,,,,,,3\n" for i in range(RECIPIENTS))
+    path = tmp_path / "list.csv"
+    path.write_text("email,topics,exclude,categories,authors,describe,timezone,hour,frequency,max_papers\n" + rows)
+    assert cli("subscribers", "import", str(path)).code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    return [f"reader{i}@lab{i % 7}.example.org" for i in range(RECIPIENTS)]
+
+
+def deliveries(url: str) -> dict[str, Delivery]:
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        rows = {email: d for d, email in session.execute(
+            select(Delivery, Subscriber.email).join(Subscriber, Subscriber.id == Delivery.subscriber_id))}
+    engine.dispose()
+    return rows
+
+
+def digest(cli) -> dict:
+    result = cli("digest", "--json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)["outcomes"]
+
+
+def test_temporary_refusals_are_retried_until_everyone_has_exactly_one(cli, list_ready, sink, sqlite_url) -> None:
+    sink.temporary = lambda address: share(address, 10)
+    refused = [a for a in list_ready if share(a, 10)]
+    assert 80 < len(refused) < 160
+    first = digest(cli)
+    assert first == {"sent": RECIPIENTS - len(refused), "retry": len(refused)}
+    assert {deliveries(sqlite_url)[a].status for a in refused} == {"retry"}
+    second = digest(cli)
+    assert second == {"sent": len(refused)}
+    assert set(sink.per_recipient().values()) == {1} and len(sink.per_recipient()) == RECIPIENTS
+    assert digest(cli) == {}
+
+
+def test_permanent_refusals_fail_at_once_are_never_retried_and_suppress(cli, list_ready, sink, sqlite_url) -> None:
+    gone = [a for a in list_ready if share(a, 2)]
+    sink.permanent = {a: "550 5.1.1 no such user here" for a in gone[:-2]}
+    full = gone[-2:]
+    sink.permanent |= {a: "552 5.2.2 mailbox full" for a in full}  # 552 at RCPT: temporary, as RFC 5321 says
+    first = digest(cli)
+    assert first == {"sent": RECIPIENTS - len(gone), "failed": len(gone) - 2, "retry": 2}
+    rows = deliveries(sqlite_url)
+    assert all(rows[a].status == "failed" and "5.1.1" in rows[a].last_error for a in gone[:-2])
+    assert digest(cli) == {"retry": 2}, "the 550s are not tried again; the 552s are"
+    assert not any(a in sink.per_recipient() for a in gone)
+    subscribers = {s["email"]: s for s in json.loads(cli("subscribers", "list", "--json").out)}
+    assert {subscribers[a]["status"] for a in gone[:-2]} == {"bounced"}
+    assert {subscribers[a]["status"] for a in full} == {"active"}
+
+
+def test_a_plain_5xx_counts_a_bounce_and_suppresses_after_the_limit(cli, env, list_ready, sink, sqlite_url) -> None:
+    env(bounce_limit=1)
+    victim = list_ready[5]
+    sink.permanent = {victim: "554 5.7.1 rejected for policy reasons"}
+    digest(cli)
+    assert deliveries(sqlite_url)[victim].status == "failed"
+    assert json.loads(cli("subscribers", "show", victim, "--json").out)["status"] == "bounced"
+
+
+def test_dropped_connections_lose_nothing_and_double_nothing(cli, list_ready, sink, sqlite_url) -> None:
+    sink.drop_rcpt_every = 500  # before the message: tried again at once on a fresh connection
+    sink.drop_data_every = 450  # after the message arrived, unanswered: unknown, retried once next run
+    first = digest(cli)
+    assert first["sent"] + first.get("unknown", 0) == RECIPIENTS and first.get("unknown", 0) == RECIPIENTS // 450
+    second = digest(cli)
+    assert second == {"sent": RECIPIENTS // 450}
+    counts = sink.per_recipient()
+    assert len(counts) == RECIPIENTS and set(counts.values()) == {1}
+    assert sink.sessions >= 1 + RECIPIENTS // 500
+
+
+def test_a_stalling_server_hits_the_timeout_and_the_run_finishes(cli, env, list_ready, sink, sqlite_url) -> None:
+    env(smtp_timeout_s=0.5)
+    sink.stall_for = {list_ready[3]: 3.0}
+    started = time.monotonic()
+    first = digest(cli)
+    assert time.monotonic() - started < 30
+    assert first == {"sent": RECIPIENTS - 1, "unknown": 1}
+    assert "connection lost while the relay was taking the message" in deliveries(sqlite_url)[list_ready[3]].last_error
+    assert digest(cli) == {"sent": 1}
+
+
+def test_a_pool_of_connections_each_carries_many_messages(cli, env, list_ready, sink) -> None:
+    env(smtp_pool_size=3)
+    assert digest(cli) == {"sent": RECIPIENTS}
+    assert sink.sessions == 3
+
+
+def test_starttls_required_but_not_offered_is_an_error_not_a_downgrade(cli, env, list_ready, sink, sqlite_url) -> None:
+    env(smtp_security="starttls")
+    result = cli("digest")
+    assert result.code == 1 and "security=starttls" in result.err
+    assert sink.received == [] and deliveries(sqlite_url) == {}
+
+
+def test_the_rate_limit_holds_across_a_restart(cli, env, list_ready, sink, sqlite_url) -> None:
+    env(smtp_rate_per_s=40)
+    # Keep it short: the first run sends to 60 of the list, the restart right after it to 60 more.
+    engine = make_engine(sqlite_url)
+    with make_sessionmaker(engine)() as session:
+        for subscriber in session.scalars(select(Subscriber).where(Subscriber.id > 60)):
+            subscriber.status = "paused"
+        session.commit()
+    digest(cli)  # 60 messages at 40/s
+    with make_sessionmaker(engine)() as session:  # a restart right away, with 60 more to send
+        for subscriber in session.scalars(select(Subscriber).where(Subscriber.id > 60, Subscriber.id <= 120)):
+            subscriber.status = "active"
+        session.commit()
+    engine.dispose()
+    digest(cli)
+    times = sorted(t for _, _, t in sink.received)
+    assert len(times) == 120
+    busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+    assert busiest <= 40, f"{busiest} messages in one second"
