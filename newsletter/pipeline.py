@@ -207,6 +207,10 @@ async def send_due(
                      dkim=dkim_key(settings))
         result = await dispatch(jobs, mailers=mailers, committer=GroupCommitter(write), limiter=limiter, on_outcome=counted)
     run.outcomes.update(result.outcomes)
+    if ledger.expired:  # the outcome was "try again later", but the retry window is over
+        run.outcomes["retry"] -= ledger.expired
+        run.outcomes["expired"] += ledger.expired
+        run.outcomes = +run.outcomes  # drop zero counts
     if result.error:
         run.errors.append(f"{result.error}; the remaining digests stay pending for the next run")
 

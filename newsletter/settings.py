@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     smtp_timeout_s: float = Field(default=60.0, gt=0)  # relays may take a minute to answer the final dot
+    smtp_ca_file: Path | None = None  # CA bundle for a relay whose certificate the system does not trust
     smtp_pool_size: int = Field(default=4, ge=1, le=64)  # connections to the relay, each reused for many messages
     smtp_rate_per_s: float = Field(default=0.0, ge=0)  # messages per second to the relay; 0: no limit
     retry_base_s: float = Field(default=300.0, ge=0)  # first retry after a 4xx; doubles each time (±25%)
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
     min_score: float = Field(default=1.5, ge=0)  # BM25 units; below it a paper is noise
     send_empty_digest: bool = False  # quiet days: no email unless this is set
     trending_count: int = Field(default=5, ge=0, le=20)  # papers in the "trending today" section
+
+    @field_validator("smtp_ca_file", "dkim_private_key_path", "smtp_host", "from_address", "secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``NAME=`` in .env means "not set", not the current directory or an empty host."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod

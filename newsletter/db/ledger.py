@@ -53,6 +53,7 @@ class Ledger:
 
     def __init__(self, session: Session, *, policy: RetryPolicy) -> None:
         self.session, self.policy = session, policy
+        self.expired = 0  # retries that fell outside the window and were recorded as expired
 
     def started(self, delivery_ids: Sequence[int], *, now: dt.datetime) -> None:
         self._run(MARK_SENDING, [{"id": i, "now": now} for i in delivery_ids])
@@ -94,6 +95,7 @@ class Ledger:
             self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error, "when": w} for o, w in due])
         if expired:
             self._set([o for o, _ in expired], status="expired", now=now)
+            self.expired += len(expired)
 
     def _count_bounces(self, outcomes: Sequence[Outcome]) -> None:
         ids = [o.subscriber_id for o in outcomes]

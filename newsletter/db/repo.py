@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -286,10 +286,6 @@ def papers_first_seen_between(session: Session, *, start: dt.datetime, end: dt.d
         .order_by(Paper.first_seen_at, Paper.id)
     )
     return [paper_record(r) for r in session.scalars(query)]
-
-
-def count_papers(session: Session) -> int:
-    return session.scalar(select(func.count(Paper.id))) or 0
 
 
 # --- deliveries --------------------------------------------------------------------------------

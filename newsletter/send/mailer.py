@@ -214,6 +214,12 @@ def mailer_factory(settings: Settings) -> Callable[[], Mailer]:
     """Makes a mailer (one connection, for smtp) of the backend NEWSLETTER_EMAIL_BACKEND names."""
     if settings.email_backend == "smtp":
         settings.require("smtp_host", purpose="NEWSLETTER_EMAIL_BACKEND=smtp")
+        tls_context = None
+        if settings.smtp_ca_file is not None:
+            try:
+                tls_context = ssl.create_default_context(cafile=str(settings.smtp_ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise DeliveryError(f"NEWSLETTER_SMTP_CA_FILE: cannot load {settings.smtp_ca_file} ({exc})") from None
         return lambda: SmtpMailer(
             host=settings.smtp_host or "",
             port=settings.smtp_port,
@@ -221,6 +227,7 @@ def mailer_factory(settings: Settings) -> Callable[[], Mailer]:
             username=settings.smtp_username,
             password=settings.smtp_password,
             timeout_s=settings.smtp_timeout_s,
+            tls_context=tls_context,
         )
     if settings.email_backend == "console":
         return ConsoleMailer

@@ -20,6 +20,7 @@ def share(address: str, percent: float) -> bool:
 @dataclass
 class FaultySink:
     temporary: Callable[[str], bool] = lambda address: False  # 451 on RCPT, the first time only
+    always_temporary: Callable[[str], bool] = lambda address: False  # 451 on RCPT, every time
     permanent: dict[str, str] = field(default_factory=dict)  # address → "550 ..." reply, every time
     drop_rcpt_every: int = 0  # close the connection at RCPT of every Nth transaction (before DATA)
     drop_data_every: int = 0  # close the connection after DATA arrived, before replying (message not kept)
@@ -45,6 +46,8 @@ class FaultySink:
             return "421 closing"
         if address in self.permanent:
             return self.permanent[address]
+        if self.always_temporary(address):
+            return "451 4.3.0 mailbox temporarily unavailable"
         if self.temporary(address) and address not in self._refused_once:
             self._refused_once.add(address)
             return "451 4.7.1 try again later"

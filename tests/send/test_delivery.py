@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Subscriber
@@ -151,3 +152,61 @@ def test_the_rate_limit_holds_across_a_restart(cli, env, list_ready, sink, sqlit
     assert len(times) == 120
     busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
     assert busiest <= 40, f"{busiest} messages in one second"
+
+
+def test_a_delivery_still_refused_after_the_retry_window_expires(cli, list_ready, sink, sqlite_url) -> None:
+    victim = list_ready[7]
+    sink.always_temporary = lambda address: address == victim
+    assert digest(cli)["retry"] == 1
+    row = deliveries(sqlite_url)[victim]
+    assert row.status == "retry" and row.next_attempt_at is not None
+    engine = make_engine(sqlite_url)  # a day passes
+    with make_sessionmaker(engine)() as session:
+        session.execute(update(Delivery).where(Delivery.id == row.id)
+                        .values(created_at=row.created_at - dt.timedelta(hours=25)))
+        session.commit()
+    engine.dispose()
+    assert digest(cli) == {"expired": 1}
+    assert deliveries(sqlite_url)[victim].status == "expired"
+    assert digest(cli) == {}
+
+
+def test_the_redirect_switch_sends_everything_to_one_address(cli, env, list_ready, sink) -> None:
+    env(redirect_all_to="qa@example.org")
+    assert digest(cli) == {"sent": RECIPIENTS}
+    assert set(sink.per_recipient()) == {"qa@example.org"}
+
+
+def test_dkim_signs_when_a_key_is_configured(cli, env, list_ready, sink, tmp_path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "dkim.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    env(dkim_private_key_path=tmp_path / "dkim.pem", dkim_selector="news")
+    captured: list[bytes] = []
+    original = sink.handle_DATA
+
+    async def keep(server, session, envelope):  # noqa: ANN001
+        captured.append(envelope.original_content)
+        return await original(server, session, envelope)
+
+    sink.handle_DATA = keep  # type: ignore[method-assign]
+    env(redirect_all_to="qa@example.org")
+    digest(cli)
+    assert captured and all(m.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;") and b"s=news;" in m[:600] for m in captured)
+
+
+def test_retries_back_off_exponentially_with_jitter() -> None:
+    import datetime as dt
+
+    from newsletter.db.ledger import RetryPolicy
+
+    policy = RetryPolicy(base_s=60, max_delay_s=3600, window_s=86_400)
+    now = created = dt.datetime(2026, 11, 23, 7)
+    delays = [(policy.next_attempt(attempts=n, created_at=created, now=now) - now).total_seconds() for n in range(1, 9)]
+    for n, delay in enumerate(delays, start=1):
+        expected = min(60 * 2 ** (n - 1), 3600)
+        assert 0.75 * expected <= delay <= 1.25 * expected
+    assert policy.next_attempt(attempts=1, created_at=created, now=created + dt.timedelta(hours=24)) is None
