@@ -91,16 +91,18 @@ def reset(sessions) -> None:  # noqa: ANN001
         session.commit()
 
 
-async def collect(settings, sessions, date, limit=None) -> tuple[list, float]:  # noqa: ANN001
-    """Render + MIME every due delivery (no sending); returns up to ``limit`` jobs and the seconds taken."""
+async def collect(settings, sessions, date, keep: int, stop_after: int | None = None) -> tuple[list, float]:  # noqa: ANN001
+    """Render + MIME due deliveries (no sending): all, or ``stop_after``; keeps the first ``keep`` jobs."""
     env = make_environment()
     kept, started = [], time.perf_counter()
     with sessions() as session:
         renderer = DigestRenderer(env=env, list_name=settings.list_name, issue_date=date,
                                   trending=repo.trending_papers(session, since=utcnow() - dt.timedelta(days=3), limit=5))
         async for job in _jobs(session, settings=settings, renderer=renderer, issue_date=date, now=utcnow(), only=None, dkim=None):
-            if limit is None or len(kept) < limit:
+            if len(kept) < keep:
                 kept.append(job)
+            elif stop_after is not None and len(kept) >= stop_after:
+                break
     return kept, time.perf_counter() - started
 
 
@@ -134,7 +136,7 @@ async def naive(port: int, settings, sessions, date, count: int) -> float:  # no
     env = make_environment()
     template = env.from_string(NAIVE_TEMPLATE)
     css = (Path(env.loader.searchpath[0]) / "email" / "digest.css").read_text()  # type: ignore[union-attr]
-    jobs, _ = await collect(settings, sessions, date, limit=count)
+    jobs, _ = await collect(settings, sessions, date, keep=count, stop_after=count)
     with sessions() as session:
         items = repo.delivery_items(session, delivery_ids=[j.delivery_id for j in jobs])
         papers = repo.papers_by_id(session, ids={p for rows in items.values() for p, _, _ in rows})
@@ -165,7 +167,7 @@ async def main_async(args: argparse.Namespace) -> None:
             plan_s = time.perf_counter() - started
             total = sum(1 for p in run.picks if p.papers)
             del run
-            sample, render_s = await collect(settings, sessions, date, limit=SAMPLE_MESSAGES)
+            sample, render_s = await collect(settings, sessions, date, keep=SAMPLE_MESSAGES)
             messages = [job.envelope.data for job in sample]
 
             # Sending alone: pre-built messages through the pool, limiter and ledger.
