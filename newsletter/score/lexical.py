@@ -34,6 +34,8 @@ TITLE_REPEAT = 2  # a word in the title says more about the paper than one in th
 DESCRIBE_WEIGHT = 0.5  # the free-text sentence is looser than chosen topics
 PHRASE_BONUS = 2.0  # "graph neural network" verbatim beats the three words scattered
 FOLLOWED_AUTHOR_BOOST = 1e6  # followed authors rank above every topical match
+SEMANTIC_WEIGHT = 1.0  # weight of the semantic z-score against the lexical one (best on the labelled set)
+SEMANTIC_MIN_SIMILARITY = 0.45  # cosine at which a paper counts as on topic with no word in common
 CHUNK_SUBSCRIBERS = 4096  # rows per dense score block: 4096 × 2000 papers × 8 B = 64 MB
 
 
@@ -184,8 +186,16 @@ def _queries(index: PaperIndex, profiles: Sequence[Profile]) -> _Queries:
                     _row_mask(index, sent))
 
 
-def rank_papers(index: PaperIndex, profiles: Sequence[Profile], *, min_score: float) -> list[list[RankedPaper]]:
-    """Each profile's picks, best first: at most ``max_papers``, each with its reasons."""
+def rank_papers(
+    index: PaperIndex, profiles: Sequence[Profile], *, min_score: float, semantic: np.ndarray | None = None,
+) -> list[list[RankedPaper]]:
+    """Each profile's picks, best first: at most ``max_papers``, each with its reasons.
+
+    ``semantic`` (profiles × papers cosine similarities, from ``score.semantic``) is fused with the
+    lexical score when given: each is turned into a z-score over the day's papers for that profile
+    and they are added (``SEMANTIC_WEIGHT``); a paper is eligible above ``min_score`` lexically or
+    above ``SEMANTIC_MIN_SIMILARITY`` in meaning.
+    """
     picks: list[list[RankedPaper]] = []
     weights_t = index.weights.T.tocsr()
     for start in range(0, len(profiles), CHUNK_SUBSCRIBERS):
@@ -195,27 +205,42 @@ def rank_papers(index: PaperIndex, profiles: Sequence[Profile], *, min_score: fl
             continue
         q = _queries(index, chunk)
         scores = np.asarray((q.terms @ weights_t).todense()) + q.phrase_bonus
-        eligible = ~q.excluded & ~q.already_sent & ((q.allowed & (scores >= min_score)) | q.followed)
+        on_topic = scores >= min_score
+        similarity = None
+        if semantic is not None:
+            similarity = semantic[start : start + len(chunk)]
+            on_topic |= similarity >= SEMANTIC_MIN_SIMILARITY
+            scores = _zscore(scores) + SEMANTIC_WEIGHT * _zscore(similarity)
+        eligible = ~q.excluded & ~q.already_sent & ((q.allowed & on_topic) | q.followed)
         ranked = np.where(eligible, scores + q.followed * FOLLOWED_AUTHOR_BOOST, -np.inf)
         for row, profile in enumerate(chunk):
-            picks.append(_top(index, profile, ranked[row], scores[row], q.followed[row]))
+            picks.append(_top(index, profile, ranked[row], scores[row], q.followed[row],
+                              None if similarity is None else similarity[row]))
     return picks
 
 
+def _zscore(values: np.ndarray) -> np.ndarray:
+    spread = values.std(axis=1, keepdims=True)
+    return (values - values.mean(axis=1, keepdims=True)) / np.where(spread == 0, 1, spread)
+
+
 def _top(index: PaperIndex, profile: Profile, ranked: np.ndarray, scores: np.ndarray,
-         followed: np.ndarray) -> list[RankedPaper]:
+         followed: np.ndarray, similarity: np.ndarray | None) -> list[RankedPaper]:
     count = min(profile.max_papers, int(np.isfinite(ranked).sum()))
     if count == 0:
         return []
     best = np.argpartition(-ranked, count - 1)[:count]
     best = best[np.lexsort((best, -ranked[best]))]  # score descending, ties by feed order: deterministic
     return [
-        RankedPaper(paper=index.papers[r], score=float(scores[r]), reasons=explain(index, profile, int(r), bool(followed[r])))
+        RankedPaper(paper=index.papers[r], score=float(scores[r]),
+                    reasons=explain(index, profile, int(r), bool(followed[r]),
+                                    None if similarity is None else float(similarity[r])))
         for r in best
     ]
 
 
-def explain(index: PaperIndex, profile: Profile, row: int, followed: bool) -> tuple[str, ...]:
+def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
+            similarity: float | None = None) -> tuple[str, ...]:
     """Why this paper was picked, in words a subscriber reads at a glance."""
     prefs = profile.preferences
     paper_terms = set(index.sequences[row])
@@ -241,6 +266,8 @@ def explain(index: PaperIndex, profile: Profile, row: int, followed: bool) -> tu
     other = [word for term, word in own_words.items() if term in paper_terms and term not in covered]
     if other:
         reasons.append("mentions " + ", ".join(other[:6]))
+    if similarity is not None and similarity >= SEMANTIC_MIN_SIMILARITY:
+        reasons.append(f"close in meaning to your interests ({similarity:.2f})")
     if prefs.categories:
         inside = [c for c in index.papers[row].categories if c.lower() in {x.lower() for x in prefs.categories}]
         if inside:
