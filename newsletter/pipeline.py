@@ -91,7 +91,7 @@ def score_subscribers(
             )
             for p in positions
         ]
-        ranked = rank_papers(PaperIndex.build(papers), profiles, min_score=settings.min_score)
+        ranked = rank_papers(PaperIndex.build(papers, now=end), profiles, min_score=settings.min_score)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks

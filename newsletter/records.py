@@ -31,6 +31,7 @@ class Paper:
     keywords: tuple[str, ...] = ()
     code_url: str | None = None
     project_url: str | None = None
+    first_seen_at: dt.datetime | None = None  # when we first saw it (naive UTC); drives recency
     id: int | None = None  # database id once stored
 
     @property

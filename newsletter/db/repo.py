@@ -275,7 +275,7 @@ def paper_record(row: Paper) -> records.Paper:
         abstract=row.abstract, authors=tuple(row.authors), categories=tuple(row.categories),
         abs_url=row.links.get("abs"), pdf_url=row.links.get("pdf"), published_at=row.published_at,
         announce_type=row.announce_type, upvotes=row.upvotes, tldr=row.tldr, keywords=tuple(row.keywords),
-        code_url=row.links.get("code"), project_url=row.links.get("project"),
+        code_url=row.links.get("code"), project_url=row.links.get("project"), first_seen_at=row.first_seen_at,
     )
 
 

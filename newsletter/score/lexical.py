@@ -18,8 +18,10 @@ a followed author is always picked, first.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +38,12 @@ PHRASE_BONUS = 2.0  # "graph neural network" verbatim beats the three words scat
 FOLLOWED_AUTHOR_BOOST = 1e6  # followed authors rank above every topical match
 SEMANTIC_WEIGHT = 1.0  # weight of the semantic z-score against the lexical one (best on the labelled set)
 SEMANTIC_MIN_SIMILARITY = 0.45  # cosine at which a paper counts as on topic with no word in common
-CHUNK_SUBSCRIBERS = 4096  # rows per dense score block: 4096 × 2000 papers × 8 B = 64 MB
+TRENDING_WEIGHT = 0.3  # per log(1 + upvotes): 100 upvotes add ~1.4, a paper without upvote data adds nothing
+RECENCY_PENALTY_PER_DAY = 0.2  # a paper first seen three days ago ranks ~0.6 lower than today's
+NEAR_DUPLICATE_SIMILARITY = 0.85  # cosine of two papers' BM25 vectors above which only the better one is picked
+EXTRA_CANDIDATES = 5  # looked at beyond max_papers, to replace near-duplicates
+SCORING_THREADS = 2  # the machines this runs on have two cores
+CHUNK_SUBSCRIBERS = 2048  # profiles per dense block: 2048 × 2000 papers × 4 B = 16 MB an array
 
 
 @dataclass
@@ -50,10 +57,14 @@ class PaperIndex:
     categories: dict[str, np.ndarray] = field(default_factory=dict)  # category → paper rows
     authors: dict[str, np.ndarray] = field(default_factory=dict)  # name key → paper rows
     author_names: list[dict[str, str]] = field(default_factory=list)  # per paper: key → name as written
+    key_rows: dict[str, int] = field(default_factory=dict)  # paper key → row
+    boost: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # trending minus age, per paper
+    duplicate_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # row of the first of its near-duplicates
     _phrase_rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, papers: Sequence[Paper]) -> PaperIndex:
+    def build(cls, papers: Sequence[Paper], *, now: dt.datetime | None = None) -> PaperIndex:
+        """Index the day's papers; ``now`` (naive UTC) turns their age into the recency penalty."""
         vocabulary: dict[str, int] = {}
         rows, cols, counts, lengths, sequences = [], [], [], [], []
         for row, paper in enumerate(papers):
@@ -71,11 +82,14 @@ class PaperIndex:
         tf = sp.csr_matrix((np.asarray(counts, dtype=np.float64), (rows, cols)), shape=shape)
         index = cls(papers, vocabulary, _bm25(tf, np.asarray(lengths, dtype=np.float64)), sequences)
         index._index_metadata()
+        index.boost = _boost(papers, now)
+        index.duplicate_of = _near_duplicates(index.weights)
         return index
 
     def _index_metadata(self) -> None:
         categories: dict[str, list[int]] = {}
         authors: dict[str, list[int]] = {}
+        self.key_rows = {paper.key: row for row, paper in enumerate(self.papers)}
         for row, paper in enumerate(self.papers):
             for category in paper.categories:
                 categories.setdefault(category.lower(), []).append(row)
@@ -106,6 +120,29 @@ class PaperIndex:
         return found
 
 
+def _boost(papers: Sequence[Paper], now: dt.datetime | None) -> np.ndarray:
+    """Trending (upvotes, log-scaled) minus age: added to a relevant paper's score, never making one relevant."""
+    upvotes = np.asarray([p.upvotes or 0 for p in papers], dtype=np.float32)
+    boost = TRENDING_WEIGHT * np.log1p(np.maximum(upvotes, 0))
+    if now is not None:
+        ages = np.asarray([max((now - (p.first_seen_at or now)).total_seconds() / 86_400, 0.0) for p in papers],
+                          dtype=np.float32)
+        boost -= RECENCY_PENALTY_PER_DAY * ages
+    return boost.astype(np.float32)
+
+
+def _near_duplicates(weights: sp.csr_matrix) -> np.ndarray:
+    """For each paper, the first paper (in feed order) it nearly duplicates, or itself."""
+    norms = np.sqrt(np.asarray(weights.multiply(weights).sum(axis=1)).ravel())
+    unit = sp.diags(1 / np.where(norms == 0, 1, norms)) @ weights
+    similar = (unit @ unit.T).tocoo()
+    first = np.arange(weights.shape[0])
+    close = (similar.data >= NEAR_DUPLICATE_SIMILARITY) & (similar.row < similar.col)
+    for a, b in sorted(zip(similar.row[close].tolist(), similar.col[close].tolist(), strict=True)):
+        first[b] = first[a]  # pairs come in order, so a chain points at its earliest paper
+    return first
+
+
 def _bm25(tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
     n_papers = tf.shape[0]
     document_frequency = np.bincount(tf.indices, minlength=tf.shape[1])
@@ -124,66 +161,230 @@ def _contains(sequence: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
     return any(sequence[i : i + width] == phrase for i, term in enumerate(sequence) if term == first)
 
 
+class _Interned:
+    """Distinct values (topic phrases, sentences, exclusions ...) across all profiles, each a column."""
+
+    def __init__(self) -> None:
+        self.ids: dict[object, int] = {}
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.values: list[float] = []
+
+    def add(self, row: int, key: object, value: float = 1.0) -> None:
+        self.rows.append(row)
+        self.cols.append(self.ids.setdefault(key, len(self.ids)))
+        self.values.append(value)
+
+    def by_profile(self, n_profiles: int) -> sp.csr_matrix:
+        """profiles × distinct values."""
+        return sp.csr_matrix((np.asarray(self.values, dtype=np.float32), (self.rows, self.cols)),
+                             shape=(n_profiles, max(len(self.ids), 1)))
+
+
+def _rows_matrix(groups: Sequence[np.ndarray], n_papers: int, value: float = 1.0) -> sp.csr_matrix:
+    """distinct values × papers, from each value's paper rows."""
+    rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups]) if groups else np.empty(0, dtype=np.int64)
+    cols = np.concatenate(groups) if groups else np.empty(0, dtype=np.int64)
+    return sp.csr_matrix((np.full(len(cols), value, dtype=np.float32), (rows, cols)),
+                         shape=(max(len(groups), 1), max(n_papers, 1)))
+
+
 @dataclass
 class _Queries:
-    """Sparse matrices describing a chunk of subscribers against an index."""
+    """Every profile as rows of sparse matrices over the distinct values that profiles share.
 
-    terms: sp.csr_matrix  # subscribers × vocabulary, query weights
-    phrase_bonus: np.ndarray  # subscribers × papers
-    excluded: np.ndarray  # subscribers × papers, bool
-    allowed: np.ndarray  # subscribers × papers, bool (category filter)
-    followed: np.ndarray  # subscribers × papers, bool
-    already_sent: np.ndarray  # subscribers × papers, bool
+    Building these is the only loop over subscribers, and it only looks strings up in dicts; the
+    text work (stemming, phrase search) is done once per distinct topic, sentence or exclusion.
+    Each paper-level mask is kept as two factors (profiles × values, values × papers) and multiplied
+    per chunk: the product for all profiles at once can be nearly dense ("cs.LG" is everywhere).
+    """
+
+    terms: sp.csr_matrix  # profiles × vocabulary: query weights
+    by_topic: sp.csr_matrix  # profiles × distinct topics (weights)
+    topic_phrases: sp.csr_matrix  # distinct topics × papers: the verbatim-phrase bonus
+    by_exclusion: sp.csr_matrix
+    exclusion_papers: sp.csr_matrix
+    by_category: sp.csr_matrix
+    category_papers: sp.csr_matrix
+    restricts_categories: np.ndarray  # profiles: chose categories at all
+    by_author: sp.csr_matrix
+    author_papers: sp.csr_matrix
+    already_sent: sp.csr_matrix  # profiles × papers
+
+    @classmethod
+    def build(cls, index: PaperIndex, profiles: Sequence[Profile]) -> _Queries:
+        topics, sentences, exclusions, categories, authors, sent = (_Interned() for _ in range(6))
+        key_rows = index.key_rows
+        restricts = np.zeros(len(profiles), dtype=bool)
+        add_topic, add_sentence, add_exclusion = topics.add, sentences.add, exclusions.add
+        add_category, add_author, add_sent = categories.add, authors.add, sent.add
+        for row, profile in enumerate(profiles):
+            prefs = profile.preferences
+            for topic in prefs.topics:
+                add_topic(row, topic.phrase.lower(), topic.weight)
+            if prefs.describe:
+                add_sentence(row, prefs.describe)
+            for phrase in prefs.exclude:
+                add_exclusion(row, phrase.lower())
+            if prefs.categories:
+                restricts[row] = True
+                for category in prefs.categories:
+                    add_category(row, category.lower())
+            for name in prefs.authors:
+                add_author(row, name)
+            for key in profile.already_sent:
+                if key in key_rows:
+                    add_sent(row, key_rows[key])
+        n, n_papers = len(profiles), len(index.papers)
+        topic_terms, topic_phrases = _topic_matrices(index, list(topics.ids))
+        by_topic = topics.by_profile(n)
+        empty = np.empty(0, dtype=np.int64)
+        author_rows = []
+        for name in authors.ids:
+            keys = text.name_keys(str(name))
+            author_rows.append(index.authors.get(keys[0], empty) if keys else empty)
+        return cls(
+            terms=(by_topic @ topic_terms + sentences.by_profile(n) @ _sentence_matrix(list(sentences.ids), index.vocabulary)).tocsr(),
+            by_topic=by_topic,
+            topic_phrases=topic_phrases,
+            by_exclusion=exclusions.by_profile(n),
+            exclusion_papers=_rows_matrix([index.phrase_rows(text.phrase_terms(str(x))) for x in exclusions.ids], n_papers),
+            by_category=categories.by_profile(n),
+            category_papers=_rows_matrix([index.categories.get(str(c), empty) for c in categories.ids], n_papers),
+            restricts_categories=restricts,
+            by_author=authors.by_profile(n),
+            author_papers=_rows_matrix(author_rows, n_papers),
+            already_sent=_sent_matrix(sent, n, n_papers),
+        )
 
 
-def _row_mask(index: PaperIndex, groups: list[list[np.ndarray]]) -> np.ndarray:
-    mask = np.zeros((len(groups), len(index.papers)), dtype=bool)
-    for row, arrays in enumerate(groups):
-        for paper_rows in arrays:
-            mask[row, paper_rows] = True
-    return mask
+def _sent_matrix(sent: _Interned, n_profiles: int, n_papers: int) -> sp.csr_matrix:
+    paper_rows = list(sent.ids)  # the interned keys are paper rows; cols index them in order of first use
+    cols = [paper_rows[c] for c in sent.cols]
+    return sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (sent.rows, cols)), shape=(n_profiles, max(n_papers, 1)))
 
 
-def _queries(index: PaperIndex, profiles: Sequence[Profile]) -> _Queries:
-    rows, cols, values = [], [], []
-    n_papers = len(index.papers)
-    phrase_bonus = np.zeros((len(profiles), n_papers))
-    excluded, allowed_groups, followed, sent = [], [], [], []
-    key_rows = {p.key: r for r, p in enumerate(index.papers)}
-    allowed = np.ones((len(profiles), n_papers), dtype=bool)
-    for row, profile in enumerate(profiles):
-        prefs = profile.preferences
-        weights: dict[int, float] = {}
-        for topic in prefs.topics:
-            phrase = text.phrase_terms(topic.phrase)
-            for term in phrase:
-                column = index.vocabulary.get(term)
-                if column is not None:
-                    # A topic's words share its weight: one word of "marine biology of coral reefs" is a
-                    # quarter of a match, not a whole one.
-                    weights[column] = max(weights.get(column, 0.0), topic.weight / len(phrase))
-            if len(phrase) > 1:
-                phrase_bonus[row, index.phrase_rows(phrase)] += PHRASE_BONUS * topic.weight
-        for term in text.terms(prefs.describe):
+def _topic_matrices(index: PaperIndex, phrases: list[object]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """distinct topics × vocabulary (each word weighs 1/len) and × papers (the verbatim-phrase bonus)."""
+    rows, cols, values, phrase_groups = [], [], [], []
+    for row, phrase_text in enumerate(phrases):
+        phrase = text.phrase_terms(str(phrase_text))
+        for term in phrase:
             column = index.vocabulary.get(term)
             if column is not None:
-                weights.setdefault(column, DESCRIBE_WEIGHT)
-        rows += [row] * len(weights)
-        cols += list(weights)
-        values += list(weights.values())
-        excluded.append([index.phrase_rows(text.phrase_terms(x)) for x in prefs.exclude])
-        if prefs.categories:
-            allowed_groups.append((row, [index.categories.get(c.lower(), np.empty(0, dtype=np.int64)) for c in prefs.categories]))
-        followed.append([index.authors.get(text.name_keys(a)[0], np.empty(0, dtype=np.int64))
-                         for a in prefs.authors if text.name_keys(a)])
-        sent.append([np.asarray([key_rows[k] for k in profile.already_sent if k in key_rows], dtype=np.int64)])
-    for row, arrays in allowed_groups:
-        allowed[row] = False
-        for paper_rows in arrays:
-            allowed[row, paper_rows] = True
-    terms = sp.csr_matrix((values, (rows, cols)), shape=(len(profiles), index.weights.shape[1]))
-    return _Queries(terms, phrase_bonus, _row_mask(index, excluded), allowed, _row_mask(index, followed),
-                    _row_mask(index, sent))
+                # A topic's words share its weight: one word of "marine biology of coral reefs" is a
+                # quarter of a match, not a whole one.
+                rows.append(row)
+                cols.append(column)
+                values.append(1.0 / len(phrase))
+        phrase_groups.append(index.phrase_rows(phrase) if len(phrase) > 1 else np.empty(0, dtype=np.int64))
+    shape = (max(len(phrases), 1), index.weights.shape[1])
+    terms = sp.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)), shape=shape)
+    return terms, _rows_matrix(phrase_groups, len(index.papers), PHRASE_BONUS)
+
+
+def _sentence_matrix(sentences: list[object], vocabulary: dict[str, int]) -> sp.csr_matrix:
+    """distinct sentences × vocabulary: DESCRIBE_WEIGHT for each content word that occurs in the day's papers."""
+    rows, cols = [], []
+    for row, sentence in enumerate(sentences):
+        for column in {vocabulary[t] for t in text.terms(str(sentence)) if t in vocabulary}:
+            rows.append(row)
+            cols.append(column)
+    return sp.csr_matrix((np.full(len(rows), DESCRIBE_WEIGHT, dtype=np.float32), (rows, cols)),
+                         shape=(max(len(sentences), 1), max(len(vocabulary), 1)))
+
+
+@dataclass
+class TopPicks:
+    """The selection for a chunk of profiles, as arrays: no per-pick objects until they are needed."""
+
+    rows: np.ndarray  # profiles × k paper rows, best first; -1 where fewer were eligible
+    scores: np.ndarray  # profiles × k
+    followed: np.ndarray  # profiles × k, bool
+    similarity: np.ndarray | None  # profiles × k cosine, when the semantic ranker took part
+
+
+def select_top(
+    index: PaperIndex, profiles: Sequence[Profile], *, min_score: float, semantic: np.ndarray | None = None,
+) -> TopPicks:
+    """The best ``max_papers`` eligible papers of each profile, vectorised over profiles and papers.
+
+    Per chunk of profiles: one sparse × dense product gives every score; the masks (exclusions,
+    papers already sent, followed authors, categories) are sparse and applied at their coordinates
+    only, so a chunk costs a few passes over its dense block whatever a profile holds.
+    """
+    n, k = len(profiles), max((p.max_papers for p in profiles), default=1)
+    n_papers = len(index.papers)
+    if not n_papers or not n:
+        return TopPicks(np.full((n, k), -1), np.zeros((n, k)), np.zeros((n, k), dtype=bool), None)
+    k = min(k, n_papers)
+    limits = np.asarray([p.max_papers for p in profiles])
+    q = _Queries.build(index, profiles)
+    weights_t = index.weights.T.toarray().astype(np.float32)  # vocabulary × papers: ~25 MB for 2,000 papers
+
+    def chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        part = slice(start, min(start + CHUNK_SUBSCRIBERS, n))
+        scores = np.asarray(q.terms[part] @ weights_t, dtype=np.float32)
+        _add_at(scores, q.by_topic[part] @ q.topic_phrases)
+        on_topic = scores >= min_score
+        similarity = None
+        if semantic is not None:
+            similarity = semantic[part]
+            on_topic |= similarity >= SEMANTIC_MIN_SIMILARITY
+            scores = (_zscore(scores) + SEMANTIC_WEIGHT * _zscore(similarity)).astype(np.float32)
+        ranked = np.where(on_topic, scores, np.float32(-np.inf))
+        restricted = np.flatnonzero(q.restricts_categories[part])
+        if restricted.size:
+            block = ranked[restricted]
+            block[(q.by_category[part][restricted] @ q.category_papers).toarray() == 0] = -np.inf
+            ranked[restricted] = block
+        rows, cols = (q.by_author[part] @ q.author_papers).nonzero()
+        ranked[rows, cols] = scores[rows, cols] + FOLLOWED_AUTHOR_BOOST  # whatever the score or the category
+        for mask in (q.by_exclusion[part] @ q.exclusion_papers, q.already_sent[part]):
+            rows, cols = mask.nonzero()
+            ranked[rows, cols] = -np.inf
+        ranked += index.boost  # trending and recency reorder relevant papers; -inf stays -inf
+        # argpartition of the negated block: on rows that are mostly -inf, selecting the low end is ~8x
+        # faster than selecting the high end.
+        wanted = min(k + EXTRA_CANDIDATES, n_papers)
+        candidates = np.sort(np.argpartition(-ranked, wanted - 1, axis=1)[:, :wanted], axis=1)
+        order = np.argsort(-np.take_along_axis(ranked, candidates, axis=1), axis=1, kind="stable")  # ties: feed order
+        best = np.take_along_axis(candidates, order, axis=1)
+        best, usable = _drop_near_duplicates(best, np.isfinite(np.take_along_axis(ranked, best, axis=1)), index.duplicate_of)
+        best, usable = best[:, :k], usable[:, :k]
+        best_ranked = np.take_along_axis(ranked, best, axis=1)
+        valid = usable & (np.arange(k) < limits[part, None])
+        return (np.where(valid, best, -1), np.take_along_axis(scores, best, axis=1), best_ranked > FOLLOWED_AUTHOR_BOOST / 2,
+                None if similarity is None else np.take_along_axis(similarity, best, axis=1))
+
+    # Chunks are independent and numpy / scipy release the GIL in these kernels: use both cores.
+    with ThreadPoolExecutor(max_workers=SCORING_THREADS) as pool:
+        results = list(pool.map(chunk, range(0, n, CHUNK_SUBSCRIBERS)))
+    out_rows, out_scores, out_followed, similarities = zip(*results, strict=True)
+    out_similarity = [s for s in similarities if s is not None]
+    return TopPicks(np.vstack(out_rows), np.vstack(out_scores), np.vstack(out_followed),
+                    np.vstack(out_similarity) if out_similarity else None)
+
+
+def _drop_near_duplicates(best: np.ndarray, usable: np.ndarray, duplicate_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep only the best-ranked of near-duplicate papers in each row; the others move to the end, unusable.
+
+    Only rows that hold a near-duplicate pair are touched, one at a time: they are rare.
+    """
+    groups = np.where(usable, duplicate_of[best], -1 - np.arange(best.shape[1]))  # unranked entries never collide
+    for row in np.flatnonzero((np.diff(np.sort(groups, axis=1), axis=1) == 0).any(axis=1)):
+        seen: set[int] = set()
+        keep = [i for i, group in enumerate(groups[row]) if group not in seen and not seen.add(group)]
+        dropped = [i for i in range(best.shape[1]) if i not in set(keep)]
+        order = keep + dropped
+        best[row], usable[row] = best[row, order], usable[row, order]
+        usable[row, len(keep):] = False
+    return best, usable
+
+
+def _add_at(dense: np.ndarray, sparse: sp.csr_matrix) -> None:
+    coo = sparse.tocoo()
+    np.add.at(dense, (coo.row, coo.col), coo.data)
 
 
 def rank_papers(
@@ -196,47 +397,23 @@ def rank_papers(
     and they are added (``SEMANTIC_WEIGHT``); a paper is eligible above ``min_score`` lexically or
     above ``SEMANTIC_MIN_SIMILARITY`` in meaning.
     """
-    picks: list[list[RankedPaper]] = []
-    weights_t = index.weights.T.tocsr()
-    for start in range(0, len(profiles), CHUNK_SUBSCRIBERS):
-        chunk = profiles[start : start + CHUNK_SUBSCRIBERS]
-        if not index.papers:
-            picks += [[] for _ in chunk]
-            continue
-        q = _queries(index, chunk)
-        scores = np.asarray((q.terms @ weights_t).todense()) + q.phrase_bonus
-        on_topic = scores >= min_score
-        similarity = None
-        if semantic is not None:
-            similarity = semantic[start : start + len(chunk)]
-            on_topic |= similarity >= SEMANTIC_MIN_SIMILARITY
-            scores = _zscore(scores) + SEMANTIC_WEIGHT * _zscore(similarity)
-        eligible = ~q.excluded & ~q.already_sent & ((q.allowed & on_topic) | q.followed)
-        ranked = np.where(eligible, scores + q.followed * FOLLOWED_AUTHOR_BOOST, -np.inf)
-        for row, profile in enumerate(chunk):
-            picks.append(_top(index, profile, ranked[row], scores[row], q.followed[row],
-                              None if similarity is None else similarity[row]))
+    top = select_top(index, profiles, min_score=min_score, semantic=semantic)
+    picks = []
+    for i, profile in enumerate(profiles):
+        chosen = []
+        for j, row in enumerate(top.rows[i]):
+            if row < 0:
+                break
+            similarity = None if top.similarity is None else float(top.similarity[i, j])
+            chosen.append(RankedPaper(paper=index.papers[row], score=float(top.scores[i, j]),
+                                      reasons=explain(index, profile, int(row), bool(top.followed[i, j]), similarity)))
+        picks.append(chosen)
     return picks
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
     spread = values.std(axis=1, keepdims=True)
     return (values - values.mean(axis=1, keepdims=True)) / np.where(spread == 0, 1, spread)
-
-
-def _top(index: PaperIndex, profile: Profile, ranked: np.ndarray, scores: np.ndarray,
-         followed: np.ndarray, similarity: np.ndarray | None) -> list[RankedPaper]:
-    count = min(profile.max_papers, int(np.isfinite(ranked).sum()))
-    if count == 0:
-        return []
-    best = np.argpartition(-ranked, count - 1)[:count]
-    best = best[np.lexsort((best, -ranked[best]))]  # score descending, ties by feed order: deterministic
-    return [
-        RankedPaper(paper=index.papers[r], score=float(scores[r]),
-                    reasons=explain(index, profile, int(r), bool(followed[r]),
-                                    None if similarity is None else float(similarity[r])))
-        for r in best
-    ]
 
 
 def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
@@ -266,6 +443,8 @@ def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
     other = [word for term, word in own_words.items() if term in paper_terms and term not in covered]
     if other:
         reasons.append("mentions " + ", ".join(other[:6]))
+    if index.papers[row].upvotes:
+        reasons.append(f"trending: {index.papers[row].upvotes} upvotes")
     if similarity is not None and similarity >= SEMANTIC_MIN_SIMILARITY:
         reasons.append(f"close in meaning to your interests ({similarity:.2f})")
     if prefs.categories:

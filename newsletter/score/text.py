@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import Stemmer
 
-TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+TOKEN = re.compile(r"[a-z0-9]+")  # hyphens and apostrophes split words: "self-supervised" → self, supervised
 # Common English function words plus words every abstract uses; they carry no topic.
 STOP_WORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
@@ -31,7 +31,7 @@ def stem(word: str) -> str:
 
 def words(text: str) -> list[str]:
     """Lower-case word tokens; hyphenated compounds are split ("self-supervised" → self, supervised)."""
-    return [part for token in TOKEN.findall(text.lower()) for part in re.split(r"[-']", token) if part]
+    return TOKEN.findall(text.lower())
 
 
 def terms(text: str) -> list[str]:
