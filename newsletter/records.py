@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from newsletter.errors import InvalidInput
+
 
 @dataclass(frozen=True, slots=True)
 class Paper:
@@ -44,6 +46,20 @@ class Topic:
     phrase: str
     weight: float = 1.0
 
+    @classmethod
+    def parse(cls, text: str) -> Topic:
+        """``"diffusion models"`` or, weighted, ``"diffusion models^2"`` (a weight from 0.1 to 10)."""
+        phrase, caret, weight = text.strip().rpartition("^")
+        if not caret:
+            return cls(text.strip())
+        try:
+            value = float(weight)
+        except ValueError:
+            raise InvalidInput(f"topic {text!r}: the weight after ^ must be a number, e.g. \"{phrase}^2\"") from None
+        if not 0.1 <= value <= 10:
+            raise InvalidInput(f"topic {text!r}: the weight must be between 0.1 and 10")
+        return cls(phrase.strip(), value)
+
 
 @dataclass(frozen=True, slots=True)
 class Preferences:
@@ -52,6 +68,8 @@ class Preferences:
     categories: tuple[str, ...] = ()
     authors: tuple[str, ...] = ()
     describe: str = ""
+    seed_papers: tuple[str, ...] = ()  # arXiv ids: "more like these"
+    min_score: float | None = None  # None: the installation's NEWSLETTER_MIN_SCORE
 
     @classmethod
     def from_lists(
@@ -62,13 +80,17 @@ class Preferences:
         categories: list[str] | tuple[str, ...] = (),
         authors: list[str] | tuple[str, ...] = (),
         describe: str | None = "",
+        seed_papers: list[str] | tuple[str, ...] = (),
+        min_score: float | None = None,
     ) -> Preferences:
         return cls(
-            topics=tuple(Topic(t.strip()) for t in topics if t.strip()),
+            topics=tuple(Topic.parse(t) for t in topics if t.strip()),
             exclude=tuple(x.strip() for x in exclude if x.strip()),
             categories=tuple(c.strip() for c in categories if c.strip()),
             authors=tuple(a.strip() for a in authors if a.strip()),
             describe=(describe or "").strip(),
+            seed_papers=tuple(dict.fromkeys(x.strip() for x in seed_papers if x.strip())),
+            min_score=min_score,
         )
 
 
@@ -81,6 +103,21 @@ class Profile:
     preferences: Preferences
     max_papers: int
     already_sent: frozenset[str] = field(default_factory=frozenset)  # paper keys
+    # Papers that say what they want: seeds and "more like this" (+), "less like this" (-).
+    examples: tuple[Example, ...] = ()
+
+    @property
+    def min_score(self) -> float | None:
+        return self.preferences.min_score
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A paper a subscriber pointed at: a seed (+1), "more like this" (+1) or "less like this" (-1)."""
+
+    paper: Paper
+    weight: float
+    kind: str  # seed | liked | disliked
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +138,7 @@ class Digest:
     preferences_url: str
     view_url: str
     message_id: str
+    feedback_url: str = ""  # + "/<paper id>/up" or "/down": "more / less like this"
 
 
 @dataclass(frozen=True, slots=True)

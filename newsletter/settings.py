@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     host_interval_s: float = Field(default=1.0, ge=0)  # between two requests to one host
     allow_private_sources: bool = False  # admin: allow feeds on private / loopback addresses
     hf_daily_url: str = "https://huggingface.co/api/daily_papers"  # the trending-papers API
+    arxiv_api_url: str = "https://export.arxiv.org/api/query"  # for seed papers not yet ingested
 
     # Digest
     candidate_window_days: int = Field(default=3, ge=1, le=31)  # spans a weekend without arXiv listings
@@ -65,6 +66,7 @@ class Settings(BaseSettings):
     min_score: float = Field(default=1.5, ge=0)  # BM25 units; below it a paper is noise
     send_empty_digest: bool = False  # quiet days: no email unless this is set
     trending_count: int = Field(default=5, ge=0, le=20)  # papers in the "trending today" section
+    semantic: bool = False  # fuse the MiniLM sentence-embedding ranker in (pip install '.[semantic]')
 
     @field_validator("smtp_ca_file", "dkim_private_key_path", "smtp_host", "from_address", "secret_key", mode="before")
     @classmethod

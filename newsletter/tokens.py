@@ -9,6 +9,7 @@ from newsletter.errors import InvalidInput
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
 VIEW = "view"  # "view in browser": the subscriber's digest of a date
+FEEDBACK = "feedback"  # "more / less like this" on the papers of their digests
 
 
 def make_token(*, secret_key: str, purpose: str, subscriber_id: int) -> str:

@@ -109,8 +109,23 @@ class Preferences(Base):
     categories: Mapped[list[str]] = mapped_column(default=list)
     authors: Mapped[list[str]] = mapped_column(default=list)
     describe: Mapped[str] = mapped_column(Text, default="")
+    seed_papers: Mapped[list[str]] = mapped_column(default=list)  # arXiv ids: "more like these"
+    min_score: Mapped[float | None]  # overrides NEWSLETTER_MIN_SCORE for this subscriber
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="preferences")
+
+
+class Feedback(Base):
+    """"More / less like this" from a subscriber on a paper; the latest word counts."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id", name="uq_feedback_subscriber_paper"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id", ondelete="CASCADE"))
+    value: Mapped[int]  # +1 more like this, -1 less like this
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Delivery(Base):

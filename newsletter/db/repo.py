@@ -16,6 +16,7 @@ from newsletter import records
 from newsletter.db.models import (
     Delivery,
     DeliveryItem,
+    Feedback,
     Paper,
     Preferences,
     Source,
@@ -39,6 +40,8 @@ def _preferences_row(prefs: records.Preferences) -> dict[str, Any]:
         "categories": list(prefs.categories),
         "authors": list(prefs.authors),
         "describe": prefs.describe,
+        "seed_papers": list(prefs.seed_papers),
+        "min_score": prefs.min_score,
     }
 
 
@@ -51,6 +54,8 @@ def preferences_record(row: Preferences | None) -> records.Preferences:
         categories=tuple(row.categories),
         authors=tuple(row.authors),
         describe=row.describe or "",
+        seed_papers=tuple(row.seed_papers or ()),
+        min_score=row.min_score,
     )
 
 
@@ -129,11 +134,13 @@ def subscriber_view(row: Subscriber) -> dict[str, Any]:
         "frequency": row.frequency,
         "max_papers": row.max_papers,
         "created_at": row.created_at.isoformat(timespec="seconds"),
-        "topics": [t.phrase for t in prefs.topics],
+        "topics": [t.phrase if t.weight == 1 else f"{t.phrase}^{t.weight:g}" for t in prefs.topics],
         "exclude": list(prefs.exclude),
         "categories": list(prefs.categories),
         "authors": list(prefs.authors),
         "describe": prefs.describe,
+        "seed_papers": list(prefs.seed_papers),
+        "min_score": prefs.min_score,
     }
 
 
@@ -396,3 +403,46 @@ def trending_papers(session: Session, *, since: dt.datetime, limit: int) -> list
         .order_by(Paper.upvotes.desc(), Paper.id).limit(limit)
     )
     return [paper_record(r) for r in session.scalars(query)]
+
+
+# --- seeds and feedback ------------------------------------------------------------------------
+
+
+def papers_by_arxiv_ids(session: Session, *, ids: Iterable[str]) -> dict[str, records.Paper]:
+    ids = list(ids)
+    found: dict[str, records.Paper] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        found.update((r.key, paper_record(r)) for r in session.scalars(select(Paper).where(Paper.key.in_(ids[start : start + IN_CHUNK]))))
+    return found
+
+
+def get_paper(session: Session, *, ref: str) -> Paper:
+    """A paper by arXiv id (any version) or key."""
+    from newsletter.ingest.arxiv import split_id
+
+    found = split_id(ref)
+    key = found[0] if found else ref.strip()
+    row = session.scalar(select(Paper).where(Paper.key == key))
+    if row is None:
+        raise NotFound(f"no paper {ref!r} has been ingested: ingest it first (e.g. 'newsletter subscribers add ... --seed {ref}' fetches seeds)")
+    return row
+
+
+def record_feedback(session: Session, *, subscriber_id: int, paper_id: int, value: int) -> None:
+    """Store "more like this" (+1) or "less like this" (-1); a later click replaces an earlier one."""
+    row = session.scalar(select(Feedback).where(Feedback.subscriber_id == subscriber_id, Feedback.paper_id == paper_id))
+    if row is None:
+        session.add(Feedback(subscriber_id=subscriber_id, paper_id=paper_id, value=value))
+    else:
+        row.value, row.created_at = value, utcnow()
+    session.flush()
+
+
+def feedback_for(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
+    found: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for start in range(0, len(subscriber_ids), IN_CHUNK):
+        chunk = subscriber_ids[start : start + IN_CHUNK]
+        query = select(Feedback.subscriber_id, Feedback.paper_id, Feedback.value).where(Feedback.subscriber_id.in_(chunk))
+        for subscriber_id, paper_id, value in session.execute(query.order_by(Feedback.id)):
+            found[subscriber_id].append((paper_id, value))
+    return found

@@ -135,8 +135,10 @@ class DigestRenderer:
         html_cards, text_cards = [], []
         for pick in digest.papers:
             html_card, text_card = self._card(pick.paper)
-            html_cards.append(html_card.fill(reasons="".join(self.reason_html.fill(reason=escape(r)) for r in pick.reasons)))
-            text_cards.append(text_card.fill(reasons="; ".join(pick.reasons)))
+            more, less = f"{digest.feedback_url}/{pick.paper.id}/up", f"{digest.feedback_url}/{pick.paper.id}/down"
+            html_cards.append(html_card.fill(reasons="".join(self.reason_html.fill(reason=escape(r)) for r in pick.reasons),
+                                             more_url=escape(more), less_url=escape(less)))
+            text_cards.append(text_card.fill(reasons="; ".join(pick.reasons), more_url=more, less_url=less))
         count = f"{len(digest.papers)} paper{'s' if len(digest.papers) != 1 else ''} picked for you"
         preheader = " · ".join(p.paper.title for p in digest.papers[:3])
         common = {"count": count, "email": digest.email, "preferences_url": digest.preferences_url,

@@ -41,7 +41,10 @@ SEMANTIC_MIN_SIMILARITY = 0.45  # cosine at which a paper counts as on topic wit
 TRENDING_WEIGHT = 0.3  # per log(1 + upvotes): 100 upvotes add ~1.4, a paper without upvote data adds nothing
 RECENCY_PENALTY_PER_DAY = 0.2  # a paper first seen three days ago ranks ~0.6 lower than today's
 NEAR_DUPLICATE_SIMILARITY = 0.85  # cosine of two papers' BM25 vectors above which only the better one is picked
-EXTRA_CANDIDATES = 5  # looked at beyond max_papers, to replace near-duplicates
+EXTRA_CANDIDATES = 5
+EXAMPLE_TERMS = 15  # an example paper stands for its 15 most telling words (tf·idf over the day's papers)
+EXAMPLE_WEIGHT = 3.0  # the weight those words share: an example counts about as much as a three-word topic
+EXAMPLE_REASON_OVERLAP = 4  # shared telling words for "similar to your seed paper …"  # looked at beyond max_papers, to replace near-duplicates
 SCORING_THREADS = 2  # the machines this runs on have two cores
 CHUNK_SUBSCRIBERS = 2048  # profiles per dense block: 2048 × 2000 papers × 4 B = 16 MB an array
 
@@ -58,6 +61,7 @@ class PaperIndex:
     authors: dict[str, np.ndarray] = field(default_factory=dict)  # name key → paper rows
     author_names: list[dict[str, str]] = field(default_factory=list)  # per paper: key → name as written
     key_rows: dict[str, int] = field(default_factory=dict)  # paper key → row
+    idf: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per vocabulary column
     boost: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # trending minus age, per paper
     duplicate_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # row of the first of its near-duplicates
     _phrase_rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
@@ -80,7 +84,8 @@ class PaperIndex:
             lengths.append(sum(bag.values()))
         shape = (len(papers), max(len(vocabulary), 1))
         tf = sp.csr_matrix((np.asarray(counts, dtype=np.float64), (rows, cols)), shape=shape)
-        index = cls(papers, vocabulary, _bm25(tf, np.asarray(lengths, dtype=np.float64)), sequences)
+        weights, idf = _bm25(tf, np.asarray(lengths, dtype=np.float64))
+        index = cls(papers, vocabulary, weights, sequences, idf=idf)
         index._index_metadata()
         index.boost = _boost(papers, now)
         index.duplicate_of = _near_duplicates(index.weights)
@@ -143,7 +148,7 @@ def _near_duplicates(weights: sp.csr_matrix) -> np.ndarray:
     return first
 
 
-def _bm25(tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
+def _bm25(tf: sp.csr_matrix, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
     n_papers = tf.shape[0]
     document_frequency = np.bincount(tf.indices, minlength=tf.shape[1])
     idf = np.log1p((n_papers - document_frequency + 0.5) / (document_frequency + 0.5))
@@ -152,7 +157,7 @@ def _bm25(tf: sp.csr_matrix, lengths: np.ndarray) -> sp.csr_matrix:
     weights = tf.copy()
     row_norm = np.repeat(norm, np.diff(tf.indptr))
     weights.data = idf[tf.indices] * tf.data * (K1 + 1) / (tf.data + row_norm)
-    return weights
+    return weights, idf
 
 
 def _contains(sequence: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
@@ -210,10 +215,13 @@ class _Queries:
     by_author: sp.csr_matrix
     author_papers: sp.csr_matrix
     already_sent: sp.csr_matrix  # profiles × papers
+    thresholds: np.ndarray  # profiles: their minimum score
 
     @classmethod
-    def build(cls, index: PaperIndex, profiles: Sequence[Profile]) -> _Queries:
-        topics, sentences, exclusions, categories, authors, sent = (_Interned() for _ in range(6))
+    def build(cls, index: PaperIndex, profiles: Sequence[Profile], *, min_score: float) -> _Queries:
+        topics, sentences, exclusions, categories, authors, sent, examples = (_Interned() for _ in range(7))
+        example_papers: dict[str, Paper] = {}
+        thresholds = np.full(len(profiles), min_score, dtype=np.float32)
         key_rows = index.key_rows
         restricts = np.zeros(len(profiles), dtype=bool)
         add_topic, add_sentence, add_exclusion = topics.add, sentences.add, exclusions.add
@@ -235,6 +243,11 @@ class _Queries:
             for key in profile.already_sent:
                 if key in key_rows:
                     add_sent(row, key_rows[key])
+            for example in profile.examples:
+                examples.add(row, example.paper.key, example.weight)
+                example_papers.setdefault(example.paper.key, example.paper)
+            if prefs.min_score is not None:
+                thresholds[row] = prefs.min_score
         n, n_papers = len(profiles), len(index.papers)
         topic_terms, topic_phrases = _topic_matrices(index, list(topics.ids))
         by_topic = topics.by_profile(n)
@@ -243,8 +256,11 @@ class _Queries:
         for name in authors.ids:
             keys = text.name_keys(str(name))
             author_rows.append(index.authors.get(keys[0], empty) if keys else empty)
+        terms = by_topic @ topic_terms + sentences.by_profile(n) @ _sentence_matrix(list(sentences.ids), index.vocabulary)
+        if examples.ids:
+            terms = terms + examples.by_profile(n) @ _example_matrix(index, [example_papers[str(k)] for k in examples.ids])
         return cls(
-            terms=(by_topic @ topic_terms + sentences.by_profile(n) @ _sentence_matrix(list(sentences.ids), index.vocabulary)).tocsr(),
+            terms=terms.tocsr(),
             by_topic=by_topic,
             topic_phrases=topic_phrases,
             by_exclusion=exclusions.by_profile(n),
@@ -255,6 +271,7 @@ class _Queries:
             by_author=authors.by_profile(n),
             author_papers=_rows_matrix(author_rows, n_papers),
             already_sent=_sent_matrix(sent, n, n_papers),
+            thresholds=thresholds,
         )
 
 
@@ -281,6 +298,27 @@ def _topic_matrices(index: PaperIndex, phrases: list[object]) -> tuple[sp.csr_ma
     shape = (max(len(phrases), 1), index.weights.shape[1])
     terms = sp.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)), shape=shape)
     return terms, _rows_matrix(phrase_groups, len(index.papers), PHRASE_BONUS)
+
+
+def example_terms(index: PaperIndex, paper: Paper) -> dict[int, float]:
+    """An example paper's most telling words in the day's vocabulary (column → tf·idf), at most EXAMPLE_TERMS."""
+    counts = Counter(t for t in text.terms(f"{paper.title} {paper.title} {paper.abstract}") if t in index.vocabulary)
+    weighted = {index.vocabulary[t]: c * index.idf[index.vocabulary[t]] for t, c in counts.items()}
+    return dict(sorted(weighted.items(), key=lambda item: (-item[1], item[0]))[:EXAMPLE_TERMS])
+
+
+def _example_matrix(index: PaperIndex, papers: list[Paper]) -> sp.csr_matrix:
+    """distinct example papers × vocabulary: their telling words, sharing EXAMPLE_WEIGHT by tf·idf."""
+    rows, cols, values = [], [], []
+    for row, paper in enumerate(papers):
+        terms = example_terms(index, paper)
+        total = sum(terms.values()) or 1.0
+        for column, weight in terms.items():
+            rows.append(row)
+            cols.append(column)
+            values.append(EXAMPLE_WEIGHT * weight / total)
+    return sp.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)),
+                         shape=(max(len(papers), 1), index.weights.shape[1]))
 
 
 def _sentence_matrix(sentences: list[object], vocabulary: dict[str, int]) -> sp.csr_matrix:
@@ -319,14 +357,14 @@ def select_top(
         return TopPicks(np.full((n, k), -1), np.zeros((n, k)), np.zeros((n, k), dtype=bool), None)
     k = min(k, n_papers)
     limits = np.asarray([p.max_papers for p in profiles])
-    q = _Queries.build(index, profiles)
+    q = _Queries.build(index, profiles, min_score=min_score)
     weights_t = index.weights.T.toarray().astype(np.float32)  # vocabulary × papers: ~25 MB for 2,000 papers
 
     def chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         part = slice(start, min(start + CHUNK_SUBSCRIBERS, n))
         scores = np.asarray(q.terms[part] @ weights_t, dtype=np.float32)
         _add_at(scores, q.by_topic[part] @ q.topic_phrases)
-        on_topic = scores >= min_score
+        on_topic = scores >= q.thresholds[part, None]
         similarity = None
         if semantic is not None:
             similarity = semantic[part]
@@ -443,6 +481,12 @@ def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
     other = [word for term, word in own_words.items() if term in paper_terms and term not in covered]
     if other:
         reasons.append("mentions " + ", ".join(other[:6]))
+    columns = {index.vocabulary[t] for t in index.sequences[row]}
+    for example in profile.examples:
+        if example.weight > 0 and len(columns & example_terms(index, example.paper).keys()) >= EXAMPLE_REASON_OVERLAP:
+            what = "your seed paper" if example.kind == "seed" else "a paper you liked"
+            reasons.append(f"similar to {what} “{example.paper.title[:60]}”")
+            break
     if index.papers[row].upvotes:
         reasons.append(f"trending: {index.papers[row].upvotes} upvotes")
     if similarity is not None and similarity >= SEMANTIC_MIN_SIMILARITY:

@@ -37,14 +37,16 @@ def browser():
 def digest_html(tmp_path_factory) -> Path:
     papers = parse_feed((PACKAGE_DIR / "demo_data" / "arxiv_sample.rss").read_bytes(), source="sample").papers
     trending = parse_trending((PACKAGE_DIR / "demo_data" / "hf_daily_sample.json").read_bytes(), source="trending").papers
-    votes = {p.key: p for p in trending}
+    votes = {p.key: replace(p, id=2000 + i) for i, p in enumerate(trending)}
+    papers = [replace(p, id=1000 + i) for i, p in enumerate(papers)]
     picks = [RankedPaper(votes.get(p.key, p), 9.0 - i, ("topic: “diffusion models”", "in cs.LG"))
              for i, p in enumerate(papers[3:9])]
     long_word = replace(papers[10], title="Supercalifragilistic" * 8 + " with an unbreakable title")
     picks.append(RankedPaper(long_word, 1.0, ("mentions " + "x" * 120,)))
     digest = Digest(email="ada@example.org", issue_date=dt.date(2026, 11, 23), papers=tuple(picks),
                     unsubscribe_url="https://digest.example.org/unsubscribe/t", preferences_url="https://digest.example.org/preferences/t",
-                    view_url="https://digest.example.org/digest/2026-11-23/t", message_id="<m@example.org>")
+                    view_url="https://digest.example.org/digest/2026-11-23/t", message_id="<m@example.org>",
+                    feedback_url="https://digest.example.org/feedback/t")
     email = render_digest(digest, env=make_environment(), list_name="Paper digest", trending=sorted(trending, key=lambda p: -(p.upvotes or 0))[:5])
     path = tmp_path_factory.mktemp("digest") / "digest.html"
     path.write_text(email.html, encoding="utf-8")

@@ -22,7 +22,7 @@ HEADERS = sorted([b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Id"
 
 
 def paper(n: int = 1, **fields) -> Paper:
-    values = dict(key=f"2611.1000{n}", arxiv_id=f"2611.1000{n}", title=f"Fast Sampling for Diffusion Models {n}",
+    values = dict(id=n, key=f"2611.1000{n}", arxiv_id=f"2611.1000{n}", title=f"Fast Sampling for Diffusion Models {n}",
                   abstract="We sample faster, e.g. by skipping steps. Then we prove it works. " * 5,
                   authors=("Ada Lovelace", "Alan Turing"), categories=("cs.LG", "cs.CV"),
                   abs_url=f"https://arxiv.org/abs/2611.1000{n}", pdf_url=f"https://arxiv.org/pdf/2611.1000{n}")
@@ -35,7 +35,8 @@ def digest(*papers: Paper, reasons=("topic: “diffusion models”", "in cs.LG")
                   unsubscribe_url="https://digest.example.org/unsubscribe/tok",
                   preferences_url="https://digest.example.org/preferences/tok",
                   view_url="https://digest.example.org/digest/2026-11-23/tok",
-                  message_id="<digest.20261123.1.abc@example.org>")
+                  message_id="<digest.20261123.1.abc@example.org>",
+                  feedback_url="https://digest.example.org/feedback/fb")
 
 
 def message_bytes(email, **kw) -> bytes:
@@ -55,7 +56,8 @@ def test_every_part_of_a_paper_and_of_the_page_is_in_both_versions() -> None:
                          "https://github.com/lab/code", "https://lab.example.org/p", "42 upvotes", "diffusion models",
                          "Everyone Reads This", "99", "Monday, 23 November 2026", "2 papers picked for you",
                          "https://digest.example.org/unsubscribe/tok", "https://digest.example.org/preferences/tok",
-                         "https://digest.example.org/digest/2026-11-23/tok"):
+                         "https://digest.example.org/digest/2026-11-23/tok", "https://digest.example.org/feedback/fb/2/up",
+                         "https://digest.example.org/feedback/fb/2/down", "More like this", "Less like this"):
             assert expected in body.replace("&amp;", "&"), expected
     assert "Then we prove it works" not in email.html, "the TL;DR is the first sentence only"
     assert email.subject == "Paper digest · 23 Nov: Fast Sampling for Diffusion Models 1 (+1 more)"

@@ -93,3 +93,52 @@ def test_equal_inputs_give_equal_output_for_every_subscriber_in_a_batch(index) -
 
 def test_an_empty_day_gives_empty_digests() -> None:
     assert rank_papers(PaperIndex.build([]), [profile(topics=["anything"])], min_score=MIN_SCORE) == [[]]
+
+
+def test_a_topic_weight_counts(index) -> None:
+    light = profile(topics=["diffusion models", "reinforcement learning"], max_papers=5)
+    heavy = profile(topics=["diffusion models", "reinforcement learning^4"], max_papers=5)
+    [light_picks], [heavy_picks] = rank_papers(index, [light], min_score=MIN_SCORE), rank_papers(index, [heavy], min_score=MIN_SCORE)
+    rl = lambda picks: sum("reinforcement" in text_of(p.paper) for p in picks)  # noqa: E731
+    assert rl(heavy_picks) > rl(light_picks)
+
+
+def test_a_subscriber_minimum_score_overrides_the_default(index) -> None:
+    from dataclasses import replace
+
+    loose = profile(topics=["graph neural networks"])
+    strict = replace(loose, preferences=replace(loose.preferences, min_score=12.0))
+    [loose_picks], [strict_picks] = rank_papers(index, [loose], min_score=MIN_SCORE), rank_papers(index, [strict], min_score=MIN_SCORE)
+    assert len(strict_picks) < len(loose_picks) and all(p.score >= 12.0 for p in strict_picks)
+
+
+def test_seed_papers_bring_similar_papers_with_a_reason(index, papers) -> None:
+    from newsletter.records import Example
+
+    seed = papers[73]  # Autoformer: long-term series forecasting
+    plain = profile(describe="Interested in new architectures.", max_papers=5)
+    seeded = profile(describe="Interested in new architectures.", max_papers=5)
+    seeded = Profile(seeded.subscriber_id, seeded.email, seeded.preferences, 5, frozenset({seed.key}),
+                     examples=(Example(seed, 1.0, "seed"),))
+    [without], [with_seed] = rank_papers(index, [plain], min_score=0.0), rank_papers(index, [seeded], min_score=MIN_SCORE)
+    forecasting = lambda picks: sum("forecast" in text_of(p.paper) for p in picks)  # noqa: E731
+    assert forecasting(with_seed) >= 4 > forecasting(without)
+    assert seed.key not in {p.paper.key for p in with_seed}
+    assert any(r.startswith("similar to your seed paper “Autoformer") for p in with_seed for r in p.reasons)
+
+
+def test_feedback_moves_the_ranking_the_right_way(index, papers) -> None:
+    from newsletter.records import Example
+
+    base = profile(topics=["time series"], max_papers=10)
+    [before] = rank_papers(index, [base], min_score=MIN_SCORE)
+    disliked = before[0].paper
+    liked = next(p.paper for p in before if "diffusion" in text_of(p.paper))
+    after_profile = Profile(base.subscriber_id, base.email, base.preferences, 10,
+                            examples=(Example(liked, 1.0, "liked"), Example(disliked, -1.0, "disliked")))
+    [after] = rank_papers(index, [after_profile], min_score=MIN_SCORE)
+    position = lambda picks, key: next((i for i, p in enumerate(picks) if p.paper.key == key), 99)  # noqa: E731
+    assert position(after, disliked.key) > position(before, disliked.key)
+    neighbours = [p.paper.key for p in before if "diffusion" in text_of(p.paper) and p.paper.key != liked.key]
+    mean_position = lambda picks: sum(position(picks, k) for k in neighbours) / len(neighbours)  # noqa: E731
+    assert neighbours and mean_position(after) < mean_position(before), "papers like the liked one move up"

@@ -1,0 +1,1 @@
+"""Web edge: the pages behind the links in emails. For now only feedback; the web front comes later."""

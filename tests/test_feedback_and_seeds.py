@@ -1,0 +1,144 @@
+"""Seeds, weights and feedback from the subscriber's side: CLI, a local arXiv API, the web link in an email."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from pytest_httpserver import HTTPServer
+from sqlalchemy import select
+from werkzeug import Request, Response
+
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Feedback, Paper
+from newsletter.seeds import arxiv_ids_from_bibtex
+from newsletter.settings import load_settings
+from newsletter.web.app import create_app
+from tests.conftest import FIXTURES, free_port
+
+ATOM = (FIXTURES / "arxiv_api.atom").read_text()
+HEAD, _, REST = ATOM.partition("  <entry>")
+ENTRIES = {re.search(r"abs/(\d{4}\.\d{5})", e).group(1): "  <entry>" + e.replace("</feed>\n", "")
+           for e in ("  <entry>" + REST).split("  <entry>") if e.strip()}
+
+
+@pytest.fixture
+def ready(cli, configured) -> str:
+    assert cli("init").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    return configured
+
+
+@pytest.fixture
+def arxiv_api(env, httpserver: HTTPServer) -> HTTPServer:
+    def answer(request: Request) -> Response:
+        wanted = request.args["id_list"].split(",")
+        return Response(HEAD + "".join(ENTRIES[i] for i in wanted if i in ENTRIES) + "</feed>\n",
+                        content_type="application/atom+xml")
+
+    httpserver.expect_request("/api/query").respond_with_handler(answer)
+    env(arxiv_api_url=httpserver.url_for("/api/query"))
+    return httpserver
+
+
+def rows(url: str, model) -> list:  # noqa: ANN001
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        found = list(session.scalars(select(model)))
+    engine.dispose()
+    return found
+
+
+def test_weights_seeds_and_minimum_score_are_kept(cli, ready, arxiv_api) -> None:
+    added = cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models^2", "--topic", "sampling",
+                "--seed", "2611.10061v2", "--seed", "arXiv:2611.10065", "--min-score", "3.5")
+    assert added.code == 0, added.err
+    shown = json.loads(cli("subscribers", "show", "ada@example.org", "--json").out)
+    assert shown["topics"] == ["diffusion models^2", "sampling"]
+    assert shown["seed_papers"] == ["2611.10061", "2611.10065"] and shown["min_score"] == 3.5
+    seeds = {p.key: p for p in rows(ready, Paper) if p.key in ("2611.10061", "2611.10065")}
+    assert set(seeds) == {"2611.10061", "2611.10065"}, "seeds that were not ingested are fetched from the arXiv API"
+    assert all(p.first_seen_at.year == 2026 and p.first_seen_at.month == 11 and p.first_seen_at.day == 23 for p in seeds.values())
+    assert [r.args["id_list"] for r, _ in arxiv_api.log] == ["2611.10061,2611.10065"]
+    picks = json.loads(cli("digest", "--dry-run", "--json").out)[0]["papers"]
+    assert picks and all(p["score"] >= 3.5 for p in picks)
+    assert not {"2611.10061", "2611.10065"} & {p["arxiv_id"] for p in picks}, "a seed is never announced as new"
+
+
+def test_bad_seeds_and_weights_are_refused(cli, ready, arxiv_api) -> None:
+    assert "is not an arXiv id" in cli("subscribers", "add", "a@example.org", "--seed", "not-an-id").err
+    assert "arXiv does not know the seed paper(s) 2611.00001" in cli("subscribers", "add", "b@example.org", "--seed", "2611.00001").err
+    assert "weight after ^ must be a number" in cli("subscribers", "add", "c@example.org", "--topic", "graphs^lots").err
+    assert json.loads(cli("subscribers", "list", "--json").out) == []
+
+
+def test_seeds_come_from_a_bibtex_file(cli, ready, arxiv_api, tmp_path: Path) -> None:
+    bib = tmp_path / "mine.bib"
+    bib.write_text("""
+@article{a, title={One}, author={X}, eprint={2611.10051}, archivePrefix={arXiv}}
+@misc{b, title={Two}, url={https://arxiv.org/abs/2611.10052v3}}
+@article{c, title={Three}, doi={10.48550/arXiv.2611.10053}}
+@article{d, title={Four}, journal={arXiv preprint arXiv:2611.10054}}
+@inproceedings{e, title={Not on arXiv}, booktitle={Proceedings}}
+""")
+    assert arxiv_ids_from_bibtex(bib.read_text()) == ["2611.10051", "2611.10052", "2611.10053", "2611.10054"]
+    assert cli("subscribers", "add", "ada@example.org", "--seed-bibtex", str(bib)).code == 0
+    assert json.loads(cli("subscribers", "show", "ada@example.org", "--json").out)["seed_papers"] == [
+        "2611.10051", "2611.10052", "2611.10053", "2611.10054"]
+
+
+def test_feedback_from_the_cli_changes_the_next_ranking(cli, ready) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topic", "time series", "--max-papers", "5")
+    before = [p["arxiv_id"] for p in json.loads(cli("digest", "--dry-run", "--json").out)[0]["papers"]]
+    assert cli("feedback", "ada@example.org", before[0], "down").code == 0
+    after = [p["arxiv_id"] for p in json.loads(cli("digest", "--dry-run", "--json").out)[0]["papers"]]
+    assert after != before and (before[0] not in after or after.index(before[0]) > 0)
+    assert "no paper '2611.99999'" in cli("feedback", "ada@example.org", "2611.99999", "up").err
+    assert "say up (more like this) or down" in cli("feedback", "ada@example.org", before[0], "sideways").err
+    [row] = rows(ready, Feedback)
+    assert row.value == -1
+
+
+@pytest.fixture
+def web(env, ready):
+    port = free_port()
+    env(base_url=f"http://127.0.0.1:{port}")
+    settings = load_settings()
+    engine = make_engine(ready)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings=settings, sessions=make_sessionmaker(engine)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+    engine.dispose()
+
+
+def test_the_links_in_an_email_record_feedback(cli, ready, web, tmp_path: Path) -> None:
+    cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models", "--max-papers", "3")
+    assert cli("digest").code == 0
+    eml = next((tmp_path / "outbox").rglob("*.eml"))
+    html = message_from_bytes(eml.read_bytes(), policy=default).get_body(("html",)).get_content()
+    more = re.findall(r'href="([^"]+/up)"[^>]*>More like this', html)
+    less = re.findall(r'href="([^"]+/down)"[^>]*>Less like this', html)
+    assert len(more) == len(less) == 3 and all(link.startswith(web + "/feedback/") for link in more + less)
+    answer = httpx.get(more[0])
+    assert answer.status_code == 200 and "more papers like" in answer.text
+    assert httpx.get(less[1]).status_code == 200
+    values = sorted(f.value for f in rows(ready, Feedback))
+    assert values == [-1, 1]
+    forged = re.sub(r"/feedback/[^/]+/", "/feedback/forged-token/", more[0])
+    assert httpx.get(forged).status_code == 400
+    assert httpx.get(re.sub(r"/\d+/up$", "/999999/up", more[0])).status_code == 404
+    assert len(rows(ready, Feedback)) == 2
