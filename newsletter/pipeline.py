@@ -94,7 +94,9 @@ def score_subscribers(
             for p in positions
         ]
         similarity = semantic_similarity(papers, profiles) if settings.semantic else None
-        ranked = rank_papers(PaperIndex.build(papers, now=end), profiles, min_score=settings.min_score, semantic=similarity)
+        index = PaperIndex.build(papers, now=end, trending_weight=settings.trending_weight,
+                                 recency_penalty_per_day=settings.recency_penalty_per_day)
+        ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=similarity)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks

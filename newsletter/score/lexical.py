@@ -67,7 +67,8 @@ class PaperIndex:
     _phrase_rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, papers: Sequence[Paper], *, now: dt.datetime | None = None) -> PaperIndex:
+    def build(cls, papers: Sequence[Paper], *, now: dt.datetime | None = None, trending_weight: float = TRENDING_WEIGHT,
+              recency_penalty_per_day: float = RECENCY_PENALTY_PER_DAY) -> PaperIndex:
         """Index the day's papers; ``now`` (naive UTC) turns their age into the recency penalty."""
         vocabulary: dict[str, int] = {}
         rows, cols, counts, lengths, sequences = [], [], [], [], []
@@ -87,7 +88,7 @@ class PaperIndex:
         weights, idf = _bm25(tf, np.asarray(lengths, dtype=np.float64))
         index = cls(papers, vocabulary, weights, sequences, idf=idf)
         index._index_metadata()
-        index.boost = _boost(papers, now)
+        index.boost = _boost(papers, now, trending_weight, recency_penalty_per_day)
         index.duplicate_of = _near_duplicates(index.weights)
         return index
 
@@ -125,14 +126,14 @@ class PaperIndex:
         return found
 
 
-def _boost(papers: Sequence[Paper], now: dt.datetime | None) -> np.ndarray:
+def _boost(papers: Sequence[Paper], now: dt.datetime | None, trending_weight: float, per_day: float) -> np.ndarray:
     """Trending (upvotes, log-scaled) minus age: added to a relevant paper's score, never making one relevant."""
     upvotes = np.asarray([p.upvotes or 0 for p in papers], dtype=np.float32)
-    boost = TRENDING_WEIGHT * np.log1p(np.maximum(upvotes, 0))
+    boost = trending_weight * np.log1p(np.maximum(upvotes, 0))
     if now is not None:
         ages = np.asarray([max((now - (p.first_seen_at or now)).total_seconds() / 86_400, 0.0) for p in papers],
                           dtype=np.float32)
-        boost -= RECENCY_PENALTY_PER_DAY * ages
+        boost -= per_day * ages
     return boost.astype(np.float32)
 
 

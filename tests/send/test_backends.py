@@ -80,3 +80,21 @@ def test_preview_writes_the_digest_without_sending_or_recording(cli, ready, tmp_
 def test_preview_of_an_unknown_subscriber_is_one_line(cli, ready) -> None:
     result = cli("preview", "ghost@example.org")
     assert result.code == 1 and "no subscriber 'ghost@example.org'" in result.err
+
+
+def test_no_paper_is_sent_twice_across_days(cli, ready) -> None:
+    import datetime as dt
+
+    cli("subscribers", "add", "lm@example.org", "--topic", "language models", "--max-papers", "4")
+    today = dt.datetime.now(dt.UTC).date()
+    tomorrow = today + dt.timedelta(days=1)
+    cli("digest", "--date", today.isoformat())
+    cli("digest", "--date", tomorrow.isoformat())
+    first = cli("preview", "lm@example.org", "--date", today.isoformat(), "--out", "a.html")
+    second = cli("preview", "lm@example.org", "--date", tomorrow.isoformat(), "--out", "b.html")
+    assert first.code == second.code == 0
+    import re
+    from pathlib import Path
+
+    titles = [set(re.findall(r'class="paper-title"[^>]*>([^<]+)<', Path(name).read_text())) for name in ("a.html", "b.html")]
+    assert len(titles[0]) == len(titles[1]) == 4 and not titles[0] & titles[1]
