@@ -226,11 +226,7 @@ def upsert_papers(
 
     Upvotes are also kept as a history (one snapshot whenever they change), for growth-based trending.
     """
-    keys = list(dict.fromkeys(p.key for p in papers))
-    rows: dict[str, Paper] = {}
-    for start in range(0, len(keys), IN_CHUNK):
-        chunk = keys[start : start + IN_CHUNK]
-        rows.update((r.key, r) for r in session.scalars(select(Paper).where(Paper.key.in_(chunk))))
+    rows = {r.key: r for r in _papers_where(session, Paper.key, dict.fromkeys(p.key for p in papers))}
     counts = UpsertCounts()
     outcome: dict[str, str] = {}  # key → new | updated | unchanged (a key seen twice counts once)
     upvoted: dict[str, int] = {}
@@ -388,12 +384,15 @@ def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int
     return found
 
 
+def _papers_where(session: Session, column: Any, values: Iterable[object]) -> list[Paper]:
+    """Paper rows whose ``column`` is among ``values``, asked IN_CHUNK at a time."""
+    values = list(values)
+    return [row for start in range(0, len(values), IN_CHUNK)
+            for row in session.scalars(select(Paper).where(column.in_(values[start : start + IN_CHUNK])))]
+
+
 def papers_by_id(session: Session, *, ids: Iterable[int]) -> dict[int, records.Paper]:
-    ids = list(ids)
-    found: dict[int, records.Paper] = {}
-    for start in range(0, len(ids), IN_CHUNK):
-        found.update((r.id, paper_record(r)) for r in session.scalars(select(Paper).where(Paper.id.in_(ids[start : start + IN_CHUNK]))))
-    return found
+    return {r.id: paper_record(r) for r in _papers_where(session, Paper.id, ids)}
 
 
 def trending_papers(session: Session, *, since: dt.datetime, limit: int) -> list[records.Paper]:
@@ -409,11 +408,7 @@ def trending_papers(session: Session, *, since: dt.datetime, limit: int) -> list
 
 
 def papers_by_arxiv_ids(session: Session, *, ids: Iterable[str]) -> dict[str, records.Paper]:
-    ids = list(ids)
-    found: dict[str, records.Paper] = {}
-    for start in range(0, len(ids), IN_CHUNK):
-        found.update((r.key, paper_record(r)) for r in session.scalars(select(Paper).where(Paper.key.in_(ids[start : start + IN_CHUNK]))))
-    return found
+    return {r.key: paper_record(r) for r in _papers_where(session, Paper.key, ids)}
 
 
 def get_paper(session: Session, *, ref: str) -> Paper:
