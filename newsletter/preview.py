@@ -35,7 +35,7 @@ def preview_digest(
             message_id = f"<preview.{issue_date:%Y%m%d}.{subscriber.id}@{settings.from_domain}>"
         trending = repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
                                         limit=settings.trending_count)
-    delivery = repo.DueDelivery(subscriber.id, subscriber.id, subscriber.email, message_id, issue_date)
+    delivery = repo.DueDelivery(recorded.id if recorded else 0, subscriber.id, subscriber.email, message_id, issue_date)
     renderer = DigestRenderer(env=templates, list_name=settings.list_name, issue_date=issue_date, trending=trending)
     return renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks))
 
