@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import random
 import resource
 import socket
@@ -37,9 +36,9 @@ from newsletter.ingest.fetch import Fetcher, make_client
 from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
 from newsletter.paths import PACKAGE_DIR
-from newsletter.pipeline import DigestRun, _jobs, plan_digests, send_due
+from newsletter.pipeline import DigestRun, _jobs, day_renderer, plan_digests, send_due
 from newsletter.records import NewSubscriber, Preferences
-from newsletter.render.digest import DigestRenderer, make_environment, short_authors, tldr
+from newsletter.render.digest import make_environment, short_authors, tldr
 from newsletter.send.mailer import SmtpMailer
 from newsletter.settings import Settings
 
@@ -96,8 +95,7 @@ async def collect(settings, sessions, date, keep: int, stop_after: int | None = 
     env = make_environment()
     kept, started = [], time.perf_counter()
     with sessions() as session:
-        renderer = DigestRenderer(env=env, list_name=settings.list_name, issue_date=date,
-                                  trending=repo.trending_papers(session, since=utcnow() - dt.timedelta(days=3), limit=5))
+        renderer = day_renderer(session, settings=settings, templates=env, issue_date=date)
         async for job in _jobs(session, settings=settings, renderer=renderer, issue_date=date, now=utcnow(), only=None, dkim=None):
             if len(kept) < keep:
                 kept.append(job)

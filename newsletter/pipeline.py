@@ -212,9 +212,7 @@ async def send_due(
     with sessions() as session:
         recover_interrupted(session, now=now)
         session.commit()
-        trending = repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
-                                        limit=settings.trending_count)
-        renderer = DigestRenderer(env=templates, list_name=settings.list_name, issue_date=issue_date, trending=trending)
+        renderer = day_renderer(session, settings=settings, templates=templates, issue_date=issue_date)
         recent = recent_send_times(session, since=now - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
         limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
         ledger = Ledger(session, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
@@ -261,13 +259,25 @@ async def _jobs(
         missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - papers.keys()
         papers.update(repo.papers_by_id(session, ids=missing))
         for delivery in batch:
-            picks = tuple(RankedPaper(papers[paper_id], score, tuple(reasons)) for paper_id, score, reasons in items[delivery.id])
+            picks = recorded_picks(items[delivery.id], papers)
             email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks))
             data = build_message(email, from_address=settings.from_address or "", list_name=settings.list_name,
                                  list_id=f"digest.{settings.from_domain}", date=utcnow(), to=settings.redirect_all_to,
                                  dkim_key=dkim)
             recipient = settings.redirect_all_to or delivery.email
             yield Job(delivery.id, delivery.subscriber_id, Envelope(settings.from_address or "", recipient, delivery.message_id, data))
+
+
+def day_renderer(session: Session, *, settings: Settings, templates: jinja2.Environment, issue_date: dt.date) -> DigestRenderer:
+    """The renderer of one issue date, with that day's "trending today" papers."""
+    trending = repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
+                                    limit=settings.trending_count)
+    return DigestRenderer(env=templates, list_name=settings.list_name, issue_date=issue_date, trending=trending)
+
+
+def recorded_picks(items: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper]) -> tuple[RankedPaper, ...]:
+    """A delivery's picks as recorded in the ledger: (paper id, score, reasons) → RankedPaper."""
+    return tuple(RankedPaper(papers[paper_id], score, tuple(reasons)) for paper_id, score, reasons in items)
 
 
 def digest_for(*, settings: Settings, delivery: repo.DueDelivery, picks: Sequence[RankedPaper]) -> Digest:

@@ -12,9 +12,8 @@ import jinja2
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
-from newsletter.pipeline import day_end, digest_for, score_subscribers
-from newsletter.records import OutgoingEmail, RankedPaper
-from newsletter.render.digest import DigestRenderer
+from newsletter.pipeline import day_renderer, digest_for, recorded_picks, score_subscribers
+from newsletter.records import OutgoingEmail
 from newsletter.settings import Settings
 
 
@@ -27,16 +26,13 @@ def preview_digest(
         recorded = repo.deliveries_on(session, issue_date=issue_date).get(subscriber.id)
         if recorded is not None:
             items = repo.delivery_items(session, delivery_ids=[recorded.id])[recorded.id]
-            papers = repo.papers_by_id(session, ids=[paper_id for paper_id, _, _ in items])
-            picks = [RankedPaper(papers[paper_id], score, tuple(reasons)) for paper_id, score, reasons in items]
+            picks = recorded_picks(items, repo.papers_by_id(session, ids=[paper_id for paper_id, _, _ in items]))
             message_id = recorded.message_id
         else:
             _, [picks] = score_subscribers(session, settings=settings, subscribers=[subscriber], issue_date=issue_date)
             message_id = f"<preview.{issue_date:%Y%m%d}.{subscriber.id}@{settings.from_domain}>"
-        trending = repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
-                                        limit=settings.trending_count)
+        renderer = day_renderer(session, settings=settings, templates=templates, issue_date=issue_date)
     delivery = repo.DueDelivery(recorded.id if recorded else 0, subscriber.id, subscriber.email, message_id, issue_date)
-    renderer = DigestRenderer(env=templates, list_name=settings.list_name, issue_date=issue_date, trending=trending)
     return renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks))
 
 

@@ -75,9 +75,9 @@ class Ledger:
         if failed := by_status.get("failed"):
             self._count_bounces(failed)
 
-    def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime, **extra: object) -> None:
+    def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime) -> None:
         statement = (update(Delivery).where(Delivery.id == bindparam("delivery"))
-                     .values(status=status, last_error=bindparam("error"), updated_at=now, **extra))
+                     .values(status=status, last_error=bindparam("error"), updated_at=now))
         self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error} for o in outcomes])
 
     def _schedule_retries(self, outcomes: Sequence[Outcome], *, now: dt.datetime) -> None:

@@ -41,10 +41,10 @@ SEMANTIC_MIN_SIMILARITY = 0.45  # cosine at which a paper counts as on topic wit
 TRENDING_WEIGHT = 0.3  # per log(1 + upvotes): 100 upvotes add ~1.4, a paper without upvote data adds nothing
 RECENCY_PENALTY_PER_DAY = 0.2  # a paper first seen three days ago ranks ~0.6 lower than today's
 NEAR_DUPLICATE_SIMILARITY = 0.85  # cosine of two papers' BM25 vectors above which only the better one is picked
-EXTRA_CANDIDATES = 5
+EXTRA_CANDIDATES = 5  # looked at beyond max_papers, to replace near-duplicates
 EXAMPLE_TERMS = 15  # an example paper stands for its 15 most telling words (tf·idf over the day's papers)
 EXAMPLE_WEIGHT = 3.0  # the weight those words share: an example counts about as much as a three-word topic
-EXAMPLE_REASON_OVERLAP = 4  # shared telling words for "similar to your seed paper …"  # looked at beyond max_papers, to replace near-duplicates
+EXAMPLE_REASON_OVERLAP = 4  # shared telling words for "similar to your seed paper …"
 SCORING_THREADS = 2  # the machines this runs on have two cores
 CHUNK_SUBSCRIBERS = 2048  # profiles per dense block: 2048 × 2000 papers × 4 B = 16 MB an array
 
@@ -220,13 +220,15 @@ class _Queries:
 
     @classmethod
     def build(cls, index: PaperIndex, profiles: Sequence[Profile], *, min_score: float) -> _Queries:
-        topics, sentences, exclusions, categories, authors, sent, examples = (_Interned() for _ in range(7))
+        topics, sentences, exclusions, categories, authors, examples = (_Interned() for _ in range(6))
+        sent_rows: list[int] = []  # (profile, paper row) pairs of papers already sent
+        sent_papers: list[int] = []
         example_papers: dict[str, Paper] = {}
         thresholds = np.full(len(profiles), min_score, dtype=np.float32)
         key_rows = index.key_rows
         restricts = np.zeros(len(profiles), dtype=bool)
         add_topic, add_sentence, add_exclusion = topics.add, sentences.add, exclusions.add
-        add_category, add_author, add_sent = categories.add, authors.add, sent.add
+        add_category, add_author = categories.add, authors.add
         for row, profile in enumerate(profiles):
             prefs = profile.preferences
             for topic in prefs.topics:
@@ -243,7 +245,8 @@ class _Queries:
                 add_author(row, name)
             for key in profile.already_sent:
                 if key in key_rows:
-                    add_sent(row, key_rows[key])
+                    sent_rows.append(row)
+                    sent_papers.append(key_rows[key])
             for example in profile.examples:
                 examples.add(row, example.paper.key, example.weight)
                 example_papers.setdefault(example.paper.key, example.paper)
@@ -271,15 +274,10 @@ class _Queries:
             restricts_categories=restricts,
             by_author=authors.by_profile(n),
             author_papers=_rows_matrix(author_rows, n_papers),
-            already_sent=_sent_matrix(sent, n, n_papers),
+            already_sent=sp.csr_matrix((np.ones(len(sent_rows), dtype=np.float32), (sent_rows, sent_papers)),
+                                       shape=(n, max(n_papers, 1))),
             thresholds=thresholds,
         )
-
-
-def _sent_matrix(sent: _Interned, n_profiles: int, n_papers: int) -> sp.csr_matrix:
-    paper_rows = list(sent.ids)  # the interned keys are paper rows; cols index them in order of first use
-    cols = [paper_rows[c] for c in sent.cols]
-    return sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (sent.rows, cols)), shape=(n_profiles, max(n_papers, 1)))
 
 
 def _topic_matrices(index: PaperIndex, phrases: list[object]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
