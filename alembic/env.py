@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import Engine
 
+from alembic import context
 from newsletter.db.engine import make_engine
 from newsletter.db.models import Base
 

@@ -44,7 +44,8 @@ def make_papers(count: int, rng: random.Random) -> list:
 def make_profiles(count: int, papers: list, rng: random.Random) -> list[Profile]:
     titles = [p.title for p in papers[:211]]
     words = [w for t in titles for w in re.findall(r"[A-Za-z][a-z]{3,}", t)]
-    pairs = sorted({f"{a.lower()} {b.lower()}" for t in titles for a, b in zip(t.split(), t.split()[1:]) if a.isalpha() and b.isalpha()})
+    pairs = sorted({f"{a.lower()} {b.lower()}" for t in titles for a, b in zip(t.split(), t.split()[1:], strict=False)
+                    if a.isalpha() and b.isalpha()})
     pool = rng.sample(pairs, min(300, len(pairs)))
     authors = sorted({a for p in papers[:211] for a in p.authors})
     profiles = []

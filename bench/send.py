@@ -64,7 +64,7 @@ def start_sink() -> tuple[subprocess.Popen, int]:
 
 def setup(folder: str, subscribers: int, port: int, pool: int) -> tuple[Settings, object]:
     settings = Settings(database_url=f"sqlite:///{folder}/bench.db", email_backend="smtp", smtp_host="127.0.0.1",
-                        smtp_port=port, smtp_security="none", smtp_pool_size=pool, secret_key="bench",
+                        smtp_port=port, smtp_security="none", smtp_pool_size=pool, secret_key="bench-secret-key-0123456789abcdefghij",
                         from_address="digest@example.org", _env_file=None)
     engine = make_engine(settings.database_url)
     migrate.upgrade(engine)
@@ -83,14 +83,14 @@ def setup(folder: str, subscribers: int, port: int, pool: int) -> tuple[Settings
     return settings, sessions
 
 
-def reset(sessions) -> None:  # noqa: ANN001
+def reset(sessions) -> None:
     with sessions() as session:
         session.execute(update(Delivery).where(Delivery.status.in_(("sent", "sending")))
                         .values(status="pending", attempts=0, sent_at=None))
         session.commit()
 
 
-async def collect(settings, sessions, date, keep: int, stop_after: int | None = None) -> tuple[list, float]:  # noqa: ANN001
+async def collect(settings, sessions, date, keep: int, stop_after: int | None = None) -> tuple[list, float]:
     """Render + MIME due deliveries (no sending): all, or ``stop_after``; keeps the first ``keep`` jobs."""
     env = make_environment()
     kept, started = [], time.perf_counter()
@@ -129,7 +129,7 @@ NAIVE_TEMPLATE = """<html><head><style>{{ css }}</style></head><body><h1>{{ list
 <a href="{{ unsubscribe }}">Unsubscribe</a></body></html>"""
 
 
-async def naive(port: int, settings, sessions, date, count: int) -> float:  # noqa: ANN001
+async def naive(port: int, settings, sessions, date, count: int) -> float:
     """The straightforward way: whole template per subscriber, CSS inlined per message, EmailMessage, a connection each."""
     env = make_environment()
     template = env.from_string(NAIVE_TEMPLATE)
@@ -177,7 +177,8 @@ async def main_async(args: argparse.Namespace) -> None:
                         for n, delivery in enumerate(batch):
                             yield type(sample[0])(delivery.id, delivery.subscriber_id,
                                                   sample[n % len(sample)].envelope.__class__(
-                                                      "digest@example.org", delivery.email, delivery.message_id, messages[(after + n) % len(messages)]))
+                                                      "digest@example.org", delivery.email, delivery.message_id,
+                                                      messages[(after + n) % len(messages)]))
 
             import newsletter.pipeline as pipeline_module
 
@@ -201,11 +202,12 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"send alone (pool + ledger) : {total / send_s:9,.0f} emails/s")
     print(f"end to end (render + send) : {total / e2e_s:9,.0f} emails/s   = {total / e2e_s / bare_rate:.0%} of the bare loop")
     print(f"bare pooled aiosmtplib loop: {bare_rate:9,.0f} emails/s")
-    print(f"naive path                 : {naive_count / naive_s:9,.0f} emails/s   (end to end is {total / e2e_s / (naive_count / naive_s):.1f}x)")
+    naive_rate = naive_count / naive_s
+    print(f"naive path                 : {naive_rate:9,.0f} emails/s   (end to end is {total / e2e_s / naive_rate:.1f}x)")
     print(f"all of it, score to sent   : {plan_s + e2e_s:7.2f} s   peak RSS {rss_mb:,.0f} MB")
 
 
-async def timed_send(settings, sessions, date, pool) -> float:  # noqa: ANN001
+async def timed_send(settings, sessions, date, pool) -> float:
     mailers = [SmtpMailer(host="127.0.0.1", port=settings.smtp_port, security="none") for _ in range(pool)]
     for mailer in mailers:
         await mailer.__aenter__()

@@ -15,7 +15,7 @@ class Count:
     def __init__(self) -> None:
         self.messages = 0
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802 - aiosmtpd's hook
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook
         self.messages += 1
         return "250 OK"
 

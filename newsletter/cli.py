@@ -102,7 +102,8 @@ def init(typer_ctx: typer.Context) -> None:
 @app.command()
 def ingest(
     typer_ctx: typer.Context,
-    sources: Annotated[list[str] | None, typer.Argument(help="URLs, file paths or shorthands (arxiv:cs.LG, hf-daily); default: the configured sources.")] = None,
+    sources: Annotated[list[str] | None, typer.Argument(
+        help="URLs, file paths or shorthands (arxiv:cs.LG, hf-daily); default: the configured sources.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch sources and store their papers (one paper per arXiv id, versions merged)."""
@@ -123,7 +124,7 @@ def ingest(
     with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client, _progress(as_json) as bar:
         tasks = [bar.add_task(spec.url[:70], total=1, start=False) for spec in specs]
 
-        def done(index: int, report) -> None:  # noqa: ANN001 - SourceReport
+        def done(index: int, report) -> None:
             status = "[red]failed[/red]" if report.error else f"{report.new} new, {report.updated} updated"
             bar.update(tasks[index], completed=1, description=f"{specs[index].url[:70]}  {status}")
 
@@ -188,7 +189,8 @@ def sources_list(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     table = Table("id", "kind", "name", "url", "last fetched", "last error", title="sources")
     for r in rows:
-        table.add_row(str(r["id"]), r["kind"], r["name"] or "", r["url"], str(r["last_fetched_at"] or "never"), r["last_error"] or "")
+        table.add_row(str(r["id"]), str(r["kind"]), str(r["name"] or ""), str(r["url"]), str(r["last_fetched_at"] or "never"),
+                      str(r["last_error"] or ""))
     out.print(table)
 
 
@@ -429,7 +431,7 @@ def preview(
     out.print(f"{email_out.subject}\n{len(email_out.html):,} bytes of HTML written to [bold]{path.resolve()}[/bold]")
 
 
-def print_picks(picks: list, *, title: str) -> None:  # noqa: ANN001 - list[pipeline.Pick]
+def print_picks(picks: list, *, title: str) -> None:
     table = Table("subscriber", "papers", "top picks (why)", title=title, show_lines=True)
     for pick in picks:
         top = "\n".join(f"{r.paper.title[:70]} [dim]({'; '.join(r.reasons)[:80]})[/dim]" for r in pick.papers[:3])

@@ -79,7 +79,7 @@ def run_demo(folder: Path) -> DemoResult:
         email_backend="file",
         outbox_dir=folder / "outbox",
         from_address="digest@demo.example.org",
-        secret_key="demo-only-not-secret",
+        secret_key="demo-only-not-secret-0123456789abcdef",
         base_url="http://localhost:8000",
         list_name="Paper digest (demo)",
         _env_file=None,  # the demo is the same everywhere, whatever .env says

@@ -102,7 +102,7 @@ def score_subscribers(
     return candidates, picks
 
 
-def semantic_similarity(papers: Sequence[Paper], profiles: Sequence[Profile]):  # noqa: ANN201 - numpy array
+def semantic_similarity(papers: Sequence[Paper], profiles: Sequence[Profile]):
     """profiles × papers cosine similarity from the optional sentence-embedding model."""
     from newsletter.errors import ConfigError
     from newsletter.score.semantic import SemanticModel
@@ -218,7 +218,7 @@ async def send_due(
         ledger = Ledger(session, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
                                                     bounce_limit=settings.bounce_limit))
 
-        def write(started: list[int], finished: list) -> None:  # noqa: ANN001 - list[Outcome]
+        def write(started: list[int], finished: list) -> None:
             moment = utcnow()
             if started:
                 ledger.started(started, now=moment)

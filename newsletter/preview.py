@@ -7,13 +7,14 @@ will be sent); otherwise their papers are scored now, as the next run would.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import jinja2
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
 from newsletter.pipeline import day_renderer, digest_for, recorded_picks, score_subscribers
-from newsletter.records import OutgoingEmail
+from newsletter.records import OutgoingEmail, RankedPaper
 from newsletter.settings import Settings
 
 
@@ -26,7 +27,7 @@ def preview_digest(
         recorded = repo.deliveries_on(session, issue_date=issue_date).get(subscriber.id)
         if recorded is not None:
             items = repo.delivery_items(session, delivery_ids=[recorded.id])[recorded.id]
-            picks = recorded_picks(items, repo.papers_by_id(session, ids=[paper_id for paper_id, _, _ in items]))
+            picks: Sequence[RankedPaper] = recorded_picks(items, repo.papers_by_id(session, ids=[paper_id for paper_id, _, _ in items]))
             message_id = recorded.message_id
         else:
             _, [picks] = score_subscribers(session, settings=settings, subscribers=[subscriber], issue_date=issue_date)

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from newsletter.errors import ConfigError
 
 ENV_PREFIX = "NEWSLETTER_"
+MIN_SECRET_KEY_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    # AUTH over an unencrypted connection sends the password in clear: refused unless this is set.
+    smtp_allow_plaintext_auth: bool = False
     smtp_timeout_s: float = Field(default=60.0, gt=0)  # relays may take a minute to answer the final dot
     smtp_ca_file: Path | None = None  # CA bundle for a relay whose certificate the system does not trust
     smtp_pool_size: int = Field(default=4, ge=1, le=64)  # connections to the relay, each reused for many messages
@@ -57,6 +60,7 @@ class Settings(BaseSettings):
     fetch_retries: int = Field(default=3, ge=0, le=10)  # on 429 and 5xx
     host_interval_s: float = Field(default=1.0, ge=0)  # between two requests to one host
     allow_private_sources: bool = False  # admin: allow feeds on private / loopback addresses
+    max_retry_after_s: float = Field(default=60.0, ge=0)  # a longer Retry-After fails the fetch for this run
     hf_daily_url: str = "https://huggingface.co/api/daily_papers"  # the trending-papers API
     arxiv_api_url: str = "https://export.arxiv.org/api/query"  # for seed papers not yet ingested
 
@@ -68,6 +72,7 @@ class Settings(BaseSettings):
     trending_count: int = Field(default=5, ge=0, le=20)  # papers in the "trending today" section
     trending_weight: float = Field(default=0.3, ge=0)  # score per log(1 + upvotes) among relevant papers
     recency_penalty_per_day: float = Field(default=0.2, ge=0)  # score lost per day since a paper was first seen
+    feedback_link_days: int = Field(default=60, ge=1)  # "more / less like this" links expire after this
     semantic: bool = False  # fuse the MiniLM sentence-embedding ranker in (pip install '.[semantic]')
 
     @field_validator("smtp_ca_file", "dkim_private_key_path", "smtp_host", "from_address", "secret_key", mode="before")
@@ -84,6 +89,27 @@ class Settings(BaseSettings):
         if value.startswith(("postgresql://", "postgres://")):
             # psycopg 3 is the driver we ship; say so once here instead of at every connect.
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("from_address")
+    @classmethod
+    def _valid_from_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from email_validator import EmailNotValidError, validate_email
+
+        try:
+            validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"{value!r} is not an email address ({exc})") from None
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_secret(cls, value: str | None) -> str | None:
+        # Links in emails are signed with it; a short key can be guessed offline from one link.
+        if value is not None and len(value) < MIN_SECRET_KEY_CHARS:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_CHARS} characters{SETTING_HINTS['secret_key']}")
         return value
 
     def require(self, *names: str, purpose: str) -> None:

@@ -11,9 +11,9 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from newsletter import validate
 from newsletter.errors import InvalidInput
 from newsletter.records import NewSubscriber, Preferences
-from newsletter import validate
 
 COLUMNS = ("email", "topics", "exclude", "categories", "authors", "describe", "timezone", "hour", "frequency", "max_papers")
 

@@ -9,12 +9,12 @@ deterministically (ids 2611.1xxxx, categories from keywords) in the exact shapes
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from email.utils import format_datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
-import datetime as dt
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT.parent / "shared" / "data" / "seed_papers.json"
@@ -98,7 +98,7 @@ def api_entry(index: int, paper: dict) -> str:
     cats = categories(paper)
     names = "".join(f"\n    <author>\n      <name>{escape(n)}</name>\n    </author>" for n in authors(index))
     terms = "".join(f'\n    <category term="{c}" scheme="http://arxiv.org/schemas/atom"/>' for c in cats)
-    stamp = ANNOUNCED.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = ANNOUNCED.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"""  <entry>
     <id>http://arxiv.org/abs/{arxiv_id}v2</id>
     <updated>{stamp}</updated>

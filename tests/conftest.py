@@ -99,12 +99,12 @@ class SmtpSink:
     received: list[Received] = field(default_factory=list)
     sessions: int = 0  # EHLO/HELO greetings: one per SMTP connection
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, N802
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         self.sessions += 1
         session.host_name = hostname
         return responses
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802 - aiosmtpd's hook
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook
         message = message_from_bytes(envelope.original_content, policy=default)
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
         return "250 OK"
@@ -153,7 +153,7 @@ def env(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def configured(env, database_url: str, tmp_path: Path) -> str:
     """Settings for a working installation on either database; returns the database URL."""
-    env(database_url=database_url, secret_key="test-secret", from_address="digest@example.org",
+    env(database_url=database_url, secret_key="test-secret-key-0123456789abcdefghij", from_address="digest@example.org",
         outbox_dir=tmp_path / "outbox", base_url="https://digest.example.org",
         allow_private_sources="true", host_interval_s=0)  # the feeds in tests are served on 127.0.0.1
     return database_url

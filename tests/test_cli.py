@@ -125,7 +125,8 @@ def test_a_missing_or_invalid_setting_is_named(cli, env, ready, settings, expect
     env(**settings)
     result = cli("digest")
     assert result.code == 1 and expected in result.err
-    env(email_backend="file", secret_key="s", from_address="d@example.org", smtp_port=25, database_url=ready)
+    env(email_backend="file", secret_key="test-secret-key-0123456789abcdefghij", from_address="d@example.org", smtp_port=25,
+        database_url=ready)
     assert counts(ready)["deliveries"] == 0
 
 

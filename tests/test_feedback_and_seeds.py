@@ -49,7 +49,7 @@ def arxiv_api(env, httpserver: HTTPServer) -> HTTPServer:
     return httpserver
 
 
-def rows(url: str, model) -> list:  # noqa: ANN001
+def rows(url: str, model) -> list:
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
         found = list(session.scalars(select(model)))

@@ -84,7 +84,8 @@ class Ledger:
         tried = {row.id: row for row in self.session.execute(
             select(Delivery.id, Delivery.attempts, Delivery.created_at).where(Delivery.id.in_([o.delivery_id for o in outcomes]))
         )}
-        due, expired = [], []
+        due: list[tuple[Outcome, dt.datetime | None]] = []
+        expired: list[tuple[Outcome, dt.datetime | None]] = []
         for outcome in outcomes:
             row = tried[outcome.delivery_id]
             when = self.policy.next_attempt(attempts=row.attempts, created_at=row.created_at, now=now)
@@ -115,10 +116,10 @@ def recover_interrupted(session: Session, *, now: dt.datetime) -> int:
         .values(status="unknown", updated_at=now,
                 last_error="the sending process stopped before the relay's answer was recorded")
     )
-    return result.rowcount or 0
+    return getattr(result, "rowcount", 0) or 0
 
 
-def due_filter(*, now: dt.datetime):  # noqa: ANN201 - a SQL expression
+def due_filter(*, now: dt.datetime):
     """Deliveries to send now: pending, retries whose time has come, unknown outcomes not yet retried."""
     return or_(
         Delivery.status == "pending",
@@ -132,7 +133,7 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
     rows = session.scalars(
         select(Delivery.sent_at).where(Delivery.sent_at >= since).order_by(Delivery.sent_at.desc()).limit(limit)
     ).all()
-    return sorted(rows)
+    return sorted(row for row in rows if row is not None)
 
 
 __all__ = ["Ledger", "Outcome", "RetryPolicy", "due_filter", "recent_send_times", "recover_interrupted"]

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import records
+from newsletter.db.ledger import due_filter
 from newsletter.db.models import (
     Delivery,
     DeliveryItem,
@@ -24,7 +25,6 @@ from newsletter.db.models import (
     UpvoteSnapshot,
     utcnow,
 )
-from newsletter.db.ledger import due_filter
 from newsletter.errors import InvalidInput, NotFound
 
 IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
@@ -419,7 +419,8 @@ def get_paper(session: Session, *, ref: str) -> Paper:
     key = found[0] if found else ref.strip()
     row = session.scalar(select(Paper).where(Paper.key == key))
     if row is None:
-        raise NotFound(f"no paper {ref!r} has been ingested: ingest it first (e.g. 'newsletter subscribers add ... --seed {ref}' fetches seeds)")
+        raise NotFound(f"no paper {ref!r} has been ingested: ingest it first "
+                       f"(e.g. 'newsletter subscribers add ... --seed {ref}' fetches seeds)")
     return row
 
 

@@ -88,6 +88,11 @@ def _paper(entry: Any) -> Paper | None:
     abstract, announce_type = arxiv.strip_rss_prefix(clean_text(summary))
     announce_type = entry.get("arxiv_announce_type") or announce_type
     found = _arxiv_id(entry)
+    arxiv_id: str | None
+    version: int | None
+    key: str | None
+    abs_url: str | None
+    pdf_url: str | None
     categories = _categories(entry)
     if found:
         arxiv_id, version = found

@@ -58,7 +58,7 @@ def check_public(url: str) -> None:
     """Refuse a URL whose host resolves to a private, loopback, link-local or reserved address."""
     host = urlsplit(url).hostname or ""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as exc:
         raise FeedError(f"{url}: cannot resolve host {host!r} ({exc.strerror}); check the URL") from None
     for address in addresses:

@@ -26,6 +26,7 @@ from newsletter.ingest.feeds import ParsedFeed, parse_feed
 from newsletter.ingest.fetch import Fetched, Fetcher
 from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, with_query
 from newsletter.ingest.trending import looks_like_json, parse_trending
+from newsletter.records import Paper
 
 ARXIV_API_INTERVAL_S = 3.0  # arXiv API terms of use: no more than one request every three seconds
 ARXIV_API_MAX_RESULTS = 2000  # per ingest run; a daily query returns far fewer
@@ -138,7 +139,8 @@ def _read_arxiv_api(url: str, fetcher: Fetcher) -> ParsedFeed:
     """Every page of an arXiv API query, politely spaced; all pages or nothing."""
     page_size = int(query_param(url, "max_results") or ARXIV_API_PAGE)
     start = int(query_param(url, "start") or 0)
-    papers, title = [], url
+    papers: list[Paper] = []
+    title = url
     while len(papers) < ARXIV_API_MAX_RESULTS:
         page_url = with_query(url, start=start, max_results=page_size)
         page = parse_feed(fetcher.get(page_url, min_interval_s=ARXIV_API_INTERVAL_S).body, source=page_url)

@@ -257,8 +257,8 @@ class _Queries:
         by_topic = topics.by_profile(n)
         empty = np.empty(0, dtype=np.int64)
         author_rows = []
-        for name in authors.ids:
-            keys = text.name_keys(str(name))
+        for author_name in authors.ids:
+            keys = text.name_keys(str(author_name))
             author_rows.append(index.authors.get(keys[0], empty) if keys else empty)
         terms = by_topic @ topic_terms + sentences.by_profile(n) @ _sentence_matrix(list(sentences.ids), index.vocabulary)
         if examples.ids:
@@ -411,7 +411,11 @@ def _drop_near_duplicates(best: np.ndarray, usable: np.ndarray, duplicate_of: np
     groups = np.where(usable, duplicate_of[best], -1 - np.arange(best.shape[1]))  # unranked entries never collide
     for row in np.flatnonzero((np.diff(np.sort(groups, axis=1), axis=1) == 0).any(axis=1)):
         seen: set[int] = set()
-        keep = [i for i, group in enumerate(groups[row]) if group not in seen and not seen.add(group)]
+        keep = []
+        for i, group in enumerate(groups[row]):
+            if group not in seen:
+                seen.add(group)
+                keep.append(i)
         dropped = [i for i in range(best.shape[1]) if i not in set(keep)]
         order = keep + dropped
         best[row], usable[row] = best[row, order], usable[row, order]

@@ -15,8 +15,8 @@ import os
 import re
 import ssl
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, Self
 
 import aiosmtplib

@@ -47,7 +47,8 @@ def digest_html(tmp_path_factory) -> Path:
                     unsubscribe_url="https://digest.example.org/unsubscribe/t", preferences_url="https://digest.example.org/preferences/t",
                     view_url="https://digest.example.org/digest/2026-11-23/t", message_id="<m@example.org>",
                     feedback_url="https://digest.example.org/feedback/t")
-    email = render_digest(digest, env=make_environment(), list_name="Paper digest", trending=sorted(trending, key=lambda p: -(p.upvotes or 0))[:5])
+    top = sorted(trending, key=lambda p: -(p.upvotes or 0))[:5]
+    email = render_digest(digest, env=make_environment(), list_name="Paper digest", trending=top)
     path = tmp_path_factory.mktemp("digest") / "digest.html"
     path.write_text(email.html, encoding="utf-8")
     return path

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from newsletter.ingest.feeds import parse_feed
+from newsletter.paths import PACKAGE_DIR
 from newsletter.records import Preferences, Profile
 from newsletter.score import PaperIndex, rank_papers
 from newsletter.score.text import name_keys, phrase_terms
-from newsletter.paths import PACKAGE_DIR
 
 MIN_SCORE = 1.5
 

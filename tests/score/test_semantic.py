@@ -14,6 +14,7 @@ from newsletter.score import PaperIndex, rank_papers
 from newsletter.score.semantic import SemanticModel
 from tests.conftest import FIXTURES
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _installed() -> None:
     if not SemanticModel.available():

@@ -32,12 +32,12 @@ class FaultySink:
     _data: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, N802
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         self.sessions += 1
         session.host_name = hostname
         return responses
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         with self._lock:
             self._transactions += 1
             drop = self.drop_rcpt_every and self._transactions % self.drop_rcpt_every == 0
@@ -54,7 +54,7 @@ class FaultySink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, N802
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
         recipient = envelope.rcpt_tos[0]
         if recipient in self.stall_for:
             await asyncio.sleep(self.stall_for.pop(recipient))

@@ -33,7 +33,8 @@ def test_sigkill_at_random_points_then_restart_delivers_each_message_once(cli, e
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        settings = dict(database_url=sqlite_url, secret_key="s", from_address="digest@example.org", email_backend="smtp",
+        settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                        from_address="digest@example.org", email_backend="smtp",
                         smtp_host="127.0.0.1", smtp_port=port, smtp_security="none", smtp_pool_size=POOL, retry_base_s=0)
         env(**settings)
         rows = "".join(f"reader{i}@example.org,diffusion models;language models,,,,,,,,2\n" for i in range(RECIPIENTS))

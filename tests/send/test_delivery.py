@@ -34,7 +34,7 @@ def sink() -> Iterator[FaultySink]:
 @pytest.fixture
 def list_ready(cli, env, sqlite_url, tmp_path: Path, sink: FaultySink):
     """RECIPIENTS active subscribers who all match today's papers, and settings pointing at the sink."""
-    env(database_url=sqlite_url, secret_key="s", from_address="digest@example.org", email_backend="smtp",
+    env(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij", from_address="digest@example.org", email_backend="smtp",
         smtp_host="127.0.0.1", smtp_port=sink.port, smtp_security="none", smtp_timeout_s=2, retry_base_s=0)  # type: ignore[attr-defined]
     rows = "".join(f"reader{i}@lab{i % 7}.example.org,diffusion models;language models,,,,,,,,3\n" for i in range(RECIPIENTS))
     path = tmp_path / "list.csv"
@@ -188,7 +188,7 @@ def test_dkim_signs_when_a_key_is_configured(cli, env, list_ready, sink, tmp_pat
     captured: list[bytes] = []
     original = sink.handle_DATA
 
-    async def keep(server, session, envelope):  # noqa: ANN001
+    async def keep(server, session, envelope):
         captured.append(envelope.original_content)
         return await original(server, session, envelope)
 

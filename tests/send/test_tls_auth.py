@@ -46,7 +46,7 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
-def authenticator(server, session, envelope, mechanism, auth_data):  # noqa: ANN001
+def authenticator(server, session, envelope, mechanism, auth_data):
     ok = auth_data.login == b"digest" and auth_data.password == b"s3cret"
     return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
