@@ -1,6 +1,7 @@
 """Benchmark: digests for N subscribers rendered and sent to an aiosmtpd sink in another process.
 
     python bench/send.py [--subscribers 20000] [--pool 4]
+    python bench/send.py --command [--subscribers 5000] [--repeats 3]
 
 Prints emails/s for: rendering + MIME alone; sending alone (pre-built messages through the pool,
 the rate limiter and the ledger); end to end (render + MIME + pool + ledger, from the recorded picks;
@@ -9,15 +10,22 @@ pre-built messages to the same sink, with no database (the practical ceiling); a
 (the whole template rendered per subscriber, CSS inlined per message, ``EmailMessage``, a new
 connection per message). Then peak RSS. Targets (issue 5): rendering + MIME >= 2,000 emails/s;
 end to end >= 70 % of the bare loop; 100,000 subscribers scored, rendered and sent under 1 GB.
+
+``--command`` measures what the user runs instead: ``newsletter digest`` as a subprocess (start-up,
+scoring, recording, rendering, sending and printing included) against the same sink, then the very
+messages it sent (written out again by the file backend) replayed by the bare pooled loop. Target
+(issue 8): the command at >= 70 % of the replay's rate. Medians over ``--repeats`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +39,7 @@ from sqlalchemy import update
 
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
-from newsletter.db.models import Delivery, utcnow
+from newsletter.db.models import Delivery, DeliveryItem, utcnow
 from newsletter.ingest.fetch import Fetcher, make_client
 from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
@@ -221,12 +229,68 @@ async def timed_send(settings, sessions, date, pool) -> float:
     return elapsed
 
 
+def run_command(settings: Settings, folder: str, **overrides: object) -> tuple[float, str]:
+    """``newsletter digest`` in its own process with these settings; (wall seconds, what it printed)."""
+    values = {"database_url": settings.database_url, "email_backend": "smtp", "smtp_host": "127.0.0.1",
+              "smtp_port": settings.smtp_port, "smtp_security": "none", "smtp_pool_size": settings.smtp_pool_size,
+              "secret_key": settings.secret_key, "from_address": settings.from_address, **overrides}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update({f"NEWSLETTER_{k.upper()}": str(v) for k, v in values.items()})
+    command = str(Path(sys.executable).with_name("newsletter"))
+    started = time.perf_counter()
+    done = subprocess.run([command, "digest"], env=env, cwd=folder, capture_output=True, text=True, timeout=1800)
+    elapsed = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    return elapsed, done.stdout
+
+
+async def command_vs_replay(args: argparse.Namespace) -> None:
+    sink, port = start_sink()
+    command_rates, replay_rates = [], []
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            settings, sessions = setup(folder, args.subscribers, port, args.pool)
+            for repeat in range(args.repeats):
+                if repeat:
+                    with sessions() as session:
+                        session.execute(DeliveryItem.__table__.delete())  # the next run plans and records again
+                        session.execute(Delivery.__table__.delete())
+                        session.commit()
+                command_s, printed = run_command(settings, folder)
+                with sessions() as session:
+                    sent = session.query(Delivery).filter(Delivery.status == "sent").count()
+                reset(sessions)  # the same deliveries, written out by the file backend this time
+                run_command(settings, folder, email_backend="file", outbox_dir=f"{folder}/outbox{repeat}")
+                messages = [p.read_bytes() for p in sorted(Path(f"{folder}/outbox{repeat}").glob("*/*.eml"))]
+                assert len(messages) == sent, (len(messages), sent)
+                replay_s = await bare_loop(port, args.pool, messages, len(messages))
+                command_rates.append(sent / command_s)
+                replay_rates.append(sent / replay_s)
+                print(f"run {repeat + 1}: command {command_s:.2f} s for {sent:,} emails; replay {replay_s:.2f} s")
+            print(printed.strip())
+    finally:
+        sink.terminate()
+    command_rate, replay_rate = statistics.median(command_rates), statistics.median(replay_rates)
+    print(f"subscribers: {args.subscribers:,}   SMTP connections: {args.pool}   repeats: {args.repeats}")
+    print(f"newsletter digest (subprocess): {command_rate:7,.0f} emails/s (median)")
+    print(f"bare pooled replay            : {replay_rate:7,.0f} emails/s (median)")
+    print(f"command / replay              : {command_rate / replay_rate:.0%}  (target >= 70%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--subscribers", type=int, default=None, help="default: 20,000; 5,000 with --command")
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--naive", type=int, default=500, help="messages to time the naive path on")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--command", action="store_true", help="time the real 'newsletter digest' command instead")
+    parser.add_argument("--repeats", type=int, default=3, help="with --command: runs to take the median of")
+    args = parser.parse_args()
+    if args.command:
+        args.subscribers = args.subscribers or 5_000
+        asyncio.run(command_vs_replay(args))
+    else:
+        args.subscribers = args.subscribers or 20_000
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

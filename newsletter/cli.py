@@ -9,24 +9,30 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import validate
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import utcnow
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, redact
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.settings import Settings, load_settings
+from newsletter.wording import inert, plural, shorten
 
 app = typer.Typer(help="A self-hosted research-paper digest: ingest → score → render → send.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -36,10 +42,15 @@ subscribers_app = typer.Typer(help="Manage subscribers (the admin path: added su
 app.add_typer(sources_app, name="sources")
 app.add_typer(subscribers_app, name="subscribers")
 
-out = Console(soft_wrap=True)  # messages stay on one line; tables still fit the terminal
-err = Console(stderr=True, soft_wrap=True)  # an error stays on one line, whatever the width
+# Text from outside (paper titles, feed names, addresses) is printed as it is: no Rich markup, no
+# emoji codes, no highlighting, so "[/]" in a title can neither crash a command nor style it.
+# Our own styling goes through Text objects.
+out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)  # tables still fit the terminal
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)  # an error stays on one line
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Also print the per-subscriber detail.")]
+LIST_TABLE_ROWS = 200  # beyond this a table is not read by a person: a summary, and --json for the data
 
 
 @dataclass
@@ -65,7 +76,7 @@ def _require_schema(engine: Engine) -> None:
     try:
         current = migrate.current_revision(engine)
     except Exception as exc:  # the driver's own error types differ per database
-        raise NewsletterError(f"cannot open the database {engine.url!r} ({type(exc).__name__}: {exc}); "
+        raise NewsletterError(f"cannot open the database {engine.url!r} ({database_error(exc)}); "
                               "check NEWSLETTER_DATABASE_URL") from None
     if current != migrate.head_revision(engine):
         raise NewsletterError(f"the database {engine.url!r} is not initialised or is out of date: run 'newsletter init'")
@@ -92,7 +103,7 @@ def init(typer_ctx: typer.Context) -> None:
     try:
         migrate.upgrade(engine)
     except Exception as exc:
-        raise NewsletterError(f"cannot migrate {engine.url!r} ({type(exc).__name__}: {exc}); check NEWSLETTER_DATABASE_URL") from None
+        raise NewsletterError(f"cannot migrate {engine.url!r} ({database_error(exc)}); check NEWSLETTER_DATABASE_URL") from None
     out.print(f"database ready at {engine.url!r} (schema {migrate.current_revision(engine)})")
 
 
@@ -122,11 +133,12 @@ def ingest(
     if not specs:
         raise NewsletterError("no sources configured: add one with 'newsletter sources add arxiv:cs.LG' or pass a URL")
     with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client, _progress(as_json) as bar:
-        tasks = [bar.add_task(spec.url[:70], total=1, start=False) for spec in specs]
+        names = [escape(inert(shorten(redact(spec.url), 70))) for spec in specs]  # progress descriptions are markup
+        tasks = [bar.add_task(name, total=1, start=False) for name in names]
 
         def done(index: int, report) -> None:
             status = "[red]failed[/red]" if report.error else f"{report.new} new, {report.updated} updated"
-            bar.update(tasks[index], completed=1, description=f"{specs[index].url[:70]}  {status}")
+            bar.update(tasks[index], completed=1, description=f"{names[index]}  {status}")
 
         reports = ingest_sources(specs, sessions=ctx.sessions, fetcher=Fetcher.from_settings(settings, client),
                                  now=utcnow(), on_start=lambda index, _spec: bar.start_task(tasks[index]), on_done=done)
@@ -135,14 +147,19 @@ def ingest(
     else:
         table = Table("source", "fetched", "new", "updated", "unchanged", "errors", "time", title="ingest")
         for r in reports:
-            table.add_row(r.source, str(r.fetched), str(r.new), str(r.updated), str(r.unchanged),
-                          f"[red]{r.error}[/red]" if r.error else (r.note or "0"), f"{r.seconds:.2f}s")
+            table.add_row(safe(r.source), str(r.fetched), str(r.new), str(r.updated), str(r.unchanged),
+                          Text(safe(r.error), style="red") if r.error else (r.note or "0"), f"{r.seconds:.2f}s")
         out.print(table)
     failed = [r for r in reports if r.error]
     if failed:
         for r in failed:
-            err.print(f"error: {r.error}", markup=False, highlight=False)
+            err.print(f"error: {safe(r.error or '')}")
         raise typer.Exit(1)
+
+
+def safe(text: str) -> str:
+    """Text from outside as the terminal should get it: no control sequences, no passwords."""
+    return inert(redact(text))
 
 
 def _progress(quiet: bool) -> Progress:
@@ -172,7 +189,8 @@ def sources_add(
     with ctx.sessions() as session:
         repo.add_source(session, url=resolved.url, kind=resolved.kind, name=name or title)
         session.commit()
-    out.print(f"added {resolved.kind} source {resolved.url}" + (f" ({title}: {count} papers now)" if title else ""))
+    note = f" ({safe(title)}: {plural(count or 0, 'paper')} now)" if title else ""
+    out.print(f"added {resolved.kind} source {safe(resolved.url)}{note}")
 
 
 @sources_app.command("list")
@@ -189,8 +207,8 @@ def sources_list(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     table = Table("id", "kind", "name", "url", "last fetched", "last error", title="sources")
     for r in rows:
-        table.add_row(str(r["id"]), str(r["kind"]), str(r["name"] or ""), str(r["url"]), str(r["last_fetched_at"] or "never"),
-                      str(r["last_error"] or ""))
+        table.add_row(str(r["id"]), str(r["kind"]), safe(str(r["name"] or "")), safe(str(r["url"])),
+                      str(r["last_fetched_at"] or "never"), safe(str(r["last_error"] or "")))
     out.print(table)
 
 
@@ -204,7 +222,7 @@ def sources_remove(typer_ctx: typer.Context, ref: Annotated[str, typer.Argument(
         ref = ref if ref.isdigit() else resolve(ref, hf_daily_url=ctx.settings.hf_daily_url).url
         row = repo.remove_source(session, ref=ref)
         session.commit()
-    out.print(f"removed source {row.url}")
+    out.print(f"removed source {safe(row.url)}")
 
 
 # --- subscribers ---------------------------------------------------------------------------------
@@ -222,10 +240,12 @@ def subscribers_add(
     timezone: Annotated[str, typer.Option(help="IANA time zone, e.g. Europe/Berlin.")] = "UTC",
     hour: Annotated[int, typer.Option(help="Local hour to send at (0–23).")] = 7,
     frequency: Annotated[str, typer.Option(help="daily or weekly (Mondays).")] = "daily",
-    max_papers: Annotated[int | None, typer.Option(help="Papers per digest at most (default: NEWSLETTER_DEFAULT_MAX_PAPERS).")] = None,
+    max_papers: Annotated[int | None, typer.Option(
+        help="Papers per digest at most, 1 to 100 (default: NEWSLETTER_DEFAULT_MAX_PAPERS).")] = None,
     seed: Annotated[list[str] | None, typer.Option("--seed", "-s", help="An arXiv id: more papers like this one.")] = None,
     seed_bibtex: Annotated[Path | None, typer.Option(help="A BibTeX file whose arXiv papers are seeds.")] = None,
-    min_score: Annotated[float | None, typer.Option(help="Lowest score to pick a paper (default: NEWSLETTER_MIN_SCORE).")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        help="Lowest score to pick a paper, 0 to 1000 (default: NEWSLETTER_MIN_SCORE).")] = None,
 ) -> None:
     """Add an active subscriber with their interests. A topic may carry a weight: "diffusion models^2"."""
     from newsletter.seeds import arxiv_ids_from_bibtex, normalise_ids
@@ -241,18 +261,18 @@ def subscribers_add(
         preferences=Preferences.from_lists(topics=topic or [], exclude=exclude or [],
                                            categories=[validate.check_category(c) for c in category or []],
                                            authors=author or [], describe=describe, seed_papers=seeds,
-                                           min_score=min_score),
+                                           min_score=None if min_score is None else validate.check_min_score(min_score)),
         timezone=validate.check_timezone(timezone),
         send_hour=validate.check_hour(hour),
         frequency=validate.check_frequency(frequency),
-        max_papers=validate.check_max_papers(max_papers or ctx.settings.default_max_papers),
+        max_papers=validate.check_max_papers(ctx.settings.default_max_papers if max_papers is None else max_papers),
     )
     with ctx.sessions() as session:
         repo.add_subscriber(session, new=new)
         if new.preferences.seed_papers:
             _fetch_seeds(ctx, session, list(new.preferences.seed_papers))
         session.commit()
-    seeds_note = f", {len(new.preferences.seed_papers)} seed papers" if new.preferences.seed_papers else ""
+    seeds_note = f", {plural(len(new.preferences.seed_papers), 'seed paper')}" if new.preferences.seed_papers else ""
     out.print(f"added {new.email} (active{seeds_note})")
 
 
@@ -283,7 +303,7 @@ def feedback(
         repo.record_feedback(session, subscriber_id=subscriber.id, paper_id=row.id, value=1 if direction == "up" else -1)
         session.commit()
         title = row.title
-    out.print(f"noted: {'more' if direction == 'up' else 'fewer'} papers like “{title}” for {email.strip().lower()}")
+    out.print(f"noted: {'more' if direction == 'up' else 'fewer'} papers like “{safe(title)}” for {email.strip().lower()}")
 
 
 @subscribers_app.command("list")
@@ -298,10 +318,15 @@ def subscribers_list(
     if as_json:
         _print_json(rows)
         return
-    table = Table("email", "status", "topics", "categories", "time zone", "hour", "max", title=f"{len(rows)} subscribers")
+    if len(rows) > LIST_TABLE_ROWS:
+        by_status = Counter(r["status"] for r in rows)
+        out.print(f"{plural(len(rows), 'subscriber')}: " + ", ".join(f"{s} {n:,}" for s, n in sorted(by_status.items())))
+        out.print(f"(a table of {LIST_TABLE_ROWS:,} at most: use --json for all, or --status to narrow)")
+        rows = rows[:LIST_TABLE_ROWS]
+    table = Table("email", "status", "topics", "categories", "time zone", "hour", "max", title=plural(len(rows), "subscriber"))
     for r in rows:
-        table.add_row(r["email"], r["status"], "; ".join(r["topics"]), " ".join(r["categories"]), r["timezone"],
-                      str(r["send_hour"]), str(r["max_papers"]))
+        table.add_row(safe(r["email"]), r["status"], safe(shorten("; ".join(r["topics"]), 60)), " ".join(r["categories"]),
+                      r["timezone"], str(r["send_hour"]), str(r["max_papers"]))
     out.print(table)
 
 
@@ -315,7 +340,7 @@ def subscribers_show(typer_ctx: typer.Context, email: str, as_json: JsonOption =
         return
     table = Table("field", "value", show_header=False, title=view["email"])
     for key, value in view.items():
-        table.add_row(key, "; ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(key, safe("; ".join(value) if isinstance(value, list) else str(value)))
     out.print(table)
 
 
@@ -336,13 +361,12 @@ def subscribers_import(
     as_json: JsonOption = False,
 ) -> None:
     """Import subscribers from CSV; all-or-nothing unless --skip-invalid."""
-    from newsletter.subscribers_csv import read_subscribers_csv
+    from newsletter.subscribers_csv import read_subscribers_csv_file
 
     ctx = _ctx(typer_ctx)
     if not file.is_file():
         raise NewsletterError(f"{file}: no such file")
-    with file.open(newline="", encoding="utf-8-sig") as handle:
-        parsed = read_subscribers_csv(handle, default_max_papers=ctx.settings.default_max_papers)
+    parsed = read_subscribers_csv_file(file, default_max_papers=ctx.settings.default_max_papers)
     with ctx.sessions() as session:
         parsed.reject_existing(repo.existing_emails(session, emails=parsed.lines))
         imported = 0
@@ -353,12 +377,13 @@ def subscribers_import(
         _print_json({"imported": imported, "errors": parsed.errors})
     else:
         for line in parsed.errors[:50]:
-            err.print(line, markup=False, highlight=False)
+            err.print(safe(line))
         if len(parsed.errors) > 50:
-            err.print(f"... and {len(parsed.errors) - 50} more invalid rows")
-        out.print(f"imported {imported} subscribers from {file}")
+            err.print(f"... and {plural(len(parsed.errors) - 50, 'more problem')} (--json lists them all)")
+        out.print(f"imported {plural(imported, 'subscriber')} from {file}")
     if parsed.errors and not skip_invalid:
-        raise NewsletterError(f"{file}: {len(parsed.errors)} invalid rows, nothing imported; fix them or pass --skip-invalid")
+        raise NewsletterError(f"{file}: {plural(parsed.invalid_rows, 'invalid row')}, nothing imported; "
+                              "fix them or pass --skip-invalid")
 
 
 # --- digest --------------------------------------------------------------------------------------
@@ -378,10 +403,15 @@ def digest(
     typer_ctx: typer.Context,
     date: Annotated[str | None, typer.Option(help="Issue date, YYYY-MM-DD (default: today, UTC).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Score only: record and send nothing.")] = False,
-    only: Annotated[str | None, typer.Option(help="Only this subscriber's digest.")] = None,
+    only: Annotated[str | None, typer.Option(help="Only this subscriber's digest (prints its picks).")] = None,
+    verbose: VerboseOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Score, render and send the day's digests; each subscriber gets at most one per day."""
+    """Score, render and send the day's digests; each subscriber gets at most one per day.
+
+    Prints a summary (subscribers, candidates, deliveries by outcome, time, rate, errors); the picks
+    of each subscriber with --verbose or --only, all of it as data with --json.
+    """
     from newsletter.pipeline import run_digest
     from newsletter.render.digest import make_environment
     from newsletter.send.mailer import RecordingMailer, mailer_factory
@@ -389,6 +419,7 @@ def digest(
     ctx = _ctx(typer_ctx)
     issue_date = _parse_date(date)
     connect = RecordingMailer if dry_run else mailer_factory(ctx.settings)
+    started = time.perf_counter()
     with _progress(as_json) as bar:
         task = bar.add_task("sending", total=None)
         run = asyncio.run(run_digest(
@@ -396,19 +427,48 @@ def digest(
             issue_date=issue_date, only=only, dry_run=dry_run,
             progress=lambda done, _total: bar.update(task, completed=done),
         ))
+    seconds = time.perf_counter() - started
     if as_json:
-        data: Any = [{"email": p.email, "papers": [
-            {"arxiv_id": r.paper.arxiv_id, "key": r.paper.key, "title": r.paper.title, "score": round(r.score, 4),
-             "reasons": list(r.reasons)} for r in p.papers]} for p in run.picks]
-        _print_json(data if dry_run else {"issue_date": issue_date, "picks": data, "outcomes": dict(run.outcomes)})
+        data: Any = [{"email": p.email, "papers": picks_as_data(p.papers)} for p in run.picks]
+        _print_json(data if dry_run else {"issue_date": issue_date, "picks": data, "outcomes": dict(run.outcomes),
+                                          "candidates": run.candidates, "seconds": round(seconds, 3)})
     else:
-        print_picks(run.picks, title=f"digest {issue_date} ({run.candidates} candidate papers)")
-        if not dry_run:
-            out.print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(run.outcomes.items())) or "nothing to send"))
+        if verbose or only:
+            print_picks(run.picks, title=f"digest {issue_date}")
+        print_digest_summary(run, seconds=seconds, dry_run=dry_run)
     for message in run.errors:
-        err.print(f"error: {message}", markup=False, highlight=False)
+        err.print(f"error: {safe(message)}")
     if run.errors:
         raise typer.Exit(1)
+
+
+def picks_as_data(papers: list) -> list[dict[str, Any]]:
+    """A subscriber's picks in the email's order; ``order`` says why a paper sits above better-scored ones."""
+    data = []
+    for position, ranked in enumerate(papers):
+        entry = {"arxiv_id": ranked.paper.arxiv_id, "key": ranked.paper.key, "title": ranked.paper.title,
+                 "score": round(ranked.score, 4), "reasons": list(ranked.reasons)}
+        later, earlier = papers[position + 1:], papers[:position]
+        out_of_order = any(r.score > ranked.score for r in later) or any(r.score < ranked.score for r in earlier)
+        if out_of_order and ranked.placement:
+            entry["order"] = ranked.placement
+        data.append(entry)
+    return data
+
+
+def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  # run: pipeline.DigestRun
+    served = sum(1 for p in run.picks if p.papers)
+    out.print(f"digest {run.issue_date}: {plural(len(run.picks), 'subscriber')} scored against "
+              f"{plural(run.candidates, 'candidate paper')}; {served:,} with papers, {len(run.picks) - served:,} quiet")
+    if dry_run:
+        out.print(f"dry run: nothing recorded or sent ({seconds:.1f} s)")
+        return
+    sent = run.outcomes.get("sent", 0)
+    outcomes = ", ".join(f"{status} {count:,}" for status, count in sorted(run.outcomes.items())) or "nothing to send"
+    rate = f", {sent / seconds:,.0f} emails/s" if sent and seconds > 0 else ""
+    out.print(f"deliveries: {outcomes} ({seconds:.1f} s{rate})")
+    if run.errors:
+        out.print(f"errors: {len(run.errors):,} (below)")
 
 
 @app.command()
@@ -424,18 +484,32 @@ def preview(
 
     ctx = _ctx(typer_ctx)
     issue_date = _parse_date(date)
+    path = out_file or Path(f"preview-{email.strip().lower().replace('@', '_at_')}-{issue_date}.html")
+    if path.is_dir():
+        raise NewsletterError(f"--out {path} is a folder: give a file name, e.g. {path / 'preview.html'}")
+    if not path.parent.is_dir():
+        raise NewsletterError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
     email_out = preview_digest(settings=ctx.settings, sessions=ctx.sessions, templates=make_environment(),
                                email=email, issue_date=issue_date)
-    path = out_file or Path(f"preview-{email.strip().lower().replace('@', '_at_')}-{issue_date}.html")
-    path.write_text(email_out.html, encoding="utf-8")
-    out.print(f"{email_out.subject}\n{len(email_out.html):,} bytes of HTML written to [bold]{path.resolve()}[/bold]")
+    try:
+        path.write_text(email_out.html, encoding="utf-8")
+    except OSError as exc:
+        raise NewsletterError(f"--out {path}: cannot write it ({exc.strerror}); choose another path") from None
+    out.print(safe(email_out.subject))
+    out.print(Text.assemble(f"{len(email_out.html):,} bytes of HTML written to ", (str(path.resolve()), "bold")))
 
 
-def print_picks(picks: list, *, title: str) -> None:
+def print_picks(picks: list, *, title: str) -> None:  # picks: list[pipeline.Pick]
+    """Who gets which papers and why: a table for up to LIST_TABLE_ROWS subscribers, their top three each."""
+    if len(picks) > LIST_TABLE_ROWS:
+        out.print(f"(the first {LIST_TABLE_ROWS:,} of {len(picks):,} subscribers; --json has them all)")
     table = Table("subscriber", "papers", "top picks (why)", title=title, show_lines=True)
-    for pick in picks:
-        top = "\n".join(f"{r.paper.title[:70]} [dim]({'; '.join(r.reasons)[:80]})[/dim]" for r in pick.papers[:3])
-        table.add_row(pick.email, str(len(pick.papers)), top or "[dim]nothing above the threshold[/dim]")
+    for pick in picks[:LIST_TABLE_ROWS]:
+        top = Text()
+        for r in pick.papers[:3]:
+            top.append(("\n" if top else "") + safe(shorten(r.paper.title, 70)))
+            top.append(f" ({safe(shorten('; '.join(r.reasons), 80))})", style="dim")
+        table.add_row(safe(pick.email), str(len(pick.papers)), top or Text("nothing above the threshold", style="dim"))
     out.print(table)
 
 
@@ -462,9 +536,9 @@ def demo(
     from newsletter.demo import run_demo
 
     result = run_demo(folder)
-    print_picks(result.run.picks, title=f"demo digest {result.run.issue_date}: {result.papers} papers ingested")
-    out.print(f"{len(result.emails)} emails written to {result.outbox}")
-    out.print(f"open this digest in a browser: [bold]{result.html_path}[/bold]")
+    print_picks(result.run.picks, title=f"demo digest {result.run.issue_date}: {plural(result.papers, 'paper')} ingested")
+    out.print(f"{plural(len(result.emails), 'email')} written to {result.outbox}")
+    out.print(Text.assemble("open this digest in a browser: ", (str(result.html_path), "bold")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,9 +548,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # Typer's standalone mode: usage errors, --help, typer.Exit
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except NewsletterError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"error: {safe(str(exc))}")
+        return 1
+    except SQLAlchemyError as exc:  # the database went away or refused mid-command: say so on one line
+        err.print(f"error: the database failed: {database_error(exc)}; check NEWSLETTER_DATABASE_URL and that the server is up")
         return 1
     return 0
+
+
+def database_error(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's background link or the SQL, on one line, passwords masked."""
+    original = getattr(exc, "orig", None) or exc
+    text = " ".join(str(original).split())
+    text = text.split("(Background on this error at:")[0].split("[SQL:")[0].strip()
+    return safe(f"{type(original).__name__}: {text}")
 
 
 def run() -> None:

@@ -1,8 +1,12 @@
 """``newsletter demo``: the whole pipeline, offline, on the embedded default.
 
-It uses its own folder (``newsletter-demo/`` by default, recreated on every run): a SQLite
-database, the bundled sample arXiv RSS feed (real titles and abstracts, see
-``scripts/make_feeds.py``), three sample subscribers and the file backend.
+It uses its own folder (``newsletter-demo/`` by default): a SQLite database, the bundled sample
+arXiv RSS feed and trending data (real titles and abstracts, see ``scripts/make_feeds.py``), three
+sample subscribers and the file backend.
+
+The folder is the user's disk, so the demo is careful with it: it marks a folder it made with
+``.newsletter-demo``, starts over only in a folder that carries that mark (and then removes only
+the files it writes itself), and refuses any other folder that is not empty.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email
-import shutil
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import default
@@ -19,6 +22,7 @@ from pathlib import Path
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import utcnow
+from newsletter.errors import NewsletterError
 from newsletter.ingest.fetch import Fetcher, make_client
 from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
@@ -70,10 +74,37 @@ class DemoResult:
     html_path: Path
 
 
+MARKER = ".newsletter-demo"  # says "the demo made this folder": only then does it clear it
+DEMO_FILES = ("demo.db", "demo.db-wal", "demo.db-shm", "digest.html")  # what a run writes, besides outbox/*/*.eml
+
+
+def prepare_folder(folder: Path) -> None:
+    """An empty folder of the demo's own: made, or cleared of the demo's files from a previous run.
+
+    Only files the demo writes itself are removed, and only from a folder carrying its marker; a
+    folder that holds anything else is refused, so ``--dir ~`` can never cost anyone a file.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise NewsletterError(f"{folder} is a file, not a folder: give --dir a new folder's name")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / MARKER).is_file():
+            raise NewsletterError(f"{folder} is not empty and was not made by the demo: "
+                                  "give --dir a new or empty folder (nothing was changed)")
+        for name in DEMO_FILES:
+            (folder / name).unlink(missing_ok=True)
+        outbox = folder / "outbox"
+        if outbox.is_dir():
+            for eml in outbox.glob("*/*.eml"):  # outbox/<recipient>/<message-id>.eml
+                eml.unlink()
+            for recipient in outbox.iterdir():
+                if recipient.is_dir() and not any(recipient.iterdir()):
+                    recipient.rmdir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("made by 'newsletter demo'; it may clear its own files here\n", encoding="utf-8")
+
+
 def run_demo(folder: Path) -> DemoResult:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    prepare_folder(folder)
     settings = Settings(
         database_url=f"sqlite:///{folder / 'demo.db'}",
         email_backend="file",
@@ -88,8 +119,12 @@ def run_demo(folder: Path) -> DemoResult:
     migrate.upgrade(engine)
     sessions = make_sessionmaker(engine)
     with make_client(timeout_s=settings.fetch_timeout_s) as client:
-        report, _ = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss"), SourceSpec(str(SAMPLE_TRENDING), "hf-daily")],
-                                   sessions=sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow())
+        reports = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss"), SourceSpec(str(SAMPLE_TRENDING), "hf-daily")],
+                                 sessions=sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow())
+    failed = [r.error for r in reports if r.error]
+    if failed:  # the demo's own data must load: a failure here is a bug, never something to hide
+        engine.dispose()
+        raise NewsletterError(f"the demo could not ingest its sample data: {'; '.join(failed)}")
     with sessions() as session:
         for subscriber in SAMPLE_SUBSCRIBERS:
             repo.add_subscriber(session, new=subscriber)
@@ -100,7 +135,7 @@ def run_demo(folder: Path) -> DemoResult:
     engine.dispose()
     html_path = folder / "digest.html"
     html_path.write_text(html_part(mailer.written[0]), encoding="utf-8")
-    return DemoResult(run, report.new, settings.outbox_dir, mailer.written, html_path.resolve())
+    return DemoResult(run, reports[0].new, settings.outbox_dir, mailer.written, html_path.resolve())
 
 
 def html_part(eml: Path) -> str:

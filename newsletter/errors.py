@@ -1,9 +1,21 @@
-"""Errors a person can act on.
+"""Errors a person can act on, and the one place secrets are taken out of what is shown.
 
 Every error raised for bad input or a broken environment is a ``NewsletterError``: its message
 names the thing that is wrong and says what to do. The CLI prints it on one line and exits
 non-zero; nothing catches it silently.
 """
+
+
+import re
+
+# user:password@ in any URL, and password-like query parameters (libpq's ?password=, tokens in feed URLs).
+_USERINFO_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*):[^@/\s]*@", re.I)
+_SECRET_PARAMETER = re.compile(r"(?P<head>[?&;](?:password|passwd|pass|pwd|secret|token|api_?key|key|auth)=)[^&#\s'\"]*", re.I)
+
+
+def redact(text: str) -> str:
+    """``text`` with the passwords of any URLs in it replaced by ``***``: for everything printed or logged."""
+    return _SECRET_PARAMETER.sub(r"\g<head>***", _USERINFO_PASSWORD.sub(r"\g<head>:***@", text))
 
 
 class NewsletterError(Exception):

@@ -24,12 +24,13 @@ from newsletter import tokens
 from newsletter.db import repo
 from newsletter.db.ledger import Ledger, RetryPolicy, recent_send_times, recover_interrupted
 from newsletter.db.models import Subscriber, utcnow
+from newsletter.errors import NewsletterError
 from newsletter.records import Digest, Envelope, Example, Paper, Profile, RankedPaper
 from newsletter.render.digest import DigestRenderer
 from newsletter.render.mime import DkimKey, build_message
 from newsletter.score import PaperIndex, rank_papers
-from newsletter.send.dispatch import GroupCommitter, Job, RateLimiter, dispatch
-from newsletter.send.mailer import Mailer
+from newsletter.send.dispatch import GroupCommitter, Job, RateLimiter, dispatch, one_line
+from newsletter.send.mailer import Mailer, wire_address
 from newsletter.settings import Settings
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -220,11 +221,15 @@ async def send_due(
 
         def write(started: list[int], finished: list) -> None:
             moment = utcnow()
-            if started:
-                ledger.started(started, now=moment)
-            if finished:
-                ledger.finished(finished, now=moment)
-            session.commit()
+            try:
+                if started:
+                    ledger.started(started, now=moment)
+                if finished:
+                    ledger.finished(finished, now=moment)
+                session.commit()
+            except Exception:
+                session.rollback()  # the run stops; the outcomes not written are recovered at the next start
+                raise
 
         done = 0
 
@@ -250,8 +255,16 @@ async def _jobs(
     session: Session, *, settings: Settings, renderer: DigestRenderer, issue_date: dt.date, now: dt.datetime,
     only: str | None, dkim: DkimKey | None,
 ) -> AsyncIterator[Job]:
-    """Due deliveries in id order, a batch at a time, rendered from their recorded picks."""
+    """Due deliveries in id order, a batch at a time, rendered from their recorded picks.
+
+    A digest that cannot be built (its data, a render bug only its papers hit) becomes a job that
+    fails alone, with the reason. Until one digest has been built those failures are held back: if
+    the first BUILD_FAILURES_TO_STOP all fail (or every one of a smaller run, when more than one),
+    it is a bug that hits everyone, and the run stops with all of them still pending.
+    """
     papers: dict[int, Paper] = {}
+    held: list[Job] = []  # failures before the first digest that could be built
+    built = False
     after = 0
     while batch := repo.due_deliveries(session, issue_date=issue_date, now=now, after_id=after, limit=SEND_BATCH, email=only):
         after = batch[-1].id
@@ -259,13 +272,45 @@ async def _jobs(
         missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - papers.keys()
         papers.update(repo.papers_by_id(session, ids=missing))
         for delivery in batch:
-            picks = recorded_picks(items[delivery.id], papers)
-            email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks))
-            data = build_message(email, from_address=settings.from_address or "", list_name=settings.list_name,
-                                 list_id=f"digest.{settings.from_domain}", date=utcnow(), to=settings.redirect_all_to,
-                                 dkim_key=dkim)
-            recipient = settings.redirect_all_to or delivery.email
-            yield Job(delivery.id, delivery.subscriber_id, Envelope(settings.from_address or "", recipient, delivery.message_id, data))
+            job = _job(delivery, settings=settings, renderer=renderer, picks=items[delivery.id], papers=papers, dkim=dkim)
+            if job.failure is not None and not built:
+                held.append(job)
+                if len(held) >= BUILD_FAILURES_TO_STOP:
+                    raise _no_digest_builds(held)
+                continue
+            built = True
+            for failed in held:
+                yield failed
+            held = []
+            yield job
+    if len(held) > 1:
+        raise _no_digest_builds(held)
+    for failed in held:
+        yield failed
+
+
+BUILD_FAILURES_TO_STOP = 10  # digests failing to build before any succeeds: a bug for everyone, not one's data
+
+
+def _no_digest_builds(held: Sequence[Job]) -> NewsletterError:
+    return NewsletterError(f"none of the first {len(held)} digests could be built, so it is not one subscriber's data: "
+                           f"{held[0].failure}")
+
+
+def _job(delivery: repo.DueDelivery, *, settings: Settings, renderer: DigestRenderer,
+         picks: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper], dkim: DkimKey | None) -> Job:
+    """One delivery's message, or the reason it cannot be built."""
+    recipient = settings.redirect_all_to or delivery.email
+    sender = settings.from_address or ""
+    try:
+        email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(picks, papers)))
+        address, smtputf8 = wire_address(recipient)  # an IDN domain as xn--…; UTF-8 only before the @
+        data = build_message(email, from_address=sender, list_name=settings.list_name, list_id=f"digest.{settings.from_domain}",
+                             date=utcnow(), to=recipient if smtputf8 else address, dkim_key=dkim)
+    except Exception as exc:  # this digest fails alone, with the reason; the others go on
+        return Job(delivery.id, delivery.subscriber_id, Envelope(sender, recipient, delivery.message_id, b""),
+                   failure=f"the message could not be built ({one_line(exc)})")
+    return Job(delivery.id, delivery.subscriber_id, Envelope(sender, recipient, delivery.message_id, data))
 
 
 def day_renderer(session: Session, *, settings: Settings, templates: jinja2.Environment, issue_date: dt.date) -> DigestRenderer:
@@ -280,12 +325,27 @@ def recorded_picks(items: Sequence[tuple[int, float, list[str]]], papers: dict[i
     return tuple(RankedPaper(papers[paper_id], score, tuple(reasons)) for paper_id, score, reasons in items)
 
 
-def digest_for(*, settings: Settings, delivery: repo.DueDelivery, picks: Sequence[RankedPaper]) -> Digest:
+def digest_for(*, settings: Settings, delivery: repo.DueDelivery, picks: Sequence[RankedPaper],
+               now: dt.datetime | None = None) -> Digest:
+    """One delivery's digest with its signed links.
+
+    Each paper's "more / less like this" link names the subscriber and that paper, issued at the
+    start of the issue date (UTC), or at ``now`` (aware UTC) while that is still ahead: every render
+    of a delivery carries the same links, and they expire ``feedback_link_days`` after its date.
+    """
     secret = settings.secret_key or ""
     base = settings.base_url.rstrip("/")
 
     def token(purpose: str) -> str:
         return tokens.make_token(secret_key=secret, purpose=purpose, subscriber_id=delivery.subscriber_id)
+
+    day_start = dt.datetime.combine(delivery.issue_date, dt.time(), dt.UTC)
+    feedback = tokens.feedback_signer(secret_key=secret, issued_at=min(day_start, now or dt.datetime.now(dt.UTC)))
+
+    def feedback_url(paper: Paper) -> str:
+        if paper.id is None:  # not stored: nothing a link could name
+            return ""
+        return f"{base}/feedback/{feedback.token(subscriber_id=delivery.subscriber_id, paper_id=paper.id)}/{paper.id}"
 
     return Digest(
         email=delivery.email,
@@ -295,5 +355,5 @@ def digest_for(*, settings: Settings, delivery: repo.DueDelivery, picks: Sequenc
         preferences_url=f"{base}/preferences/{token(tokens.PREFERENCES)}",
         view_url=f"{base}/digest/{delivery.issue_date.isoformat()}/{token(tokens.VIEW)}",
         message_id=delivery.message_id,
-        feedback_url=f"{base}/feedback/{token(tokens.FEEDBACK)}",
+        feedback_urls=tuple(feedback_url(pick.paper) for pick in picks),
     )

@@ -123,8 +123,9 @@ class Example:
 @dataclass(frozen=True, slots=True)
 class RankedPaper:
     paper: Paper
-    score: float
+    score: float  # relevance; the digest's order also counts followed authors, trending and age
     reasons: tuple[str, ...]
+    placement: str = ""  # what besides relevance set its place: "followed author: …", "trending +0.9, age −0.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,9 @@ class Digest:
     preferences_url: str
     view_url: str
     message_id: str
-    feedback_url: str = ""  # + "/<paper id>/up" or "/down": "more / less like this"
+    # One per paper, in order, each naming its paper: + "/up" or "/down" is "more / less like this".
+    # Empty: the email has no feedback links.
+    feedback_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

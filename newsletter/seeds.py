@@ -17,7 +17,7 @@ from newsletter.errors import InvalidInput
 from newsletter.ingest import arxiv
 from newsletter.ingest.feeds import parse_feed
 from newsletter.ingest.fetch import Fetcher
-from newsletter.ingest.sources import with_query
+from newsletter.ingest.sources import Trust, with_query
 
 ARXIV_IN_TEXT = re.compile(r"(?:arxiv[:/.\s]*|abs/|pdf/)(\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?", re.I)
 LONG_AGO = dt.datetime(2000, 1, 1)  # first-seen date for a seed without a publication date
@@ -61,6 +61,6 @@ def ensure_seed_papers(session: Session, *, ids: list[str], fetcher: Fetcher, ap
     url = with_query(api_url, id_list=",".join(missing), max_results=len(missing))
     papers = parse_feed(fetcher.get(url, min_interval_s=3.0).body, source=url).papers
     for paper in papers:
-        repo.upsert_papers(session, papers=[paper], source_id=None, now=paper.published_at or LONG_AGO)
+        repo.upsert_papers(session, papers=[paper], source_id=None, now=paper.published_at or LONG_AGO, trust=Trust.ARXIV)
     found = {p.key for p in papers}
     return [i for i in missing if i not in found]

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, redact
 
 ENV_PREFIX = "NEWSLETTER_"
 MIN_SECRET_KEY_CHARS = 32
@@ -84,9 +84,21 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite", "postgresql")):
-            raise ValueError("must start with sqlite:// or postgresql:// (e.g. sqlite:///newsletter.db)")
-        if value.startswith(("postgresql://", "postgres://")):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        example = "e.g. sqlite:///newsletter.db or postgresql://user:password@host/dbname"
+        if value.startswith("postgres://"):
+            value = "postgresql://" + value.removeprefix("postgres://")
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"{redact(value)!r} is not a database URL ({example})") from None
+        except ValueError:  # a port that is not a number
+            raise ValueError(f"{redact(value)!r} has an invalid port ({example})") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"must start with sqlite:// or postgresql:// ({example})")
+        if url.drivername == "postgresql":
             # psycopg 3 is the driver we ship; say so once here instead of at every connect.
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
@@ -141,4 +153,5 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "settings"
-        raise ConfigError(f"{name} is invalid: {first['msg']}. Fix it in the environment or in .env") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{name} is invalid: {message}. Fix it in the environment or in .env") from None

@@ -52,3 +52,9 @@ def check_category(category: str) -> str:
     if not ARXIV_CATEGORY.match(category):
         raise InvalidInput(f"{category!r} is not an arXiv category: use names such as cs.LG or hep-th")
     return category
+
+
+def check_min_score(score: float) -> float:
+    if not 0 <= score <= 1000:
+        raise InvalidInput(f"minimum score {score:g} is out of range: use 0 to 1000 (0 picks any on-topic paper)")
+    return score

@@ -187,7 +187,7 @@ def test_import_reports_invalid_rows_by_line_and_imports_nothing(cli, ready, tmp
     assert [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)] == ["old@example.org"]
 
     skipped = cli("subscribers", "import", str(path), "--skip-invalid")
-    assert skipped.code == 0 and "imported 1 subscribers" in skipped.out
+    assert skipped.code == 0 and "imported 1 subscriber from" in skipped.out
     emails = [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)]
     assert emails == ["good@example.org", "old@example.org"]
 
@@ -204,3 +204,102 @@ def test_import_of_many_rows_uses_bulk_inserts(cli, ready, tmp_path) -> None:
     result = cli("subscribers", "import", str(write_csv(tmp_path, rows)), "--json")
     assert json.loads(result.out)["imported"] == 5000
     assert counts(ready)["subscribers"] == 5000
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["subscribers", "add", "a@example.org", "--max-papers", "0"], "max papers 0 is out of range: use 1 to 100"),
+        (["subscribers", "add", "a@example.org", "--max-papers", "101"], "max papers 101 is out of range"),
+        (["subscribers", "add", "a@example.org", "--min-score", "-100"], "minimum score -100 is out of range"),
+        (["preview", "kept@example.org", "--out", "/missing-dir/x.html"], "the folder /missing-dir does not exist"),
+        (["preview", "kept@example.org", "--out", "/tmp"], "--out /tmp is a folder"),
+    ],
+)
+def test_more_bad_input_is_one_line_and_changes_nothing(cli, ready, args, expected) -> None:
+    test_bad_input_is_one_line_names_the_thing_and_changes_nothing(cli, ready, args, expected)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"email,topics\na@example.org," + b"x" * 1_000_000 + b"\n", "fields hold 10,000 characters at most"),
+        ("email,describe\njürgen@example.org,Ich erforsche Graphen\n".encode("latin-1"), "not UTF-8 text"),
+        ("email,describe\na@example.org,graphs\n".encode("utf-16"), "re-save it as CSV UTF-8"),
+        (b"address,topics\na@example.org,graphs\n", "the header row has no 'email' column"),
+    ],
+)
+def test_a_broken_csv_is_refused_in_one_line(cli, ready, tmp_path, content, expected) -> None:
+    file = tmp_path / "people.csv"
+    file.write_bytes(content)
+    before = counts(ready)
+    for extra in ([], ["--skip-invalid"]):  # a broken file is an error even when invalid rows may be skipped
+        result = cli("subscribers", "import", str(file), *extra)
+        assert result.code == 1, result.out
+        assert expected in result.err and "Traceback" not in result.err
+        assert result.err.strip().count("\n") == 0, result.err
+    assert counts(ready) == before
+
+
+def test_every_problem_of_a_csv_row_is_reported_with_plurals(cli, ready, tmp_path) -> None:
+    file = tmp_path / "people.csv"
+    file.write_text("email,timezone,hour,max_papers,describe\nnot-an-address,Mars/Olympus,25,0,\nok@example.org,UTC,7,5,\n"
+                    "long@example.org,UTC,7,5," + "y" * 20_000 + "\n")
+    result = cli("subscribers", "import", str(file))
+    assert result.code == 1
+    assert "line 4: describe longer than 10,000 characters" in result.err
+    line = next(x for x in result.err.splitlines() if x.startswith("line 2:"))
+    for problem in ("invalid email address", "unknown time zone 'Mars/Olympus'", "send hour 25", "max papers 0"):
+        assert problem in line
+    assert "2 invalid rows, nothing imported" in result.err
+    skipped = cli("subscribers", "import", str(file), "--skip-invalid")
+    assert skipped.code == 0 and "imported 1 subscriber from" in skipped.out
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"database_url": "sqlite//x.db"}, "NEWSLETTER_DATABASE_URL is invalid: 'sqlite//x.db' is not a database URL"),
+        ({"database_url": "postgresql://u:hunter2@db.example.org:abc/x"}, "has an invalid port"),
+        ({"from_address": "not-an-address"}, "NEWSLETTER_FROM_ADDRESS is invalid: 'not-an-address' is not an email address"),
+        ({"secret_key": "x"}, "NEWSLETTER_SECRET_KEY is invalid: must be at least 32 characters"),
+    ],
+)
+def test_invalid_settings_are_one_line_and_hide_passwords(cli, env, ready, settings, expected) -> None:
+    env(**settings)
+    result = cli("subscribers", "list")
+    assert result.code == 1 and expected in result.err, result.err
+    assert result.err.strip().count("\n") == 0 and "Traceback" not in result.err
+    assert "hunter2" not in result.err
+
+
+def test_an_unreachable_postgres_is_one_line_without_the_password_or_a_link(cli, env) -> None:
+    env(database_url=f"postgresql://digest:hunter2@127.0.0.1:{free_port()}/x?password=hunter3&connect_timeout=3")
+    result = cli("subscribers", "list")
+    assert result.code == 1 and "cannot open the database" in result.err
+    assert result.err.strip().count("\n") == 0 and "Traceback" not in result.err
+    assert "hunter2" not in result.err and "hunter3" not in result.err and "sqlalche.me" not in result.err
+
+
+def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
+    import datetime as dt
+
+    from newsletter.db import repo
+
+    engine = make_engine(ready)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        for i in range(3):
+            session.add(Subscriber(email=f"s{i}@example.org", status="active"))
+        session.commit()
+        ids = [s.id for s in repo.list_subscribers(session)]
+    day = dt.date(2026, 11, 30)
+    with sessions() as first, sessions() as second:  # both planned before either recorded, as two racing runs do
+        assert repo.record_deliveries(first, issue_date=day, message_domain="example.org",
+                                      planned=[repo.PlannedDelivery(i, [], "pending") for i in ids[:2]]) == 2
+        first.commit()
+        assert repo.record_deliveries(second, issue_date=day, message_domain="example.org",
+                                      planned=[repo.PlannedDelivery(i, [], "pending") for i in ids]) == 1
+        second.commit()
+    assert counts(ready)["deliveries"] == 3
+    engine.dispose()

@@ -20,9 +20,10 @@ def feed_url(httpserver: HTTPServer) -> str:
     return httpserver.url_for("/rss/cs.LG")
 
 
-def test_digest_reaches_each_subscriber_once_over_smtp(cli, env, configured, smtp_server, feed_url) -> None:
+def test_digest_reaches_each_subscriber_once_over_smtp(cli, env, configured, smtp_server, feed_url, httpserver) -> None:
+    # The local server stands in for arXiv: its host is the configured arXiv API host, so its listing is trusted.
     env(email_backend="smtp", smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_security="none",
-        smtp_pool_size=1)
+        smtp_pool_size=1, arxiv_api_url=httpserver.url_for("/api/query"))
     assert cli("init").code == 0
     assert cli("sources", "add", feed_url).code == 0
     assert cli("subscribers", "add", "Ada@Example.org", "--topic", "diffusion models", "--topic", "image generation").code == 0

@@ -133,12 +133,19 @@ def test_the_links_in_an_email_record_feedback(cli, ready, web, tmp_path: Path) 
     more = re.findall(r'href="([^"]+/up)"[^>]*>More like this', html)
     less = re.findall(r'href="([^"]+/down)"[^>]*>Less like this', html)
     assert len(more) == len(less) == 3 and all(link.startswith(web + "/feedback/") for link in more + less)
-    answer = httpx.get(more[0])
+    assert len({link.split("/")[-3] for link in more}) == 3, "each paper's links carry a token of their own"
+    for link in (more[0], less[1]):  # what a mail scanner does
+        page = httpx.get(link)
+        assert page.status_code == 200 and '<form method="post">' in page.text
+        assert httpx.head(link).status_code == 200
+    assert rows(ready, Feedback) == [], "opening a link records nothing"
+    answer = httpx.post(more[0])
     assert answer.status_code == 200 and "more papers like" in answer.text
-    assert httpx.get(less[1]).status_code == 200
+    assert httpx.post(less[1]).status_code == 200
     values = sorted(f.value for f in rows(ready, Feedback))
     assert values == [-1, 1]
     forged = re.sub(r"/feedback/[^/]+/", "/feedback/forged-token/", more[0])
-    assert httpx.get(forged).status_code == 400
-    assert httpx.get(re.sub(r"/\d+/up$", "/999999/up", more[0])).status_code == 404
+    assert httpx.post(forged).status_code == 400
+    other_paper = less[2].split("/")[-2]
+    assert httpx.post(re.sub(r"/\d+/up$", f"/{other_paper}/up", more[0])).status_code == 400
     assert len(rows(ready, Feedback)) == 2

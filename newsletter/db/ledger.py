@@ -1,8 +1,9 @@
 """The delivery ledger's writes during sending: batched Core statements, one commit per batch.
 
 pending → sending (just before the message is handed to the relay) → sent | retry | failed |
-expired | unknown. A delivery left ``sending`` by a crash becomes ``unknown`` at the next start and
-is retried once, with the same Message-ID. All times are naive UTC.
+expired | unknown, or back to pending when a run stopped before the message could be handed over. A
+delivery left ``sending`` by a crash becomes ``unknown`` at the next start and is retried once, with
+the same Message-ID. All times are naive UTC.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ MARK_SENT = text("UPDATE deliveries SET status = 'sent', sent_at = :now, last_er
 class Outcome:
     delivery_id: int
     subscriber_id: int
-    status: str  # sent | retry | failed | unknown
+    status: str  # sent | retry | failed | unknown | pending (the run stopped before the message left)
     error: str | None = None
     hard_bounce: bool = False  # "no such user": suppress the address at once
+    bounce: bool = True  # a failure the relay gave for the address; not one of ours (a render bug, no SMTPUTF8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +69,13 @@ class Ledger:
         for outcome in outcomes:
             by_status.setdefault(outcome.status, []).append(outcome)
         self._run(MARK_SENT, [{"id": o.delivery_id, "now": now} for o in by_status.get("sent", ())])
-        for status in ("failed", "unknown"):
+        for status in ("failed", "unknown", "pending"):
             if rows := by_status.get(status):
                 self._set(rows, status=status, now=now)
         if retry := by_status.get("retry"):
             self._schedule_retries(retry, now=now)
-        if failed := by_status.get("failed"):
-            self._count_bounces(failed)
+        if bounced := [o for o in by_status.get("failed", ()) if o.bounce]:
+            self._count_bounces(bounced)
 
     def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime) -> None:
         statement = (update(Delivery).where(Delivery.id == bindparam("delivery"))

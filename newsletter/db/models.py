@@ -76,6 +76,9 @@ class UpvoteSnapshot(Base):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # Ids are never handed out twice, also on SQLite: links in old emails name a subscriber by id,
+    # and must die with them rather than act for whoever gets the id next.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Stored lower-cased, so uniqueness is case-insensitive on every database.

@@ -6,7 +6,7 @@ import datetime as dt
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -26,6 +26,7 @@ from newsletter.db.models import (
     utcnow,
 )
 from newsletter.errors import InvalidInput, NotFound
+from newsletter.ingest.sources import Trust
 
 IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
 
@@ -188,13 +189,21 @@ def _merge_lists(old: Sequence[str], new: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*old, *new]))
 
 
-def _apply(row: Paper, paper: records.Paper, now: dt.datetime) -> bool:
-    """Merge a newer sighting of a paper into its row; True when anything changed."""
+ATTACHABLE_LINKS = ("code", "project")  # links any source may attach; abs and pdf are arXiv's
+
+
+def _apply(row: Paper, paper: records.Paper, now: dt.datetime, *, revise: bool) -> bool:
+    """Merge a newer sighting of a paper into its row; True when anything changed.
+
+    Upvotes, summary, keywords and code/project links are always merged; the bibliographic fields
+    (categories, a new version's title, abstract and authors, abs/pdf links) only when ``revise``.
+    """
     changes: dict[str, Any] = {}
-    categories = _merge_lists(row.categories, paper.categories)  # cross-lists add categories
-    if categories != row.categories:
-        changes["categories"] = categories
-    if paper.version is not None and (row.version is None or paper.version > row.version):
+    if revise:
+        categories = _merge_lists(row.categories, paper.categories)  # cross-lists add categories
+        if categories != row.categories:
+            changes["categories"] = categories
+    if revise and paper.version is not None and (row.version is None or paper.version > row.version):
         # A new version ("replace") updates the paper but keeps first_seen_at: it is not announced as new again.
         revised = {"title": paper.title, "abstract": paper.abstract, "authors": list(paper.authors) or row.authors}
         changed = [name for name, value in revised.items() if getattr(row, name) != value]
@@ -206,7 +215,7 @@ def _apply(row: Paper, paper: records.Paper, now: dt.datetime) -> bool:
             changes[name] = value
     if paper.keywords and list(paper.keywords) != row.keywords:
         changes["keywords"] = list(paper.keywords)
-    links = {**row.links, **_links(paper)}
+    links = {**row.links, **{k: v for k, v in _links(paper).items() if revise or k in ATTACHABLE_LINKS}}
     if links != row.links:
         changes["links"] = links
     for name, value in changes.items():
@@ -219,14 +228,35 @@ def _links(paper: records.Paper) -> dict[str, str]:
     return {k: v for k, v in pairs if v}
 
 
+def _own_paper(paper: records.Paper) -> records.Paper | None:
+    """An untrusted feed's entry for an arXiv paper we do not have: the feed's own paper, keyed by its
+    abs link (never by the arXiv id, which only arXiv's sources may claim); None if it has no link."""
+    if not paper.abs_url:
+        return None
+    return replace(paper, key=paper.abs_url, arxiv_id=None, version=None, announce_type=None)
+
+
 def upsert_papers(
-    session: Session, *, papers: Sequence[records.Paper], source_id: int | None, now: dt.datetime
+    session: Session, *, papers: Sequence[records.Paper], source_id: int | None, now: dt.datetime,
+    trust: Trust = Trust.ARXIV,
 ) -> UpsertCounts:
     """Store papers idempotently: one row per key, later versions and cross-lists merged in.
+
+    ``trust`` is what the source may do (``newsletter.ingest.sources.Trust``). ARXIV creates arXiv
+    papers and revises them. TRENDING creates arXiv papers we do not have yet (arXiv's listing revises
+    them later: they have no version) and only attaches upvotes, summaries, keywords and code/project
+    links to the ones we have. FEED attaches the same to the arXiv papers we have, and stores an entry
+    for one we do not have as its own paper, keyed by its link, without the arXiv id. Papers that are
+    not arXiv's (keyed by their link or guid) are their sources' own, whatever the trust.
 
     Upvotes are also kept as a history (one snapshot whenever they change), for growth-based trending.
     """
     rows = {r.key: r for r in _papers_where(session, Paper.key, dict.fromkeys(p.key for p in papers))}
+    if trust is Trust.FEED:
+        unknown = [p for p in papers if p.arxiv_id is not None and p.key not in rows]
+        papers = [p for p in (p if p.arxiv_id is None or p.key in rows else _own_paper(p) for p in papers) if p]
+        own_keys = dict.fromkeys(p.abs_url for p in unknown if p.abs_url)
+        rows |= {r.key: r for r in _papers_where(session, Paper.key, own_keys)}
     counts = UpsertCounts()
     outcome: dict[str, str] = {}  # key → new | updated | unchanged (a key seen twice counts once)
     upvoted: dict[str, int] = {}
@@ -246,7 +276,7 @@ def upsert_papers(
                 upvoted[paper.key] = paper.upvotes
             continue
         previous_upvotes = row.upvotes
-        if _apply(row, paper, now):
+        if _apply(row, paper, now, revise=trust is Trust.ARXIV or row.arxiv_id is None):
             outcome[paper.key] = "new" if outcome.get(paper.key) == "new" else "updated"
         else:
             outcome.setdefault(paper.key, "unchanged")
@@ -328,22 +358,39 @@ class PlannedDelivery:
 
 def record_deliveries(
     session: Session, *, issue_date: dt.date, planned: Sequence[PlannedDelivery], message_domain: str,
-) -> None:
-    """Record what each subscriber will get, in bulk; the Message-ID is fixed here so a resend reuses it."""
+) -> int:
+    """Record what each subscriber will get, in bulk; the Message-ID is fixed here so a resend reuses it.
+
+    A subscriber whose delivery of the date another run recorded meanwhile is skipped (ON CONFLICT DO
+    NOTHING on the one-per-subscriber-per-date key), so two runs racing never fail or double up.
+    Returns how many deliveries this call recorded.
+    """
     now = utcnow()
+    recorded = 0
     for start in range(0, len(planned), 5000):
-        batch = planned[start : start + 5000]
-        ids = session.scalars(
-            insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True),
+        batch = {p.subscriber_id: p for p in planned[start : start + 5000]}
+        statement = _insert_for(session, Delivery).on_conflict_do_nothing(index_elements=["subscriber_id", "issue_date"])
+        ids = session.execute(
+            statement.returning(Delivery.id, Delivery.subscriber_id),
             [{"subscriber_id": p.subscriber_id, "issue_date": issue_date, "status": p.status, "attempts": 0,
               "message_id": f"<digest.{issue_date:%Y%m%d}.{p.subscriber_id}.{secrets.token_hex(8)}@{message_domain}>",
-              "created_at": now, "updated_at": now} for p in batch],
+              "created_at": now, "updated_at": now} for p in batch.values()],
         ).all()
+        recorded += len(ids)
         items = [{"delivery_id": delivery_id, "paper_id": pick.paper.id, "rank": rank, "score": round(pick.score, 4),
                   "reasons": list(pick.reasons)}
-                 for delivery_id, plan in zip(ids, batch, strict=True) for rank, pick in enumerate(plan.picks, start=1)]
+                 for delivery_id, subscriber_id in ids for rank, pick in enumerate(batch[subscriber_id].picks, start=1)]
         if items:
             session.execute(insert(DeliveryItem), items)
+    return recorded
+
+
+def _insert_for(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL both)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,13 @@ from newsletter.ingest import arxiv
 from newsletter.records import Paper
 
 WHITESPACE = re.compile(r"\s+")
+# Terminal escape sequences whole (CSI such as ESC[2J, OSC such as ESC]0;title BEL), so none of their text is left.
+ESCAPE_SEQUENCE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?")
+# Text from outside is inert: C0 and C1 controls go (line breaks and tabs become spaces), and so do the
+# characters that reorder or hide text: bidi embeddings, overrides, isolates and marks, zero-width ones.
+INVISIBLE = dict.fromkeys([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
+                           *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0x200B, 0x200E), 0x2060, 0xFEFF])
+INVISIBLE |= dict.fromkeys(map(ord, "\t\n\v\f\r\x85"), " ")
 AUTHOR_SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
 # feedparser reports these for documents it could still read completely.
 HARMLESS_BOZO = (feedparser.CharacterEncodingOverride,)
@@ -37,17 +44,22 @@ class ParsedFeed:
 
 
 def clean_text(value: str | None) -> str:
-    """HTML reduced to plain text (tags and scripts dropped, entities decoded), whitespace folded."""
+    """Plain, inert text: HTML reduced to text (tags and scripts dropped, entities decoded), terminal
+    escape sequences, control, bidi and zero-width characters removed, whitespace folded."""
     if not value:
         return ""
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
         value = html.unescape(nh3.clean(value, tags=set()))
+    value = ESCAPE_SEQUENCE.sub("", value).translate(INVISIBLE)
     return WHITESPACE.sub(" ", value).strip()
 
 
 def web_url(value: str | None) -> str | None:
-    """Only http(s) links reach an email: no javascript:, data: or file: URLs from a feed."""
-    return value if value and value.startswith(("https://", "http://")) else None
+    """Only http(s) links reach an email: no javascript:, data: or file: URLs from a feed, and none
+    with spaces, controls or invisible characters in them."""
+    if not value or not value.startswith(("https://", "http://")):
+        return None
+    return None if WHITESPACE.search(value) or value.translate(INVISIBLE) != value else value
 
 
 def refuse_unsafe_xml(body: bytes, *, source: str) -> None:
@@ -100,7 +112,7 @@ def _paper(entry: Any) -> Paper | None:
     else:
         arxiv_id = version = None
         abs_url, pdf_url = web_url(entry.get("link")), web_url(_pdf_link(entry))
-        key = abs_url or entry.get("id")  # the link is the paper's identity outside arXiv; the guid if none
+        key = abs_url or clean_text(entry.get("id"))  # the link is the paper's identity outside arXiv; the guid if none
         if not key:
             return None
     return Paper(

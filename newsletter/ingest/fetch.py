@@ -1,18 +1,18 @@
 """All feed IO: bytes from a URL (httpx) or a local file. Nothing else in the package fetches.
 
 Polite: conditional GET (ETag / Last-Modified), gzip, a User-Agent with a contact address, retries
-with exponential backoff on 429 and 5xx honouring ``Retry-After``, and a minimum interval between
-requests to the same host (arXiv's API asks for 3 s). Safe: a size cap enforced while streaming
-(so a gzip bomb stops at the cap), a time cap on the whole fetch, and URLs that resolve to private,
-loopback or link-local addresses refused unless the admin allows them, at every redirect hop too.
+with exponential backoff on 429 and 5xx honouring ``Retry-After`` up to a cap, and a minimum interval
+between requests to one host counted as the server sees it: from the end of the previous exchange
+(its response read or closed) to the next request (arXiv's API asks for 3 s). Safe: a size cap
+enforced while streaming (so a gzip bomb stops at the cap), a time cap on each whole exchange,
+headers included, and connections only to public addresses unless the admin allows private ones,
+at every redirect hop. ``network.py`` underneath does the address checks and keeps the time cap.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import random
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +20,12 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from newsletter import __version__
 from newsletter.errors import FeedError
+from newsletter.ingest import arxiv, network
 from newsletter.settings import Settings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -41,33 +43,45 @@ class Fetched:
     not_modified: bool = False  # 304: nothing new since the ETag / Last-Modified we sent
 
 
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    status: int
+    retry_after_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Redirect:
+    url: str
+
+
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport over ``network.GuardedBackend``: checked addresses, a deadline per exchange.
+
+    HTTPTransport takes no network backend, so its connection pool is swapped for one that has ours,
+    with httpx's default TLS context and limits. (With a transport given, httpx ignores the proxy
+    environment variables: a proxy would connect to addresses we cannot check.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(), max_connections=100, max_keepalive_connections=20,
+            keepalive_expiry=5.0, network_backend=network.GuardedBackend(),
+        )
 
 
 def make_client(*, timeout_s: float, contact_email: str | None = None) -> httpx.Client:
     contact = f"; mailto:{contact_email}" if contact_email else ""
     return httpx.Client(
         timeout=httpx.Timeout(timeout_s),
-        follow_redirects=False,  # followed by hand, so every hop is checked for private addresses
+        transport=GuardedTransport(),
+        follow_redirects=False,  # followed by hand, so that every hop is spaced and capped in time
         headers={"User-Agent": f"newsletter/{__version__} (self-hosted paper digest{contact})"},
     )
-
-
-def check_public(url: str) -> None:
-    """Refuse a URL whose host resolves to a private, loopback, link-local or reserved address."""
-    host = urlsplit(url).hostname or ""
-    try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror as exc:
-        raise FeedError(f"{url}: cannot resolve host {host!r} ({exc.strerror}); check the URL") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
-            raise FeedError(
-                f"{url}: refused, {host} resolves to the non-public address {ip}; "
-                "set NEWSLETTER_ALLOW_PRIVATE_SOURCES=true if this source is meant to be internal"
-            )
 
 
 @dataclass
@@ -76,20 +90,23 @@ class Fetcher:
 
     client: httpx.Client
     max_bytes: int
-    time_cap_s: float = 60.0
+    time_cap_s: float = 60.0  # one whole exchange: connect, headers, body, and the redirects it takes
     retries: int = 3
     host_interval_s: float = 1.0
-    max_retry_after_s: float = 120.0
+    max_retry_after_s: float = 60.0  # a server asking for a longer wait fails this fetch instead
     allow_private: bool = False
+    arxiv_hosts: frozenset[str] = arxiv.ARXIV_HOSTS  # whose feeds may create and revise arXiv papers
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    _last_request: dict[str, float] = field(default_factory=dict)
+    _exchange_ended: dict[str, float] = field(default_factory=dict)  # host → when our last exchange with it ended
 
     @classmethod
     def from_settings(cls, settings: Settings, client: httpx.Client) -> Fetcher:
+        api_host = urlsplit(settings.arxiv_api_url).hostname  # the configured arXiv API speaks for arXiv too
         return cls(client=client, max_bytes=settings.max_feed_bytes, time_cap_s=settings.fetch_timeout_s * 2,
                    retries=settings.fetch_retries, host_interval_s=settings.host_interval_s,
-                   allow_private=settings.allow_private_sources)
+                   max_retry_after_s=settings.max_retry_after_s, allow_private=settings.allow_private_sources,
+                   arxiv_hosts=arxiv.ARXIV_HOSTS | ({api_host} if api_host else set()))
 
     def get(
         self, location: str, *, etag: str | None = None, last_modified: str | None = None, min_interval_s: float = 0.0
@@ -103,51 +120,44 @@ class Fetcher:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         for attempt in range(self.retries + 1):
-            self._wait_for_host(location, max(self.host_interval_s, min_interval_s))
-            outcome = self._get_once(location, headers)
+            outcome = self._get_once(location, headers, interval_s=max(self.host_interval_s, min_interval_s))
             if isinstance(outcome, Fetched):
                 return outcome
-            status, retry_after = outcome
+            status, retry_after = outcome.status, outcome.retry_after_s
             if attempt == self.retries:
                 raise FeedError(f"{location}: the server answered HTTP {status} {self.retries + 1} times; try again later")
             delay = retry_after if retry_after is not None else BACKOFF_BASE_S * 2**attempt * (1 + random.random() / 2)
             if delay > self.max_retry_after_s:
-                raise FeedError(f"{location}: the server asks us to come back in {delay:.0f} s (HTTP {status}); try again later")
+                raise FeedError(f"{location}: the server asks us to come back in {delay:.0f} s (HTTP {status}), "
+                                f"longer than NEWSLETTER_MAX_RETRY_AFTER_S ({self.max_retry_after_s:g} s); try again later")
             self.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _wait_for_host(self, url: str, interval_s: float) -> None:
-        host = urlsplit(url).netloc
-        last = self._last_request.get(host)
-        if last is not None:
-            wait = interval_s - (self.clock() - last)
-            if wait > 0:
-                self.sleep(wait)
-        self._last_request[host] = self.clock()
-
-    def _get_once(self, location: str, headers: dict[str, str]) -> Fetched | tuple[int, float | None]:
-        """The response as Fetched, or (status, Retry-After seconds) when it is worth retrying."""
-        started = self.clock()
-        url = location
+    def _get_once(self, location: str, headers: dict[str, str], *, interval_s: float) -> Fetched | _Retry:
+        """One attempt, redirects followed: the response, or what to retry after. The time cap is shared
+        by the hops; the waits between requests to one host do not count against it."""
+        url, budget_s = location, self.time_cap_s
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                if not self.allow_private:
-                    check_public(url)
-                with self.client.stream("GET", url, headers=headers) as response:
-                    if response.is_redirect and "location" in response.headers:
-                        url = urljoin(url, response.headers["location"])
-                        continue
-                    if response.status_code == 304:
-                        return Fetched(location, b"", etag=headers.get("If-None-Match"),
-                                       last_modified=headers.get("If-Modified-Since"), not_modified=True)
-                    if response.status_code in RETRY_STATUSES:
-                        return response.status_code, retry_after_s(response.headers.get("retry-after"))
-                    if response.status_code >= 400:
-                        raise FeedError(f"{location}: the server answered HTTP {response.status_code}; check the URL")
-                    body = self._read_capped(location, response, started)
-                    return Fetched(location, body, content_type=response.headers.get("content-type"),
-                                   etag=response.headers.get("etag"), last_modified=response.headers.get("last-modified"))
+                host = urlsplit(url).netloc
+                self._wait_for_host(host, interval_s)
+                started = self.clock()
+                try:
+                    outcome = self._exchange(location, url, headers, deadline=started + budget_s)
+                finally:
+                    self._exchange_ended[host] = self.clock()  # the response is read or closed: the server is done
+                budget_s -= self._exchange_ended[host] - started
+                if not isinstance(outcome, _Redirect):
+                    return outcome
+                url = outcome.url
             raise FeedError(f"{location}: more than {MAX_REDIRECTS} redirects; check the URL")
+        except network.DeadlinePassed:
+            raise FeedError(f"{location}: the download took longer than {self.time_cap_s:g} s; try again later") from None
+        except network.NonPublicAddress as exc:
+            raise FeedError(f"{location}: refused, {exc}; "
+                            "set NEWSLETTER_ALLOW_PRIVATE_SOURCES=true if this source is meant to be internal") from None
+        except network.UnresolvableHost as exc:
+            raise FeedError(f"{location}: {exc}; check the URL") from None
         except httpx.TimeoutException:
             raise FeedError(f"{location}: no answer within {self.client.timeout.read} s; try again later") from None
         except httpx.RemoteProtocolError as exc:
@@ -157,7 +167,29 @@ class Fetcher:
         except httpx.TransportError as exc:
             raise FeedError(f"{location}: cannot connect ({exc}); check the URL and the network") from None
 
-    def _read_capped(self, location: str, response: httpx.Response, started: float) -> bytes:
+    def _wait_for_host(self, host: str, interval_s: float) -> None:
+        ended = self._exchange_ended.get(host)
+        if ended is not None and (wait := interval_s - (self.clock() - ended)) > 0:
+            self.sleep(wait)
+
+    def _exchange(self, location: str, url: str, headers: dict[str, str], *, deadline: float) -> Fetched | _Retry | _Redirect:
+        """One request and its response, all of it before ``deadline`` (see ``network``)."""
+        rules = network.Rules(allow_private=self.allow_private, deadline=deadline, clock=self.clock)
+        with network.exchange(rules), self.client.stream("GET", url, headers=headers) as response:
+            if response.is_redirect and "location" in response.headers:
+                return _Redirect(urljoin(url, response.headers["location"]))
+            if response.status_code == 304:
+                return Fetched(location, b"", etag=headers.get("If-None-Match"),
+                               last_modified=headers.get("If-Modified-Since"), not_modified=True)
+            if response.status_code in RETRY_STATUSES:
+                return _Retry(response.status_code, retry_after_s(response.headers.get("retry-after")))
+            if response.status_code >= 400:
+                raise FeedError(f"{location}: the server answered HTTP {response.status_code}; check the URL")
+            body = self._read_capped(location, response)
+            return Fetched(location, body, content_type=response.headers.get("content-type"),
+                           etag=response.headers.get("etag"), last_modified=response.headers.get("last-modified"))
+
+    def _read_capped(self, location: str, response: httpx.Response) -> bytes:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes and not response.headers.get("content-encoding"):
             raise FeedError(f"{location}: {int(declared):,} bytes is larger than {self.max_bytes:,}; "
@@ -168,8 +200,6 @@ class Fetcher:
             if len(body) > self.max_bytes:
                 raise FeedError(f"{location}: larger than {self.max_bytes:,} bytes; "
                                 "raise NEWSLETTER_MAX_FEED_BYTES if it is genuine")
-            if self.clock() - started > self.time_cap_s:
-                raise FeedError(f"{location}: the download took longer than {self.time_cap_s:.0f} s; try again later")
         return bytes(body)
 
 

@@ -7,7 +7,11 @@ others are still ingested. The kind decides how a source is read:
   when the body is JSON);
 - ``arxiv-api``: pages of ``max_results`` until the results run out (at most ``ARXIV_API_MAX_RESULTS``),
   at least ``ARXIV_API_INTERVAL_S`` apart as the API's terms demand;
-- ``hf-daily``: the trending-papers JSON for the date in the URL, or for today (UTC) if none.
+- ``hf-daily``: the trending-papers JSON for the date in the URL, or for today (UTC) if none; a local
+  file is read as it is.
+
+What the papers may change is the source's ``Trust`` (``sources.source_trust``): only arXiv's own
+hosts and local files create and revise arXiv papers.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from newsletter.db import repo
 from newsletter.errors import NewsletterError
 from newsletter.ingest.feeds import ParsedFeed, parse_feed
 from newsletter.ingest.fetch import Fetched, Fetcher
-from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, with_query
+from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, source_trust, with_query
 from newsletter.ingest.trending import looks_like_json, parse_trending
 from newsletter.records import Paper
 
@@ -80,7 +84,8 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
                 report.note = read.status
             else:
                 report.fetched = len(read.feed.papers)
-                counts = repo.upsert_papers(session, papers=read.feed.papers, source_id=source.id if source else None, now=now)
+                counts = repo.upsert_papers(session, papers=read.feed.papers, source_id=source.id if source else None, now=now,
+                                            trust=source_trust(spec, arxiv_hosts=fetcher.arxiv_hosts))
                 report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
                 if not read.feed.papers:
                     report.note = "no new papers (normal on weekends and holidays)"
@@ -116,7 +121,7 @@ def read_source(
     if spec.kind == "arxiv-api":
         return SourceRead(_read_arxiv_api(spec.url, fetcher))
     url = spec.url
-    if spec.kind == "hf-daily":
+    if spec.kind == "hf-daily" and not spec.is_file:
         etag = last_modified = None  # the URL changes with the date; upvotes change without a new ETag
         if not query_param(url, "date"):
             url = with_query(url, date=now.date().isoformat())

@@ -1,12 +1,19 @@
-"""What a source spec means: shorthands, kinds, URLs. Pure."""
+"""What a source spec means: shorthands, kinds, URLs, and how far the source is trusted.
+
+Pure, except that a file path is made absolute (against the current directory) when it is resolved.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from newsletter.errors import InvalidInput
+from newsletter.ingest.arxiv import ARXIV_HOSTS
 from newsletter.validate import check_category
 
 ARXIV_RSS = "https://rss.arxiv.org/rss/"
@@ -21,6 +28,37 @@ class SourceSpec:
     url: str  # an http(s) URL or a local file path
     kind: str
 
+    @property
+    def is_file(self) -> bool:
+        return not self.url.startswith(("http://", "https://"))
+
+
+class Trust(StrEnum):
+    """What a source may do to the papers we keep: decided by ``source_trust``, applied by ``repo.upsert_papers``.
+
+    A paper's bibliographic fields (title, abstract, authors, version, categories, abs/pdf links) are
+    arXiv's to set. Upvotes, the AI summary, keywords and code/project links may come from anywhere.
+    """
+
+    ARXIV = "arxiv"  # arXiv's own hosts and local files: creates arXiv papers and revises them
+    TRENDING = "trending"  # the trending-papers API: creates arXiv papers not yet known; only attaches to known ones
+    FEED = "feed"  # any other source: only attaches to known arXiv papers; its other entries are its own papers
+
+
+def source_trust(spec: SourceSpec, *, arxiv_hosts: Collection[str] = ARXIV_HOSTS) -> Trust:
+    """The trust a source gets, from where it is and what kind it is (never from what it says).
+
+    A local file is the admin's own. A URL on one of ``arxiv_hosts`` (arXiv's, plus the configured
+    API's) speaks for arXiv. An ``hf-daily`` source is the trending-papers API, whose ids we accept
+    as arXiv ids: it may bring papers arXiv has not listed to us yet (arXiv's own listing revises
+    them when it does), never change a paper we have. Anything else is a feed from an arbitrary host.
+    """
+    if spec.is_file:
+        return Trust.ARXIV
+    if (urlsplit(spec.url).hostname or "") in arxiv_hosts:
+        return Trust.ARXIV
+    return Trust.TRENDING if spec.kind == "hf-daily" else Trust.FEED
+
 
 def resolve(spec: str, *, hf_daily_url: str = HF_DAILY) -> SourceSpec:
     """``arxiv:cs.AI+cs.LG``, ``arxiv-query:cat:cs.LG AND abs:diffusion``, ``hf-daily`` (today's trending
@@ -33,6 +71,9 @@ def resolve(spec: str, *, hf_daily_url: str = HF_DAILY) -> SourceSpec:
                 dt.date.fromisoformat(day)
             except ValueError:
                 raise InvalidInput(f"hf-daily:{day}: the date must be YYYY-MM-DD") from None
+            if not hf_daily_url.startswith(("http://", "https://")):
+                raise InvalidInput(f"hf-daily:{day}: NEWSLETTER_HF_DAILY_URL is the file {hf_daily_url}, "
+                                   "which has no dates; use plain hf-daily")
             return SourceSpec(f"{hf_daily_url}?{urlencode({'date': day})}", "hf-daily")
         return SourceSpec(hf_daily_url, "hf-daily")
     if spec.startswith("arxiv:"):
@@ -49,7 +90,13 @@ def resolve(spec: str, *, hf_daily_url: str = HF_DAILY) -> SourceSpec:
         return SourceSpec(f"{ARXIV_API}?{urlencode(params)}", "arxiv-api")
     if not spec:
         raise InvalidInput("empty source: give a feed URL, a file path or a shorthand such as arxiv:cs.LG")
-    return SourceSpec(spec, detect_kind(spec))
+    if "://" in spec and not spec.startswith(("http://", "https://", "file://")):
+        raise InvalidInput(f"{spec}: only http(s) URLs and file paths can be sources")
+    if spec.startswith(("http://", "https://")):
+        return SourceSpec(spec, detect_kind(spec))
+    # A file is stored by its absolute path, so that it is found from any directory and one file is one source.
+    path = str(Path(spec.removeprefix("file://")).expanduser().resolve())
+    return SourceSpec(path, detect_kind(path))
 
 
 def detect_kind(url: str) -> str:

@@ -45,7 +45,7 @@ def _paper(element: Any, index: int, source: str) -> Paper:
     upvotes = paper.get("upvotes")
     keywords = paper.get("ai_keywords") or []
     return Paper(
-        key=arxiv_id or paper["id"],
+        key=arxiv_id or clean_text(paper["id"]),
         arxiv_id=arxiv_id,
         title=clean_text(paper.get("title") or element.get("title")),
         abstract=clean_text(paper.get("summary") or element.get("summary") or ""),

@@ -9,12 +9,14 @@ unguessable marker made per renderer, so no paper title can forge one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import secrets
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
+from typing import NamedTuple
 
 import css_inline
 import jinja2
@@ -28,6 +30,28 @@ TLDR_CHARS = 300  # about three lines in a phone's mail app
 SUBJECT_TITLE_CHARS = 90  # phones show ~40–90 characters of a subject
 # A sentence ends at . ! or ? and a space, but not after "e.g.", "i.e.", "et al.", "etc.", "vs.", "Fig.".
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)(?<! al\.)(?<!etc\.)(?<! vs\.)(?<!Fig\.)\s")
+# Control characters (terminal escapes, NUL, CR) and bidi overrides: text from outside keeps none of them.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+WEB_SCHEMES = ("https://", "http://")  # the only links an email may carry
+
+
+def inert(text: str) -> str:
+    """``text`` without control characters or bidi overrides; the common case (none) costs one C call."""
+    return text if text.isprintable() else CONTROL.sub("", text)
+
+
+def web_url(url: str | None) -> str | None:
+    """An http(s) URL as it is; anything else (None, "", javascript:, "None") is no link."""
+    return url if url and url.lower().startswith(WEB_SCHEMES) else None
+
+
+def outside_text_made_inert(paper: Paper) -> Paper:
+    """The paper as an email shows it: text without control characters, links only when http(s)."""
+    return dataclasses.replace(
+        paper, title=inert(paper.title), abstract=inert(paper.abstract), tldr=inert(paper.tldr) if paper.tldr else None,
+        authors=tuple(inert(a) for a in paper.authors), categories=tuple(inert(c) for c in paper.categories),
+        abs_url=web_url(paper.abs_url), pdf_url=web_url(paper.pdf_url), code_url=web_url(paper.code_url),
+        project_url=web_url(paper.project_url))
 
 
 def short_authors(authors: Sequence[str]) -> str:
@@ -94,6 +118,12 @@ class _Filled:
         return "".join(out)
 
 
+class _Card(NamedTuple):
+    html: _Filled
+    text: _Filled
+    title: str  # as shown: for the preheader
+
+
 class DigestRenderer:
     """Renders every digest of one issue date (see the module docstring)."""
 
@@ -103,13 +133,16 @@ class DigestRenderer:
         self.slots = _Slots()
         self.css = self._source("email/digest.css")
         context = {"slot": self.slots, "list_name": list_name, "date_text": issue_date.strftime("%A, %d %B %Y"),
-                   "trending": list(trending), "dark_css": Markup(self._source("email/dark.css"))}
+                   "trending": [outside_text_made_inert(p) for p in trending],
+                   "dark_css": Markup(self._source("email/dark.css"))}
         html = env.get_template("email/shell.html.j2").render(context)
         inliner = css_inline.CSSInliner(extra_css=self.css, keep_style_tags=True, load_remote_stylesheets=False)
         self.shell_html = _Filled(inliner.inline(html), self.slots)
         self.shell_text = _Filled(env.get_template("email/shell.txt.j2").render(context), self.slots)
         self.reason_html = _Filled(self._fragment("email/reason.html.j2", {}), self.slots)
-        self._cards: dict[str, tuple[_Filled, _Filled]] = {}
+        self.feedback_html = _Filled(self._fragment("email/feedback.html.j2", {}), self.slots)
+        self.feedback_text = _Filled(env.get_template("email/feedback.txt.j2").render(slot=self.slots), self.slots)
+        self._cards: dict[str, _Card] = {}
 
     def _source(self, name: str) -> str:
         assert self.env.loader is not None
@@ -119,28 +152,35 @@ class DigestRenderer:
         html = self.env.get_template(name).render(slot=self.slots, **context)
         return css_inline.inline_fragment(html, self.css)
 
-    def _card(self, paper: Paper) -> tuple[_Filled, _Filled]:
+    def _card(self, paper: Paper) -> _Card:
         """The paper's HTML and text card, rendered once per day whoever it goes to."""
         card = self._cards.get(paper.key)
         if card is None:
+            paper = outside_text_made_inert(paper)
             links = [(label, url) for label, url in (("PDF", paper.pdf_url), ("Code", paper.code_url),
                                                      ("Project page", paper.project_url)) if url]
             context = {"paper": paper, "authors": short_authors(paper.authors), "tldr": tldr(paper), "links": links}
             text = self.env.get_template("email/paper.txt.j2").render(slot=self.slots, **context)
-            card = self._cards[paper.key] = (_Filled(self._fragment("email/paper.html.j2", context), self.slots),
-                                             _Filled(text, self.slots))
+            card = self._cards[paper.key] = _Card(_Filled(self._fragment("email/paper.html.j2", context), self.slots),
+                                                  _Filled(text, self.slots), paper.title)
         return card
 
     def render(self, digest: Digest) -> OutgoingEmail:
-        html_cards, text_cards = [], []
-        for pick in digest.papers:
-            html_card, text_card = self._card(pick.paper)
-            more, less = f"{digest.feedback_url}/{pick.paper.id}/up", f"{digest.feedback_url}/{pick.paper.id}/down"
-            html_cards.append(html_card.fill(reasons="".join(self.reason_html.fill(reason=escape(r)) for r in pick.reasons),
-                                             more_url=escape(more), less_url=escape(less)))
-            text_cards.append(text_card.fill(reasons="; ".join(pick.reasons), more_url=more, less_url=less))
+        html_cards, text_cards, titles = [], [], []
+        for pick, link in zip(digest.papers, digest.feedback_urls or ("",) * len(digest.papers), strict=True):
+            card = self._card(pick.paper)
+            titles.append(card.title)
+            reasons = [inert(r) for r in pick.reasons]
+            html_feedback = text_feedback = ""
+            if link:
+                more, less = f"{link}/up", f"{link}/down"
+                html_feedback = self.feedback_html.fill(more_url=escape(more), less_url=escape(less))
+                text_feedback = self.feedback_text.fill(more_url=more, less_url=less)
+            html_cards.append(card.html.fill(reasons="".join(self.reason_html.fill(reason=escape(r)) for r in reasons),
+                                             feedback=html_feedback))
+            text_cards.append(card.text.fill(reasons="; ".join(reasons), feedback=text_feedback))
         count = f"{len(digest.papers)} paper{'s' if len(digest.papers) != 1 else ''} picked for you"
-        preheader = " · ".join(p.paper.title for p in digest.papers[:3])
+        preheader = " · ".join(titles[:3])
         common = {"count": count, "email": digest.email, "preferences_url": digest.preferences_url,
                   "unsubscribe_url": digest.unsubscribe_url, "view_url": digest.view_url}
         html = self.shell_html.fill(papers="".join(html_cards), preheader=escape(preheader),

@@ -129,7 +129,8 @@ def build_message(
     ]
     part_head = "Content-Type: text/{}; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
     message = b"".join([
-        "\r\n".join(headers).encode("ascii"), b"\r\n\r\n",
+        # UTF-8 only in To, for an address with non-ASCII before the @ (RFC 6532; it is sent over SMTPUTF8).
+        "\r\n".join(headers).encode("utf-8"), b"\r\n\r\n",
         f"--{boundary}\r\n".encode(), part_head.format("plain").encode(), _qp(email.text), b"\r\n",
         f"--{boundary}\r\n".encode(), part_head.format("html").encode(), _qp(email.html), b"\r\n",
         f"--{boundary}--\r\n".encode(),

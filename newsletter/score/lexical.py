@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from newsletter.records import Paper, Profile, RankedPaper
 from newsletter.score import text
+from newsletter.wording import shorten
 
 K1 = 1.2  # BM25 term-frequency saturation (the usual 1.2–2.0)
 B = 0.75  # BM25 length normalisation
@@ -63,6 +64,7 @@ class PaperIndex:
     key_rows: dict[str, int] = field(default_factory=dict)  # paper key → row
     idf: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per vocabulary column
     boost: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # trending minus age, per paper
+    trending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # the trending part of boost
     duplicate_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # row of the first of its near-duplicates
     _phrase_rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
 
@@ -88,7 +90,7 @@ class PaperIndex:
         weights, idf = _bm25(tf, np.asarray(lengths, dtype=np.float64))
         index = cls(papers, vocabulary, weights, sequences, idf=idf)
         index._index_metadata()
-        index.boost = _boost(papers, now, trending_weight, recency_penalty_per_day)
+        index.trending, index.boost = _boost(papers, now, trending_weight, recency_penalty_per_day)
         index.duplicate_of = _near_duplicates(index.weights)
         return index
 
@@ -126,15 +128,17 @@ class PaperIndex:
         return found
 
 
-def _boost(papers: Sequence[Paper], now: dt.datetime | None, trending_weight: float, per_day: float) -> np.ndarray:
-    """Trending (upvotes, log-scaled) minus age: added to a relevant paper's score, never making one relevant."""
+def _boost(papers: Sequence[Paper], now: dt.datetime | None, trending_weight: float,
+           per_day: float) -> tuple[np.ndarray, np.ndarray]:
+    """(trending, trending minus age): the boost is added to a relevant paper's score, never making one relevant."""
     upvotes = np.asarray([p.upvotes or 0 for p in papers], dtype=np.float32)
-    boost = trending_weight * np.log1p(np.maximum(upvotes, 0))
+    trending = (trending_weight * np.log1p(np.maximum(upvotes, 0))).astype(np.float32)
+    boost = trending.copy()
     if now is not None:
         ages = np.asarray([max((now - (p.first_seen_at or now)).total_seconds() / 86_400, 0.0) for p in papers],
                           dtype=np.float32)
         boost -= per_day * ages
-    return boost.astype(np.float32)
+    return trending, boost.astype(np.float32)
 
 
 def _near_duplicates(weights: sp.csr_matrix) -> np.ndarray:
@@ -243,7 +247,9 @@ class _Queries:
                     add_category(row, category.lower())
             for name in prefs.authors:
                 add_author(row, name)
-            for key in profile.already_sent:
+            # Papers already sent, and the subscriber's own seeds: "more like this one" is not news to them.
+            seeds = [e.paper.key for e in profile.examples if e.kind == "seed"]
+            for key in (*profile.already_sent, *seeds):
                 if key in key_rows:
                     sent_rows.append(row)
                     sent_papers.append(key_rows[key])
@@ -446,10 +452,21 @@ def rank_papers(
             if row < 0:
                 break
             similarity = None if top.similarity is None else float(top.similarity[i, j])
+            followed = bool(top.followed[i, j])
             chosen.append(RankedPaper(paper=index.papers[row], score=float(top.scores[i, j]),
-                                      reasons=explain(index, profile, int(row), bool(top.followed[i, j]), similarity)))
+                                      reasons=explain(index, profile, int(row), followed, similarity),
+                                      placement=placement(index, int(row), followed)))
         picks.append(chosen)
     return picks
+
+
+def placement(index: PaperIndex, row: int, followed: bool) -> str:
+    """What besides relevance set the paper's place in the digest ("" when nothing did)."""
+    if followed:
+        return "followed author: always placed first"
+    trending, age = float(index.trending[row]), float(index.trending[row] - index.boost[row])
+    parts = ([f"trending +{trending:.2f}"] if trending >= 0.005 else []) + ([f"age −{age:.2f}"] if age >= 0.005 else [])
+    return ", ".join(parts)
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
@@ -488,7 +505,7 @@ def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
     for example in profile.examples:
         if example.weight > 0 and len(columns & example_terms(index, example.paper).keys()) >= EXAMPLE_REASON_OVERLAP:
             what = "your seed paper" if example.kind == "seed" else "a paper you liked"
-            reasons.append(f"similar to {what} “{example.paper.title[:60]}”")
+            reasons.append(f"similar to {what} “{shorten(example.paper.title, 60)}”")
             break
     if index.papers[row].upvotes:
         reasons.append(f"trending: {index.papers[row].upvotes} upvotes")

@@ -6,6 +6,10 @@ connections are grouped into one commit (``GroupCommitter``), and each connectio
 own write to be committed: so after a crash at most one message per open connection was handed
 to the relay without its ``sent`` being recorded (it becomes ``unknown``, retried once with the
 same Message-ID), and a message is never sent before its ``sending`` is on disk.
+
+A message that cannot be built or that the relay refuses fails alone; anything that stops every
+message (the relay or the outbox gone, a ledger commit failing, a bug) stops the run at once, never
+hangs it: see ``dispatch``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from newsletter.db.ledger import Outcome
-from newsletter.errors import DeliveryError
+from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.records import Envelope
 from newsletter.send.mailer import Mailer, PermanentFailure, TemporaryFailure, UnknownOutcome
 
@@ -30,6 +34,7 @@ class Job:
     delivery_id: int
     subscriber_id: int
     envelope: Envelope
+    failure: str | None = None  # why the message could not be built: the delivery fails, nothing is sent
 
 
 class RateLimiter:
@@ -79,10 +84,9 @@ class GroupCommitter:
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
 
-    async def record(self, *, finished: Outcome | None = None, started: int | None = None) -> None:
-        """Record a connection's last outcome and/or the delivery it sends next, and wait for the commit."""
-        if finished is not None:
-            self._finished.append(finished)
+    async def record(self, *, finished: Sequence[Outcome] = (), started: int | None = None) -> None:
+        """Record a connection's latest outcomes and/or the delivery it sends next, and wait for the commit."""
+        self._finished.extend(finished)
         if started is not None:
             self._started.append(started)
         await self._committed()
@@ -112,7 +116,7 @@ class GroupCommitter:
 @dataclass
 class DispatchResult:
     outcomes: dict[str, int] = field(default_factory=dict)
-    error: str | None = None  # the relay became unreachable mid-run; the rest stays pending
+    error: str | None = None  # why the run stopped early (relay or outbox gone, ledger write failed, a bug)
 
 
 async def dispatch(
@@ -123,49 +127,79 @@ async def dispatch(
     limiter: RateLimiter,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> DispatchResult:
-    """Send every job over the (already open) ``mailers``, one worker per connection."""
-    result = DispatchResult()
-    queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=len(mailers) * 4)
-    stop = asyncio.Event()
+    """Send every job over the (already open) ``mailers``, one worker per connection.
 
-    async def produce() -> None:
-        try:
-            async for job in jobs:
-                if stop.is_set():
-                    break
-                await queue.put(job)
-        finally:
-            for _ in mailers:
-                await queue.put(None)
+    Workers take the next job when they are ready for it, so nothing can wait on a full queue.
+    Whatever goes wrong outside one message (the relay or the outbox goes away, a ledger commit
+    fails, reading the next job fails, a bug) stops the run within one message per connection: the
+    error is kept in ``DispatchResult.error``, each worker records the outcome it holds and takes
+    no other job, and what was not taken stays pending for the next run.
+    """
+    result = DispatchResult()
+    taking = asyncio.Lock()  # one worker at a time advances ``jobs``
+
+    def halt(error: str) -> None:
+        result.error = result.error or error
+
+    async def next_job() -> Job | None:
+        async with taking:
+            return None if result.error else await anext(jobs, None)
+
+    def report(outcome: Outcome) -> None:
+        if outcome.status != "pending":
+            result.outcomes[outcome.status] = result.outcomes.get(outcome.status, 0) + 1
+            if on_outcome:
+                on_outcome(outcome)
 
     async def work(mailer: Mailer) -> None:
-        last: Outcome | None = None
-        while (job := await queue.get()) is not None and not stop.is_set():
-            # One commit records the previous message's outcome and this one's start.
-            await committer.record(finished=last, started=job.delivery_id)
-            last = None
-            await limiter.acquire()  # after the commit, right before the send
-            try:
-                last, relay_down = await attempt(mailer, job)
-            finally:
-                limiter.release()
-            if relay_down:
-                result.error = last.error
-                stop.set()
-            result.outcomes[last.status] = result.outcomes.get(last.status, 0) + 1
-            if on_outcome:
-                on_outcome(last)
-        if last is not None:
-            await committer.record(finished=last)
-        while job is not None:  # after a stop, drain: those jobs stay pending for the next run
-            job = await queue.get()
+        finished: list[Outcome] = []  # outcomes not committed yet
+        try:
+            while (job := await next_job()) is not None:
+                if job.failure is not None:  # the message could not be built: nothing goes to the relay
+                    finished.append(Outcome(job.delivery_id, job.subscriber_id, "failed", job.failure, bounce=False))
+                    report(finished[-1])
+                    continue
+                # One commit records the previous outcomes and this message's start.
+                await committer.record(finished=finished, started=job.delivery_id)
+                finished = []
+                await limiter.acquire()  # after the commit, right before the send
+                try:
+                    if result.error is None:
+                        outcome, stop = await attempt(mailer, job)
+                    else:  # another connection stopped the run while this one waited for its turn
+                        outcome, stop = Outcome(job.delivery_id, job.subscriber_id, "pending", "the run stopped"), None
+                finally:
+                    limiter.release()
+                finished.append(outcome)
+                if stop:
+                    halt(stop)
+                report(outcome)
+        except Exception as exc:  # a failed commit, a failed read of the next job, a bug: stop every worker
+            halt(one_line(exc))
+        try:
+            if finished:
+                await committer.record(finished=finished)
+        except Exception as exc:
+            halt(one_line(exc))
 
-    await asyncio.gather(produce(), *(work(m) for m in mailers))
+    try:
+        await asyncio.gather(*(work(m) for m in mailers))
+    finally:
+        if isinstance(jobs, AsyncGenerator):
+            await jobs.aclose()
     return result
 
 
-async def attempt(mailer: Mailer, job: Job) -> tuple[Outcome, bool]:
-    """One delivery, classified, and whether the relay is gone (stop the run).
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: our own errors as they are, others with their type (no SQL, no traceback)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, NewsletterError | TemporaryFailure | PermanentFailure | UnknownOutcome):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def attempt(mailer: Mailer, job: Job) -> tuple[Outcome, str | None]:
+    """One delivery, classified, and why the run must stop (None: go on with the next message).
 
     A connection lost before the message was handed over gets one more try at once, on a fresh
     connection; a 4xx reply is retried later, by the schedule in the ledger.
@@ -176,13 +210,15 @@ async def attempt(mailer: Mailer, job: Job) -> tuple[Outcome, bool]:
         except TemporaryFailure as exc:
             if exc.connection_lost and try_number == 1:
                 continue
-            return Outcome(job.delivery_id, job.subscriber_id, "retry", str(exc)), False
+            return Outcome(job.delivery_id, job.subscriber_id, "retry", str(exc)), None
         except PermanentFailure as exc:
-            return Outcome(job.delivery_id, job.subscriber_id, "failed", str(exc),
-                           hard_bounce=bool(NO_SUCH_USER.search(str(exc)))), False
+            return Outcome(job.delivery_id, job.subscriber_id, "failed", str(exc), bounce=exc.bounce,
+                           hard_bounce=exc.bounce and bool(NO_SUCH_USER.search(str(exc)))), None
         except UnknownOutcome as exc:
-            return Outcome(job.delivery_id, job.subscriber_id, "unknown", str(exc)), False
-        except DeliveryError as exc:  # reconnecting failed: the relay went away mid-run
-            return Outcome(job.delivery_id, job.subscriber_id, "retry", str(exc)), True
-        return Outcome(job.delivery_id, job.subscriber_id, "sent"), False
+            return Outcome(job.delivery_id, job.subscriber_id, "unknown", str(exc)), None
+        except DeliveryError as exc:  # the relay or the outbox went away mid-run: nothing was handed over
+            return Outcome(job.delivery_id, job.subscriber_id, "pending", str(exc)), str(exc)
+        except Exception as exc:  # a bug in the mailer: whether the message left is unknown (retried once)
+            return Outcome(job.delivery_id, job.subscriber_id, "unknown", one_line(exc)), one_line(exc)
+        return Outcome(job.delivery_id, job.subscriber_id, "sent"), None
     raise AssertionError("unreachable")

@@ -5,12 +5,16 @@ Implementations: ``SmtpMailer`` (aiosmtplib, one connection reused for many mess
 ``--dry-run``). Each ``send`` either returns (the relay took the message) or raises one of:
 
 - ``TemporaryFailure``: 4xx, or 552 in answer to RCPT (RFC 5321 §4.5.3.1.10); retry later;
-- ``PermanentFailure``: any other 5xx; never retry;
-- ``UnknownOutcome``: the connection was lost after the message's final dot and before the reply.
+- ``PermanentFailure``: any other 5xx, or an address this relay cannot take; never retry;
+- ``UnknownOutcome``: the connection was lost after the message's final dot and before the reply;
+- ``DeliveryError``: the relay or the outbox cannot be used at all; the run stops, the rest stays pending.
+
+Anything else a mailer raises is a bug: the run stops too (see ``newsletter.send.dispatch``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import ssl
@@ -20,8 +24,9 @@ from pathlib import Path
 from typing import Protocol, Self
 
 import aiosmtplib
+from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import DeliveryError
+from newsletter.errors import ConfigError, DeliveryError
 from newsletter.records import Envelope
 from newsletter.settings import Settings
 
@@ -35,7 +40,11 @@ class TemporaryFailure(Exception):
 
 
 class PermanentFailure(Exception):
-    """The relay said 'never' for this recipient."""
+    """The relay said 'never' for this recipient, or this recipient cannot be sent to at all."""
+
+    def __init__(self, detail: str, *, bounce: bool = True) -> None:
+        super().__init__(detail)
+        self.bounce = bounce  # the relay refused the address: it counts toward NEWSLETTER_BOUNCE_LIMIT
 
 
 class UnknownOutcome(Exception):
@@ -50,6 +59,24 @@ class Mailer(Protocol):
     async def send(self, envelope: Envelope) -> None: ...
 
 
+def wire_address(address: str) -> tuple[str, bool]:
+    """The address as it goes into SMTP and the To header, and whether it needs SMTPUTF8 (RFC 6531).
+
+    The domain is always in its ASCII form (IDNA: ``bücher.example`` → ``xn--bcher-kva.example``);
+    only a local part with non-ASCII characters (``jürgen@…``) needs a relay that offers SMTPUTF8.
+    Raises ``PermanentFailure`` for an address that cannot be written at all.
+    """
+    if address.isascii():
+        return address, False
+    try:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise PermanentFailure(f"cannot send to {address!r}: {exc}", bounce=False) from None
+    if valid.ascii_email:
+        return valid.ascii_email, False
+    return f"{valid.local_part}@{valid.ascii_domain}", True
+
+
 class SmtpMailer:
     def __init__(
         self,
@@ -61,7 +88,13 @@ class SmtpMailer:
         password: str | None = None,
         timeout_s: float = 60.0,
         tls_context: ssl.SSLContext | None = None,
+        allow_plaintext_auth: bool = False,
     ) -> None:
+        if security == "none" and username and not allow_plaintext_auth:
+            raise ConfigError(
+                "NEWSLETTER_SMTP_USERNAME is set but NEWSLETTER_SMTP_SECURITY=none would send the password in clear; "
+                "use starttls or tls, or set NEWSLETTER_SMTP_ALLOW_PLAINTEXT_AUTH=true if the relay is on a trusted network"
+            )
         self.host, self.port, self.security = host, port, security
         self.username, self.password, self.timeout_s = username, password, timeout_s
         self.tls_context = tls_context
@@ -108,10 +141,13 @@ class SmtpMailer:
         return smtp
 
     async def send(self, envelope: Envelope) -> None:
+        recipient, smtputf8 = wire_address(envelope.recipient)
         smtp = self._smtp if self._smtp is not None and self._smtp.is_connected else await self._connect()
         try:
-            await smtp.mail(envelope.sender)
-            await smtp.rcpt(envelope.recipient)
+            if smtputf8:
+                await self._require_smtputf8(smtp, envelope.recipient)
+            await smtp.mail(envelope.sender, options=["SMTPUTF8"] if smtputf8 else None, encoding="utf-8")
+            await smtp.rcpt(recipient, encoding="utf-8")
         except aiosmtplib.SMTPRecipientRefused as exc:
             await self._reset(smtp)
             raise _classify(exc.code, exc.message, in_rcpt=True) from None
@@ -129,6 +165,13 @@ class SmtpMailer:
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             self._drop()
             raise UnknownOutcome(f"connection lost while the relay was taking the message ({exc})") from None
+
+    async def _require_smtputf8(self, smtp: aiosmtplib.SMTP, recipient: str) -> None:
+        if smtp.is_ehlo_or_helo_needed:  # aiosmtplib greets lazily, at the first MAIL
+            await smtp.ehlo()
+        if not smtp.supports_extension("smtputf8"):
+            raise PermanentFailure(f"cannot send to {recipient}: the relay {self.host}:{self.port} does not offer SMTPUTF8, "
+                                   "which an address with non-ASCII characters before the @ needs", bounce=False)
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
         """RSET after a refusal so the next message starts clean; reconnect next time if that fails."""
@@ -172,11 +215,16 @@ class FileMailer:
 
     async def send(self, envelope: Envelope) -> None:
         folder = self.outbox_dir / SAFE_FILENAME.sub("_", envelope.recipient)
-        folder.mkdir(exist_ok=True)
         path = folder / (SAFE_FILENAME.sub("_", envelope.message_id.strip("<>")) + ".eml")
         temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(envelope.data)
-        os.replace(temporary, path)
+        try:
+            folder.mkdir(exist_ok=True)
+            temporary.write_bytes(envelope.data)
+            os.replace(temporary, path)
+        except OSError as exc:  # a full disk, a read-only outbox: no message can be written, stop the run
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise DeliveryError(f"cannot write to {path}: {exc.strerror or exc}") from None
         self.written.append(path)
 
 
@@ -228,6 +276,7 @@ def mailer_factory(settings: Settings) -> Callable[[], Mailer]:
             password=settings.smtp_password,
             timeout_s=settings.smtp_timeout_s,
             tls_context=tls_context,
+            allow_plaintext_auth=settings.smtp_allow_plaintext_auth,
         )
     if settings.email_backend == "console":
         return ConsoleMailer

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from newsletter.db import repo
 from newsletter.db.models import Paper
 from newsletter.ingest.feeds import parse_feed
+from newsletter.ingest.sources import Trust
 from tests.conftest import FIXTURES
 
 NOW = dt.datetime(2026, 11, 23, 6, 0)
@@ -40,3 +41,43 @@ def test_a_new_version_updates_the_paper_and_a_cross_list_adds_categories(sessio
     assert (row.key, row.version, row.title, row.announce_type) == (paper.key, 2, "A better title", "replace")
     assert row.categories == [*paper.categories, "stat.ML"]
     assert row.first_seen_at == NOW
+
+
+def test_only_arxiv_trust_revises_an_arxiv_paper_and_any_source_attaches(sessions) -> None:
+    [paper] = parse_feed((FIXTURES / "arxiv_cs_lg.rss").read_bytes(), source="t").papers[:1]
+    claim = replace(paper, version=9, title="Pwned", abstract="Pwned.", authors=("Mallory",), categories=("cs.CR",),
+                    pdf_url="https://evil.example/x.pdf", upvotes=42, tldr="In short.", keywords=("sampling",),
+                    code_url="https://github.com/example/code", project_url="https://example.org/project")
+    with sessions() as session:
+        repo.upsert_papers(session, papers=[paper], source_id=None, now=NOW, trust=Trust.ARXIV)
+        attached = repo.upsert_papers(session, papers=[claim], source_id=None, now=NOW, trust=Trust.FEED)
+        again = repo.upsert_papers(session, papers=[claim], source_id=None, now=NOW, trust=Trust.TRENDING)
+        assert (attached.updated, again.unchanged) == (1, 1)
+        [row] = session.scalars(select(Paper)).all()
+        assert (row.title, row.abstract, row.authors, row.version) == (paper.title, paper.abstract, list(paper.authors), 1)
+        assert row.categories == list(paper.categories) and row.links["pdf"] == paper.pdf_url
+        assert (row.upvotes, row.tldr, row.keywords) == (42, "In short.", ["sampling"])
+        assert (row.links["code"], row.links["project"]) == ("https://github.com/example/code", "https://example.org/project")
+        repo.upsert_papers(session, papers=[claim], source_id=None, now=NOW, trust=Trust.ARXIV)
+        assert (row.title, row.version, row.links["pdf"]) == ("Pwned", 9, "https://evil.example/x.pdf")
+
+
+def test_a_feed_entry_for_an_unknown_arxiv_paper_is_the_feeds_own_paper_every_time(sessions) -> None:
+    papers = parse_feed((FIXTURES / "arxiv_cs_lg.rss").read_bytes(), source="t").papers[:3]
+    with sessions() as session:
+        first = repo.upsert_papers(session, papers=papers, source_id=None, now=NOW, trust=Trust.FEED)
+        second = repo.upsert_papers(session, papers=papers, source_id=None, now=NOW, trust=Trust.FEED)
+        session.commit()
+        rows = session.scalars(select(Paper).order_by(Paper.id)).all()
+    assert (first.new, second.new, second.unchanged) == (3, 0, 3)
+    assert [r.key for r in rows] == [p.abs_url for p in papers] and {r.arxiv_id for r in rows} == {None}
+
+
+def test_the_trending_api_creates_papers_arxiv_has_not_listed_and_arxiv_revises_them(sessions) -> None:
+    [listed] = parse_feed((FIXTURES / "arxiv_cs_lg.rss").read_bytes(), source="t").papers[:1]
+    early = replace(listed, version=None, title="The trending API's title", upvotes=5)
+    with sessions() as session:
+        assert repo.upsert_papers(session, papers=[early], source_id=None, now=NOW, trust=Trust.TRENDING).new == 1
+        repo.upsert_papers(session, papers=[listed], source_id=None, now=NOW, trust=Trust.ARXIV)
+        [row] = session.scalars(select(Paper)).all()
+    assert (row.key, row.title, row.version, row.upvotes) == (listed.key, listed.title, 1, 5)

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from newsletter.errors import FeedError
+from newsletter.errors import FeedError, InvalidInput
 from newsletter.ingest import arxiv
 from newsletter.ingest.feeds import clean_text, parse_feed
-from newsletter.ingest.sources import resolve
+from newsletter.ingest.sources import SourceSpec, Trust, resolve, source_trust
 from tests.conftest import FIXTURES
 
 
@@ -80,6 +80,13 @@ def test_html_in_titles_and_abstracts_is_reduced_to_text() -> None:
         ("http://arxiv.org/abs/hep-th/9901001v3", ("hep-th/9901001", 3)),
         ("http://arxiv.org/pdf/math.GT/0309136v1", ("math.GT/0309136", 1)),
         ("https://www.biorxiv.org/content/10.1101/2024.01.01", None),
+        ("https://export.arxiv.org/abs/2409.01234v4", ("2409.01234", 4)),
+        ("arxiv.org/abs/2409.01234", ("2409.01234", None)),
+        # arXiv's URL shapes count only on arXiv's hosts:
+        ("https://evil.example/arxiv.org/abs/2611.10009v9", None),
+        ("https://arxiv.org.evil.example/abs/2611.10009", None),
+        ("https://notarxiv.org/abs/2611.10009", None),
+        ("https://evil.example/?u=https://arxiv.org/abs/2611.10009", None),
     ],
 )
 def test_arxiv_ids_are_split_from_their_version(text: str, expected) -> None:
@@ -91,3 +98,37 @@ def test_source_shorthands() -> None:
     api = resolve("arxiv-query:cat:cs.LG AND abs:diffusion")
     assert api.kind == "arxiv-api" and "search_query=cat%3Acs.LG+AND+abs%3Adiffusion" in api.url
     assert resolve("https://www.biorxiv.org/rss").kind == "feed"
+
+
+def test_terminal_escapes_controls_bidi_and_zero_width_characters_are_stripped() -> None:
+    assert clean_text("A\x1b]0;owned\x07 title\x1b[2J\u202eexe\u200b\u2066x\u2069\x00\x9b31m\r\nnext") == "A titleexex next"
+    assert clean_text("&#x1b;[31mred&#x202E; &amp; \ufeffplain") == "red & plain"  # decoded entities too
+
+
+@pytest.mark.parametrize(
+    ("spec", "trust"),
+    [
+        (SourceSpec("https://rss.arxiv.org/rss/cs.LG", "arxiv-rss"), Trust.ARXIV),
+        (SourceSpec("https://export.arxiv.org/api/query?search_query=cat:cs.LG", "arxiv-api"), Trust.ARXIV),
+        (SourceSpec("http://arxiv.org/rss/cs.LG", "feed"), Trust.ARXIV),
+        (SourceSpec("/srv/feeds/cs.rss", "feed"), Trust.ARXIV),  # a local file is the admin's own
+        (SourceSpec("https://huggingface.co/api/daily_papers", "hf-daily"), Trust.TRENDING),
+        (SourceSpec("https://evil.example/export.arxiv.org/api/query", "arxiv-api"), Trust.FEED),  # kind from the path
+        (SourceSpec("https://rss.arxiv.org.evil.example/rss/cs.LG", "arxiv-rss"), Trust.FEED),
+        (SourceSpec("https://evil.example/trending.json", "feed"), Trust.FEED),
+    ],
+)
+def test_trust_comes_from_the_host_and_the_kind(spec: SourceSpec, trust: Trust) -> None:
+    assert source_trust(spec) is trust
+
+
+def test_the_configured_arxiv_api_host_speaks_for_arxiv() -> None:
+    mirror = SourceSpec("https://arxiv-mirror.example.org/api/query?id_list=2409.01234", "feed")
+    assert source_trust(mirror) is Trust.FEED
+    assert source_trust(mirror, arxiv_hosts={"arxiv.org", "arxiv-mirror.example.org"}) is Trust.ARXIV
+
+
+def test_a_source_url_must_be_http_or_a_file() -> None:
+    with pytest.raises(InvalidInput, match="ftp://example.org/feed.xml: only http.s. URLs and file paths can be sources"):
+        resolve("ftp://example.org/feed.xml")
+    assert resolve("file:///srv/feeds/../feeds/cs.rss").url == "/srv/feeds/cs.rss"

@@ -124,8 +124,45 @@ def test_an_external_dtd_is_never_fetched(cli, ready, httpserver) -> None:
     assert [r.path for r, _ in httpserver.log] == ["/feed"], "the DTD must not be requested"
 
 
+# What must never reach a terminal, a subject line or HTML: C0 and C1 controls (ESC starts the terminal's
+# escape sequences), bidi embeddings, overrides, isolates and marks, zero-width characters.
+INVISIBLE = {*map(chr, range(0x20)), "\x7f", *map(chr, range(0x80, 0xA0)), "\u061c", "\u200e", "\u200f",
+             *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A)), "\u200b", "\u200c", "\u200d",
+             "\u2060", "\ufeff"}
+
+
+def inert(*texts: str) -> bool:
+    return not any(set(text) & INVISIBLE for text in texts)
+
+
+def test_escape_sequences_bidi_and_zero_width_characters_are_stripped_from_a_feed(cli, ready, httpserver) -> None:
+    url = serve(httpserver, "terminal_escapes.xml")
+    added = cli("sources", "add", url)
+    assert added.code == 0, added.err
+    [source] = json.loads(cli("sources", "list", "--json").out)
+    assert source["name"] == "Labgnp.exe blog"  # the feed's title, as the source's name
+    assert ingest_one(cli, httpserver, "terminal_escapes.xml")["new"] == 1
+    [paper] = stored(ready)
+    assert paper.title == "Robust Samplingtxt.exe without tricks"  # ESC[2J ESC[31m gone whole, not left as "[2J"
+    assert paper.abstract == "We click sample\u2026fast\u203a2J."  # an OSC 8 hyperlink gone; &#x85; is "…" in HTML
+    assert paper.authors == ["Ada Lovelace"]
+    assert paper.key == "urn:lab:paper-1" and "abs" not in paper.links  # a link with a bidi override is no link
+    assert inert(paper.title, paper.abstract, paper.key, *paper.authors)
+
+
+def test_escape_sequences_bidi_and_zero_width_characters_are_stripped_from_trending_json(cli, ready, httpserver) -> None:
+    assert ingest_one(cli, httpserver, "hf_terminal_escapes.json")["new"] == 1
+    [paper] = stored(ready)
+    assert (paper.title, paper.abstract) == ("Trending paper with tricks", "An abstract in red and lines.")
+    assert paper.authors == ["Grace Hopper", "hidden Author"]
+    assert (paper.tldr, paper.keywords) == ("A summary that beeps and turns.", ["diffusion", "sampling"])
+    assert "code" not in paper.links and paper.links["project"] == "https://example.org/project"
+    assert inert(paper.title, paper.abstract, paper.tldr, *paper.authors, *paper.keywords, *paper.links.values())
+
+
 def test_the_corpus_covers_at_least_fifteen_inputs() -> None:
     covered = set(REFUSED) | {"script_in_abstract.xml", "javascript_link.xml", "item_without_title.xml",
-                              "wrong_encoding.xml", "control_characters.xml", "huge_title.xml", "external_dtd.xml"}
+                              "wrong_encoding.xml", "control_characters.xml", "huge_title.xml", "external_dtd.xml",
+                              "terminal_escapes.xml", "hf_terminal_escapes.json"}
     assert covered == {p.name for p in HOSTILE.iterdir()}
     assert len(covered) >= 15

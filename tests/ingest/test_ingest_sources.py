@@ -39,39 +39,53 @@ def db(ready):
     engine.dispose()
 
 
+@pytest.fixture
+def arxiv_here(env, httpserver: HTTPServer) -> HTTPServer:
+    """The test server's host speaks for arXiv: it is the configured arXiv API's (NEWSLETTER_ARXIV_API_URL)."""
+    env(arxiv_api_url=httpserver.url_for("/api/query"))
+    return httpserver
+
+
 def ingest(cli, *sources: str) -> list[dict]:
     result = cli("ingest", *sources, "--json")
     assert result.code == 0, result.err
     return json.loads(result.out)
 
 
-def test_arxiv_api_queries_are_paged_three_seconds_apart(cli, db, httpserver: HTTPServer) -> None:
-    stamps: list[float] = []
+def test_arxiv_api_queries_are_paged_three_seconds_apart(cli, db, arxiv_here: HTTPServer) -> None:
+    arrived: list[float] = []
+    finished: list[float] = []
 
     def api(request: Request) -> Response:
-        stamps.append(time.monotonic())
+        arrived.append(time.monotonic())
         start, size = int(request.args["start"]), int(request.args["max_results"])
-        return Response(atom_page(start, size), content_type="application/atom+xml")
+        page = atom_page(start, size).encode()
+
+        def body():
+            yield page[:-100]
+            finished.append(time.monotonic())  # the last bytes leave after this: the client has them later still
+            yield page[-100:]
+
+        return Response(body(), content_type="application/atom+xml")
 
     # The kind is detected from the path, as for export.arxiv.org/api/query.
-    httpserver.expect_request("/export.arxiv.org/api/query").respond_with_handler(api)
-    url = httpserver.url_for("/export.arxiv.org/api/query") + "?search_query=cat%3Acs.LG&max_results=12"
+    arxiv_here.expect_request("/export.arxiv.org/api/query").respond_with_handler(api)
+    url = arxiv_here.url_for("/export.arxiv.org/api/query") + "?search_query=cat%3Acs.LG&max_results=12"
     [report] = ingest(cli, url)
     assert report["fetched"] == 20 and report["new"] == 20
-    starts = [int(r.args["start"]) for r, _ in httpserver.log]
+    starts = [int(r.args["start"]) for r, _ in arxiv_here.log]
     assert starts == [0, 12]
-    assert stamps[1] - stamps[0] >= 3.0, "the arXiv API allows one request every three seconds"
+    # As the server sees it, from the end of one answer to the next request: never a hair under 3 s.
+    assert arrived[1] - finished[0] >= 3.0, "the arXiv API allows one request every three seconds"
     with db() as session:
-        assert len(session.scalars(select(Paper)).all()) == 20
+        assert len(session.scalars(select(Paper).where(Paper.arxiv_id.is_not(None))).all()) == 20
 
 
 def test_trending_papers_bring_upvotes_summaries_links_and_merge_with_arxiv(cli, db, httpserver: HTTPServer) -> None:
-    httpserver.expect_request("/rss").respond_with_data((FIXTURES / "arxiv_cs_lg.rss").read_bytes(),
-                                                        content_type="application/rss+xml")
     trending = json.loads((FIXTURES / "hf_daily.json").read_text())
     httpserver.expect_request("/api/daily_papers").respond_with_handler(lambda request: Response(
         json.dumps(trending), content_type="application/json"))  # serves the list as it is at request time
-    ingest(cli, httpserver.url_for("/rss"))
+    ingest(cli, str(FIXTURES / "arxiv_cs_lg.rss"))  # arXiv's listing, from a file of the admin's
     [report] = ingest(cli, httpserver.url_for("/api/daily_papers"))
     assert (report["fetched"], report["new"], report["updated"]) == (15, 5, 10)  # 10 already listed by arXiv
     assert httpserver.log[-1][0].args["date"] == dt.datetime.now(dt.UTC).date().isoformat()
@@ -91,14 +105,69 @@ def test_trending_papers_bring_upvotes_summaries_links_and_merge_with_arxiv(cli,
         assert [votes for _, votes in repo.upvote_history(session, key="2611.10000")] == [120, 150]
 
 
+def test_a_local_trending_file_is_read_as_the_file(cli, db, env) -> None:
+    """The demo's case: the hf-daily source is a file, so no ?date= is appended to its path."""
+    env(hf_daily_url=str(FIXTURES / "hf_daily.json"))
+    [report] = ingest(cli, "hf-daily")
+    assert (report["source"], report["fetched"], report["new"]) == (str(FIXTURES / "hf_daily.json"), 15, 15)
+    with db() as session:
+        paper = session.scalar(select(Paper).where(Paper.key == "2611.10000"))
+        assert (paper.upvotes, paper.arxiv_id) == (120, "2611.10000")
+        assert paper.tldr and paper.keywords
+        assert paper.links["code"] == "https://github.com/example-lab/paper-0"
+        assert paper.links["project"] == "https://example-lab.github.io/paper-0/"
+    dated = cli("ingest", "hf-daily:2026-11-27")
+    assert dated.code == 1 and "is the file" in dated.err and "use plain hf-daily" in dated.err
+
+
+def test_a_feed_from_another_host_cannot_rewrite_an_arxiv_paper(cli, db, env, httpserver: HTTPServer) -> None:
+    """The attack: a feed not on arXiv's hosts claims arXiv papers, by a lookalike URL and by arXiv's own id shapes."""
+    ingest(cli, str(FIXTURES / "arxiv_cs_lg.rss"))
+    fields = (Paper.title, Paper.abstract, Paper.authors, Paper.version, Paper.categories, Paper.links, Paper.announce_type)
+
+    def arxiv_papers() -> dict:
+        with db() as session:
+            return {row.key: tuple(row[1:]) for row in session.execute(select(Paper.key, *fields).where(Paper.arxiv_id.is_not(None)))}
+
+    before = arxiv_papers()
+    httpserver.expect_request("/feed.rss").respond_with_data((FIXTURES / "evil_claims.rss").read_bytes(),
+                                                            content_type="application/rss+xml")
+    [report] = ingest(cli, httpserver.url_for("/feed.rss"))
+    assert (report["new"], report["updated"], report["unchanged"]) == (2, 0, 1)
+    assert arxiv_papers() == before, "no title, abstract, author, version or category of an arXiv paper changed"
+    with db() as session:
+        lookalike = session.scalar(select(Paper).where(Paper.key == "https://evil.example/arxiv.org/abs/2611.10009v9"))
+        assert (lookalike.arxiv_id, lookalike.title) == (None, "Pwned: a replacement title")  # its own paper
+        unlisted = session.scalar(select(Paper).where(Paper.key == "https://arxiv.org/abs/2611.99999"))
+        assert unlisted.arxiv_id is None, "an arXiv id only arXiv's sources may claim"
+        assert session.scalar(select(Paper).where(Paper.key == "2611.99999")) is None
+
+    # The same bytes from a host that speaks for arXiv are arXiv's word: the decision is where, not what.
+    env(arxiv_api_url=httpserver.url_for("/api/query"))
+    [trusted] = ingest(cli, httpserver.url_for("/feed.rss"))
+    assert (trusted["new"], trusted["updated"]) == (1, 1)
+    with db() as session:
+        revised = session.scalar(select(Paper).where(Paper.key == "2611.10003"))
+        assert (revised.title, revised.version) == ("Pwned again", 9)
+        assert session.scalar(select(Paper.arxiv_id).where(Paper.key == "2611.99999")) == "2611.99999"
+
+
 def test_json_from_an_unnamed_url_is_read_as_trending_papers(cli, db, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/trending.json").respond_with_data((FIXTURES / "hf_daily.json").read_bytes(),
                                                                   content_type="application/json")
+    ingest(cli, str(FIXTURES / "arxiv_cs_lg.rss"))
     [report] = ingest(cli, httpserver.url_for("/trending.json"))
-    assert report["new"] == 15
+    # Not the trending API, so only trusted to attach: upvotes go to the 10 papers arXiv listed, and the
+    # 5 others are this source's own papers, keyed by their abs link rather than by the arXiv id they claim.
+    assert (report["fetched"], report["new"], report["updated"]) == (15, 5, 10)
+    with db() as session:
+        assert session.scalar(select(Paper.upvotes).where(Paper.key == "2611.10000")) == 120
+        own = session.scalars(select(Paper).where(Paper.key.like("https://arxiv.org/abs/%"))).all()
+        assert len(own) == 5 and {p.arxiv_id for p in own} == {None} and all(p.upvotes for p in own)
 
 
-def test_a_replaced_version_updates_the_paper_without_announcing_it_again(cli, db, httpserver: HTTPServer) -> None:
+def test_a_replaced_version_updates_the_paper_without_announcing_it_again(cli, db, arxiv_here: HTTPServer) -> None:
+    httpserver = arxiv_here
     original = (FIXTURES / "arxiv_cs_lg.rss").read_text()
     start = original.index("<link>https://arxiv.org/abs/2611.10003</link>")
     end = original.index("</item>", start)
@@ -185,3 +254,20 @@ def test_feedparser_is_only_ever_given_bytes(cli, ready, httpserver: HTTPServer,
     httpserver.expect_request("/rss").respond_with_data((FIXTURES / "arxiv_cs_lg.rss").read_bytes())
     ingest(cli, httpserver.url_for("/rss"), str(FIXTURES / "arxiv_api.atom"))
     assert given == [bytes, bytes]
+
+
+def test_a_file_source_is_stored_by_its_absolute_path_and_added_once(cli, db, tmp_path, monkeypatch) -> None:
+    feeds, elsewhere = tmp_path / "feeds", tmp_path / "elsewhere"
+    feeds.mkdir()
+    elsewhere.mkdir()
+    (feeds / "cs.rss").write_bytes((FIXTURES / "arxiv_cs_lg.rss").read_bytes())
+    assert cli("sources", "add", "feeds/cs.rss").code == 0  # relative to the working directory, tmp_path
+    [source] = json.loads(cli("sources", "list", "--json").out)
+    assert source["url"] == str((feeds / "cs.rss").resolve())
+    again = cli("sources", "add", "./elsewhere/../feeds//cs.rss")
+    assert again.code == 1 and f"source {source['url']} is already configured" in again.err
+    monkeypatch.chdir(elsewhere)
+    [report] = ingest(cli)
+    assert (report["source"], report["new"], report["error"]) == (source["url"], 60, None)
+    assert cli("sources", "remove", "../feeds/cs.rss").code == 0
+    assert json.loads(cli("sources", "list", "--json").out) == []

@@ -46,7 +46,7 @@ def digest_html(tmp_path_factory) -> Path:
     digest = Digest(email="ada@example.org", issue_date=dt.date(2026, 11, 23), papers=tuple(picks),
                     unsubscribe_url="https://digest.example.org/unsubscribe/t", preferences_url="https://digest.example.org/preferences/t",
                     view_url="https://digest.example.org/digest/2026-11-23/t", message_id="<m@example.org>",
-                    feedback_url="https://digest.example.org/feedback/t")
+                    feedback_urls=tuple(f"https://digest.example.org/feedback/t{p.paper.id}/{p.paper.id}" for p in picks))
     top = sorted(trending, key=lambda p: -(p.upvotes or 0))[:5]
     email = render_digest(digest, env=make_environment(), list_name="Paper digest", trending=top)
     path = tmp_path_factory.mktemp("digest") / "digest.html"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 from email import message_from_bytes
 from email.policy import default
 
@@ -29,14 +30,15 @@ def paper(n: int = 1, **fields) -> Paper:
     return Paper(**(values | fields))
 
 
-def digest(*papers: Paper, reasons=("topic: “diffusion models”", "in cs.LG")) -> Digest:
+def digest(*papers: Paper, reasons=("topic: “diffusion models”", "in cs.LG"), feedback: bool = True) -> Digest:
+    papers = papers or (paper(),)
     return Digest(email="ada@example.org", issue_date=DATE,
-                  papers=tuple(RankedPaper(p, 7.5 - i, reasons) for i, p in enumerate(papers or (paper(),))),
+                  papers=tuple(RankedPaper(p, 7.5 - i, reasons) for i, p in enumerate(papers)),
                   unsubscribe_url="https://digest.example.org/unsubscribe/tok",
                   preferences_url="https://digest.example.org/preferences/tok",
                   view_url="https://digest.example.org/digest/2026-11-23/tok",
                   message_id="<digest.20261123.1.abc@example.org>",
-                  feedback_url="https://digest.example.org/feedback/fb")
+                  feedback_urls=tuple(f"https://digest.example.org/feedback/fb{p.id}/{p.id}" for p in papers) if feedback else ())
 
 
 def message_bytes(email, **kw) -> bytes:
@@ -56,8 +58,8 @@ def test_every_part_of_a_paper_and_of_the_page_is_in_both_versions() -> None:
                          "https://github.com/lab/code", "https://lab.example.org/p", "42 upvotes", "diffusion models",
                          "Everyone Reads This", "99", "Monday, 23 November 2026", "2 papers picked for you",
                          "https://digest.example.org/unsubscribe/tok", "https://digest.example.org/preferences/tok",
-                         "https://digest.example.org/digest/2026-11-23/tok", "https://digest.example.org/feedback/fb/2/up",
-                         "https://digest.example.org/feedback/fb/2/down", "More like this", "Less like this"):
+                         "https://digest.example.org/digest/2026-11-23/tok", "https://digest.example.org/feedback/fb2/2/up",
+                         "https://digest.example.org/feedback/fb2/2/down", "More like this", "Less like this"):
             assert expected in body.replace("&amp;", "&"), expected
     assert "Then we prove it works" not in email.html, "the TL;DR is the first sentence only"
     assert email.subject == "Paper digest · 23 Nov: Fast Sampling for Diffusion Models 1 (+1 more)"
@@ -81,6 +83,66 @@ def test_titles_and_reasons_are_escaped_and_cannot_forge_a_slot() -> None:
     assert "&lt;b&gt;" in email.html
     fresh = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
     assert fresh.slots.token != renderer.slots.token
+
+
+def cards(body: str, marker: str) -> list[str]:
+    """The body cut into one piece per paper (each starts at its title)."""
+    return body.split(marker)[1:]
+
+
+def test_each_paper_has_feedback_links_with_its_own_token() -> None:
+    renderer = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
+    first = renderer.render(digest(paper(1), paper(2)))
+    links = ("https://d.example.org/feedback/B/2", "https://d.example.org/feedback/A/1")
+    second = renderer.render(replace(digest(paper(2), paper(1)), feedback_urls=links))
+    for email, expected in ((first, ("https://digest.example.org/feedback/fb1/1", "https://digest.example.org/feedback/fb2/2")),
+                            (second, links)):
+        html_cards, text_cards = cards(email.html, 'class="paper-title"'), cards(email.text, "\n* ")
+        for html_card, text_card, link in zip(html_cards, text_cards, expected, strict=True):
+            assert re.findall(r'href="([^"]+)"[^>]*>(?:More|Less) like this', html_card) == [f"{link}/up", f"{link}/down"]
+            assert re.findall(r"(?:More|Less) like this: (\S+)", text_card) == [f"{link}/up", f"{link}/down"]
+    assert len(renderer._cards) == 2, "the cards are still shared; only the links differ"
+
+
+def test_a_digest_without_feedback_links_shows_none() -> None:
+    email = render_digest(digest(paper(1), paper(2), feedback=False), env=ENV, list_name="Paper digest")
+    assert "like this" not in email.html and "like this" not in email.text
+    assert 'href=""' not in email.html
+    with pytest.raises(ValueError):  # a link per paper, or none at all
+        render_digest(replace(digest(paper(1), paper(2)), feedback_urls=("https://d.example.org/feedback/A/1",)),
+                      env=ENV, list_name="Paper digest")
+
+
+def test_a_paper_without_links_renders_no_none_and_only_web_links() -> None:
+    bare = paper(1, abs_url=None, pdf_url=None, code_url=None, project_url=None, upvotes=None, authors=(), categories=())
+    odd = paper(2, abs_url="javascript:alert(1)", pdf_url="", code_url="None", project_url="data:text/html,x")
+    trending = [paper(3, title="Trending Without Links", abs_url=None, upvotes=None)]
+    email = render_digest(digest(bare, odd), env=ENV, list_name="Paper digest", trending=trending)
+    for body in (email.html, email.text):
+        assert "None" not in body
+        assert "javascript:" not in body and "data:text" not in body
+        assert "Fast Sampling for Diffusion Models 1" in body and "Trending Without Links" in body
+    assert 'href=""' not in email.html
+    hrefs = re.findall(r'href="([^"]*)"', email.html)
+    assert hrefs and all(h.startswith("https://") for h in hrefs), hrefs
+    assert "PDF" not in email.text and "\n  \n" not in email.text, "no empty link or author lines"
+
+
+def test_text_from_outside_is_escaped_and_inert() -> None:
+    hostile = '<script>alert("x")</script> [/] [bold red]Diffusion\x1b[2J\x07 \u202eevil'
+    trending = [paper(3, title=hostile + " trending", upvotes=5)]
+    email = render_digest(digest(paper(1, title=hostile, authors=("Ada\x1b[31m Lovelace",), tldr="Fast\x00er.",
+                                       categories=("cs.LG\r\nBcc: x",)), reasons=("topic: \x1b]8;;x\x07“diffusion”",)),
+                          env=ENV, list_name="Paper digest", trending=trending)
+    assert "<script" not in email.html.lower()
+    assert email.html.count("&lt;script&gt;alert(") == 3, "title, preheader and trending, each escaped"
+    assert "&lt;/script&gt; [/] [bold red]Diffusion[2J" in email.html
+    assert '<script>alert("x")</script> [/] [bold red]Diffusion[2J' in email.text, "plain text shows the title as it is"
+    for body in (email.html, email.text):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", body), "no terminal escapes, NUL, CR or bidi override"
+        assert "Ada[31m Lovelace" in body and "Faster." in body and "diffusion" in body
+    preheader = re.search(r'class="preheader"[^>]*>([^<]*)<', email.html).group(1)
+    assert preheader.startswith("&lt;script&gt;")
 
 
 def test_cards_are_rendered_once_per_day_whoever_gets_them() -> None:

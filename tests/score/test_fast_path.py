@@ -80,7 +80,8 @@ def reference_picks(papers, profiles, *, min_score: float) -> list[list[tuple[st
             excluded = any(holds(i, t.phrase_terms(x)) for x in prefs.exclude)
             allowed = not prefs.categories or bool({c.lower() for c in paper.categories} & {c.lower() for c in prefs.categories})
             followed = any(k in followed_keys for name in paper.authors for k in t.name_keys(name))
-            if excluded or paper.key in profile.already_sent:
+            seeds = {e.paper.key for e in profile.examples if e.kind == "seed"}
+            if excluded or paper.key in profile.already_sent or paper.key in seeds:
                 continue
             if (allowed and score >= min_score) or followed:
                 ranked = score + boost[i] + (lexical.FOLLOWED_AUTHOR_BOOST if followed else 0)

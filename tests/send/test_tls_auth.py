@@ -67,7 +67,7 @@ def setup(cli, env, configured, certificate) -> None:
     assert cli("init").code == 0
     cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models")
     cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
-    env(email_backend="smtp", smtp_host="localhost", smtp_ca_file=certificate[0], smtp_timeout_s=5)
+    env(email_backend="smtp", smtp_host="localhost", smtp_ca_file=certificate[0], smtp_timeout_s=30)
 
 
 def test_starttls_then_auth_delivers(cli, env, setup, starttls_server) -> None:
@@ -102,5 +102,34 @@ def test_implicit_tls_delivers(cli, env, setup, certificate) -> None:
         result = cli("digest")
         assert result.code == 0, result.err
         assert [r for r, _, _ in sink.received] == ["ada@example.org"]
+    finally:
+        controller.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_auth_without_tls_is_refused_unless_plaintext_auth_is_allowed(cli, env, setup) -> None:
+    tried: list[bytes] = []
+
+    def recording_authenticator(server, session, envelope, mechanism, auth_data):
+        tried.append(auth_data.password)
+        return authenticator(server, session, envelope, mechanism, auth_data)
+
+    sink, port = FaultySink(), free_port()
+    controller = Controller(sink, hostname="localhost", port=port, authenticator=recording_authenticator,
+                            auth_required=True, auth_require_tls=False)  # a relay that takes AUTH in clear
+    controller.start()
+    try:
+        env(smtp_port=port, smtp_security="none", smtp_username="digest", smtp_password="s3cret")
+        refused = cli("digest")
+        assert refused.code == 1
+        [line] = refused.err.strip().splitlines()
+        assert "NEWSLETTER_SMTP_SECURITY=none would send the password in clear" in line
+        assert "NEWSLETTER_SMTP_ALLOW_PLAINTEXT_AUTH=true" in line
+        assert tried == [] and sink.sessions == 0, "the relay never saw a connection, let alone the password"
+
+        env(smtp_allow_plaintext_auth="true")  # a relay on a trusted network, said so explicitly
+        allowed = cli("digest")
+        assert allowed.code == 0, allowed.err
+        assert tried and set(tried) == {b"s3cret"} and [r for r, _, _ in sink.received] == ["ada@example.org"]
     finally:
         controller.stop()
