@@ -389,52 +389,67 @@ def subscribers_import(
 # --- digest --------------------------------------------------------------------------------------
 
 
-def _parse_date(value: str | None) -> dt.date:
+def _parse_date(value: str | None) -> dt.date | None:
     if value is None:
-        return dt.datetime.now(dt.UTC).date()
+        return None
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
         raise NewsletterError(f"--date {value!r} is not a date: use YYYY-MM-DD") from None
 
 
+def _parse_instant(value: str | None) -> dt.datetime:
+    """``--at``: an ISO 8601 instant (2026-12-01T06:00:00Z, or with an offset); a bare date-time is UTC."""
+    if value is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(value.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise NewsletterError(f"--at {value!r} is not an instant: use e.g. 2026-12-01T06:00:00Z") from None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+AtOption = Annotated[str | None, typer.Option(
+    "--at", help="Run as if now were this instant, e.g. 2026-12-01T06:00:00Z (tests, backfills, checking a schedule).")]
+
+
 @app.command()
 def digest(
     typer_ctx: typer.Context,
-    date: Annotated[str | None, typer.Option(help="Issue date, YYYY-MM-DD (default: today, UTC).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Score only: record and send nothing.")] = False,
-    only: Annotated[str | None, typer.Option(help="Only this subscriber's digest (prints its picks).")] = None,
+    at: AtOption = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="Score every active subscriber's next digest now, whatever their hour; record and send nothing.")] = False,
+    only: Annotated[str | None, typer.Option(
+        help="Send this subscriber's digest now, whatever their hour (still one per local date); prints its picks.")] = None,
     verbose: VerboseOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Score, render and send the day's digests; each subscriber gets at most one per day.
+    """Plan and send every digest due now: each subscriber's at their own local hour, at most one per local date.
 
-    Prints a summary (subscribers, candidates, deliveries by outcome, time, rate, errors); the picks
-    of each subscriber with --verbose or --only, all of it as data with --json.
+    Safe to run as often as you like and beside other runs or the daemon (a crontab line every few
+    minutes works). Prints a summary (subscribers, candidates, deliveries by outcome, time, rate,
+    errors); the picks of each subscriber with --verbose or --only, all of it as data with --json.
     """
     from newsletter.pipeline import run_digest
-    from newsletter.render.digest import make_environment
-    from newsletter.send.mailer import RecordingMailer, mailer_factory
+    from newsletter.runtime import Runtime
+    from newsletter.send.mailer import RecordingMailer
 
     ctx = _ctx(typer_ctx)
-    issue_date = _parse_date(date)
-    connect = RecordingMailer if dry_run else mailer_factory(ctx.settings)
+    now = _parse_instant(at)
+    runtime = Runtime.build(ctx.settings, engine=ctx.engine, connect=RecordingMailer if dry_run else None)
     started = time.perf_counter()
     with _progress(as_json) as bar:
         task = bar.add_task("sending", total=None)
-        run = asyncio.run(run_digest(
-            settings=ctx.settings, sessions=ctx.sessions, connect=connect, templates=make_environment(),
-            issue_date=issue_date, only=only, dry_run=dry_run,
-            progress=lambda done, _total: bar.update(task, completed=done),
-        ))
+        run = asyncio.run(run_digest(runtime, now=now, only=only, dry_run=dry_run,
+                                     progress=lambda done: bar.update(task, completed=done)))
     seconds = time.perf_counter() - started
     if as_json:
-        data: Any = [{"email": p.email, "papers": picks_as_data(p.papers)} for p in run.picks]
-        _print_json(data if dry_run else {"issue_date": issue_date, "picks": data, "outcomes": dict(run.outcomes),
+        data: Any = [{"email": p.email, "issue_date": p.issue_date, "papers": picks_as_data(p.papers)} for p in run.picks]
+        _print_json(data if dry_run else {"at": now, "picks": data, "outcomes": dict(run.outcomes), "missed": run.missed,
                                           "candidates": run.candidates, "seconds": round(seconds, 3)})
     else:
         if verbose or only:
-            print_picks(run.picks, title=f"digest {issue_date}")
+            print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
         print_digest_summary(run, seconds=seconds, dry_run=dry_run)
     for message in run.errors:
         err.print(f"error: {safe(message)}")
@@ -458,8 +473,9 @@ def picks_as_data(papers: list) -> list[dict[str, Any]]:
 
 def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  # run: pipeline.DigestRun
     served = sum(1 for p in run.picks if p.papers)
-    out.print(f"digest {run.issue_date}: {plural(len(run.picks), 'subscriber')} scored against "
-              f"{plural(run.candidates, 'candidate paper')}; {served:,} with papers, {len(run.picks) - served:,} quiet")
+    missed = f"; {plural(run.missed, 'issue')} missed (not planned before its local day ended)" if run.missed else ""
+    out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {plural(len(run.picks), 'subscriber')} due, scored against "
+              f"{plural(run.candidates, 'candidate paper')}; {served:,} with papers, {len(run.picks) - served:,} quiet{missed}")
     if dry_run:
         out.print(f"dry run: nothing recorded or sent ({seconds:.1f} s)")
         return
@@ -475,22 +491,23 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
 def preview(
     typer_ctx: typer.Context,
     email: str,
-    date: Annotated[str | None, typer.Option(help="Issue date, YYYY-MM-DD (default: today, UTC).")] = None,
+    date: Annotated[str | None, typer.Option(
+        help="The issue (their local date, YYYY-MM-DD) as recorded; default: their next digest, scored now.")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the HTML here (default: preview-EMAIL-DATE.html).")] = None,
+    at: AtOption = None,
 ) -> None:
     """Write the digest a subscriber would get, as HTML, without sending or recording anything."""
     from newsletter.preview import preview_digest
-    from newsletter.render.digest import make_environment
+    from newsletter.runtime import Runtime
 
     ctx = _ctx(typer_ctx)
-    issue_date = _parse_date(date)
-    path = out_file or Path(f"preview-{email.strip().lower().replace('@', '_at_')}-{issue_date}.html")
+    issue_date, now = _parse_date(date), _parse_instant(at)
+    path = out_file or Path(f"preview-{email.strip().lower().replace('@', '_at_')}-{issue_date or 'next'}.html")
     if path.is_dir():
         raise NewsletterError(f"--out {path} is a folder: give a file name, e.g. {path / 'preview.html'}")
     if not path.parent.is_dir():
         raise NewsletterError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
-    email_out = preview_digest(settings=ctx.settings, sessions=ctx.sessions, templates=make_environment(),
-                               email=email, issue_date=issue_date)
+    email_out = preview_digest(Runtime.build(ctx.settings, engine=ctx.engine), email=email, issue_date=issue_date, now=now)
     try:
         path.write_text(email_out.html, encoding="utf-8")
     except OSError as exc:
@@ -536,7 +553,7 @@ def demo(
     from newsletter.demo import run_demo
 
     result = run_demo(folder)
-    print_picks(result.run.picks, title=f"demo digest {result.run.issue_date}: {plural(result.papers, 'paper')} ingested")
+    print_picks(result.run.picks, title=f"demo digests: {plural(result.papers, 'paper')} ingested")
     out.print(f"{plural(len(result.emails), 'email')} written to {result.outbox}")
     out.print(Text.assemble("open this digest in a browser: ", (str(result.html_path), "bold")))
 

@@ -29,7 +29,7 @@ from newsletter.ingest.sources import SourceSpec
 from newsletter.paths import PACKAGE_DIR
 from newsletter.pipeline import DigestRun, run_digest
 from newsletter.records import NewSubscriber, Preferences
-from newsletter.render.digest import make_environment
+from newsletter.runtime import Runtime
 from newsletter.send.mailer import FileMailer
 from newsletter.settings import Settings
 
@@ -130,8 +130,16 @@ def run_demo(folder: Path) -> DemoResult:
             repo.add_subscriber(session, new=subscriber)
         session.commit()
     mailer = FileMailer(settings.outbox_dir)
-    run = asyncio.run(run_digest(settings=settings, sessions=sessions, connect=lambda: mailer, templates=make_environment(),
-                                 issue_date=dt.datetime.now(dt.UTC).date()))
+    runtime = Runtime.build(settings, engine=engine, connect=lambda: mailer)
+    # Each sample subscriber's digest now, whatever their hour (as `digest --only` does): the daemon
+    # would send them at 07:00 London, 08:00 New York and 06:00 Tokyo.
+    now = dt.datetime.now(dt.UTC)
+    run = DigestRun(now)
+    for subscriber in SAMPLE_SUBSCRIBERS:
+        one = asyncio.run(run_digest(runtime, now=now, only=subscriber.email))
+        run.picks += one.picks
+        run.outcomes.update(one.outcomes)
+        run.candidates = max(run.candidates, one.candidates)
     engine.dispose()
     html_path = folder / "digest.html"
     html_path.write_text(html_part(mailer.written[0]), encoding="utf-8")

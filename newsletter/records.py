@@ -164,9 +164,11 @@ class NewSubscriber:
     preferences: Preferences = Preferences()
     timezone: str = "UTC"
     send_hour: int = 7
-    frequency: str = "daily"
+    frequency: str = "daily"  # daily | weekdays | weekly
     max_papers: int = 10
     status: str = "active"
+    send_minute: int = 0
+    send_weekday: int = 0  # for weekly: 0 = Monday
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=300.0, ge=0)  # first retry after a 4xx; doubles each time (±25%)
     retry_window_h: float = Field(default=24.0, gt=0)  # a delivery still failing after this long expires
     bounce_limit: int = Field(default=3, ge=1)  # permanent failures before an address is suppressed
+    # A sender's claim on a batch of deliveries; renewed while it sends, taken over by another once it lapses.
+    lease_s: float = Field(default=300.0, ge=5)
     dkim_private_key_path: Path | None = None  # PEM; signing is on when this is set
     dkim_selector: str = "digest"
     dkim_domain: str | None = None  # default: the From address's domain
@@ -73,7 +75,19 @@ class Settings(BaseSettings):
     trending_weight: float = Field(default=0.3, ge=0)  # score per log(1 + upvotes) among relevant papers
     recency_penalty_per_day: float = Field(default=0.2, ge=0)  # score lost per day since a paper was first seen
     feedback_link_days: int = Field(default=60, ge=1)  # "more / less like this" links expire after this
-    semantic: bool = False  # fuse the MiniLM sentence-embedding ranker in (pip install '.[semantic]')
+    semantic: bool = False
+
+    # The daemon (newsletter daemon)
+    tick_s: float = Field(default=60.0, gt=0)  # how often it plans and sends what is due; 60: to the minute
+    retry_drain_s: float = Field(default=300.0, gt=0)  # how often it sends retries whose time has come
+    # Ingest of the configured sources: cron fields (minute hour day month day_of_week) in INGEST_TIMEZONE.
+    # Default: shortly after arXiv's announcement, 20:00 New York time, Sunday to Thursday.
+    ingest_cron: str = "5 20 * * sun-thu"
+    ingest_timezone: str = "America/New_York"
+    trending_cron: str = "15 * * * *"  # the trending sources (hf-daily): every hour
+    cleanup_cron: str = "30 3 * * *"  # expire stale deliveries, forget old heartbeats (UTC)
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"  # fuse the MiniLM sentence-embedding ranker in (pip install '.[semantic]')
 
     @field_validator("smtp_ca_file", "dkim_private_key_path", "smtp_host", "from_address", "secret_key", mode="before")
     @classmethod

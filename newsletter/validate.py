@@ -9,7 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import InvalidInput
 
-FREQUENCIES = ("daily", "weekly")
+FREQUENCIES = ("daily", "weekdays", "weekly")
 ARXIV_CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?$")  # cs.LG, math.ST, hep-th, q-bio.NC
 
 

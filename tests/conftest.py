@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import uuid
@@ -15,10 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import func, select
 
 from newsletter.cli import main
 from newsletter.db import migrate
 from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Subscriber
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POSTGRES_ADMIN_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -126,12 +129,53 @@ class CliResult:
     err: str
 
 
+def send_hour_of_everyone(url: str | None = None) -> str | None:
+    """An instant at which every active subscriber's next digest is due: the latest next send moment, plus a minute.
+
+    Subscribers send at their own local hour, so a test that adds some and runs ``digest`` must say
+    when it runs; this is the moment a daemon would have sent all of them (and nothing twice).
+    """
+    url = url or os.environ.get("NEWSLETTER_DATABASE_URL")
+    if not url:
+        return None
+    try:
+        engine = make_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    except Exception:  # a URL the command itself will refuse
+        return None
+    try:
+        with engine.connect() as connection:
+            latest = connection.scalar(select(func.max(Subscriber.next_send_at)).where(Subscriber.status == "active"))
+    except Exception:  # an uninitialised or unreachable database: the command itself will say so
+        return None
+    finally:
+        engine.dispose()
+    return (latest + dt.timedelta(minutes=1)).isoformat() + "Z" if latest else None
+
+
+_FIXED_CLOCKS: dict[str, str | None] = {}
+
+
+def fixed_send_moment(url: str) -> str:
+    """``send_hour_of_everyone`` for a database, fixed at the first call: every later run is "again, at that moment"."""
+    if url not in _FIXED_CLOCKS:
+        _FIXED_CLOCKS[url] = send_hour_of_everyone(url)
+    return _FIXED_CLOCKS[url] or dt.datetime.now(dt.UTC).isoformat()
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
-    """Run ``newsletter ARGS`` in-process; returns the exit status and what it printed."""
+    """Run ``newsletter ARGS`` in-process; returns the exit status and what it printed.
+
+    ``digest`` and ``preview`` without ``--at`` (or --only, --dry-run, --date) run at the test's clock: the
+    moment every subscriber added so far is due (``fixed_send_moment``), fixed at the first such
+    call, so that running it again is "again, at the same moment".
+    """
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()
+        url = os.environ.get("NEWSLETTER_DATABASE_URL")
+        if args and args[0] in ("digest", "preview") and url and not {"--at", "--only", "--dry-run", "--date"} & set(args):
+            args = (*args, "--at", fixed_send_moment(url))
         code = main(list(args))
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)

@@ -67,7 +67,8 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
         (["subscribers", "show", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
         (["subscribers", "remove", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
         (["digest", "--only", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
-        (["digest", "--date", "28/11/2026"], "is not a date: use YYYY-MM-DD"),
+        (["digest", "--at", "28/11/2026"], "is not an instant: use e.g. 2026-12-01T06:00:00Z"),
+        (["preview", "kept@example.org", "--date", "28/11/2026"], "is not a date: use YYYY-MM-DD"),
         (["sources", "remove", "42"], "no source '42'"),
         (["ingest"], "no sources configured"),
         (["ingest", "/nowhere/feed.xml"], "/nowhere/feed.xml: no such file"),
@@ -284,7 +285,7 @@ def test_an_unreachable_postgres_is_one_line_without_the_password_or_a_link(cli,
 def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
     import datetime as dt
 
-    from newsletter.db import repo
+    from newsletter.db import ledger, repo
 
     engine = make_engine(ready)
     sessions = make_sessionmaker(engine)
@@ -295,11 +296,12 @@ def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
         ids = [s.id for s in repo.list_subscribers(session)]
     day = dt.date(2026, 11, 30)
     with sessions() as first, sessions() as second:  # both planned before either recorded, as two racing runs do
-        assert repo.record_deliveries(first, issue_date=day, message_domain="example.org",
-                                      planned=[repo.PlannedDelivery(i, [], "pending") for i in ids[:2]]) == 2
+        now = dt.datetime(2026, 11, 30, 7)
+        assert ledger.record_deliveries(first, message_domain="example.org", now=now,
+                                        planned=[ledger.PlannedDelivery(i, day, [], "pending") for i in ids[:2]]) == 2
         first.commit()
-        assert repo.record_deliveries(second, issue_date=day, message_domain="example.org",
-                                      planned=[repo.PlannedDelivery(i, [], "pending") for i in ids]) == 1
+        assert ledger.record_deliveries(second, message_domain="example.org", now=now,
+                                        planned=[ledger.PlannedDelivery(i, day, [], "pending") for i in ids]) == 1
         second.commit()
     assert counts(ready)["deliveries"] == 3
     engine.dispose()

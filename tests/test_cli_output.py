@@ -49,7 +49,7 @@ def test_the_daily_command_prints_a_summary_and_the_detail_on_request(cli, ready
         assert cli("subscribers", "add", f"{name}@example.org", "--topic", topic).code == 0
     result = cli("digest")
     assert result.code == 0, result.err
-    assert "3 subscribers scored against" in result.out
+    assert "3 subscribers due, scored against" in result.out
     assert "deliveries: sent 3" in result.out and "emails/s" in result.out
     assert "ada@example.org" not in result.out, "no per-subscriber table without --verbose"
     assert len(result.out.splitlines()) <= 3

@@ -9,10 +9,10 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-30
 """
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from alembic import op
+from newsletter.db.migrate import sqlite_foreign_keys_off
 
 revision: str = '0005'
 down_revision: str | None = '0004'
@@ -20,29 +20,10 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-@contextmanager
-def foreign_keys_off() -> Iterator[None]:
-    """Rebuilding drops the old table, and with foreign keys on SQLite's DROP TABLE first deletes
-    every row, cascading to preferences, deliveries and feedback. The pragma only takes effect
-    outside a transaction, hence the autocommit blocks around the (transactional) rebuild."""
-    with op.get_context().autocommit_block():
-        op.execute("PRAGMA foreign_keys=OFF")
-    try:
-        yield
-        if op.get_context().as_sql:  # offline (--sql): nothing to check
-            return
-        broken = op.get_bind().exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-        if broken:
-            raise RuntimeError(f"rebuilding subscribers left rows without their subscriber: {broken[:5]}")
-    finally:
-        with op.get_context().autocommit_block():
-            op.execute("PRAGMA foreign_keys=ON")
-
-
 def rebuild_subscribers(*, autoincrement: bool) -> None:
     if op.get_context().dialect.name != "sqlite":
         return
-    with foreign_keys_off(), op.batch_alter_table(
+    with sqlite_foreign_keys_off(), op.batch_alter_table(
             'subscribers', recreate='always', table_kwargs={'sqlite_autoincrement': autoincrement}):
         pass
 

@@ -1,22 +1,32 @@
-"""The delivery ledger's writes during sending: batched Core statements, one commit per batch.
+"""The delivery ledger: what was planned for whom, who is sending it, and what became of it.
 
 pending → sending (just before the message is handed to the relay) → sent | retry | failed |
-expired | unknown, or back to pending when a run stopped before the message could be handed over. A
-delivery left ``sending`` by a crash becomes ``unknown`` at the next start and is retried once, with
-the same Message-ID. All times are naive UTC.
+expired | unknown, or back to pending when a run stopped before the message could be handed over;
+``empty`` for a quiet day, ``missed`` for an issue nobody planned before its local day ended.
+
+Any number of processes share the ledger. A sender first *claims* a batch of due deliveries with a
+lease (``claim_due``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a ``BEGIN IMMEDIATE`` write
+transaction on SQLite), renews it while it sends, and releases what it did not send. A delivery left
+``sending`` becomes ``unknown`` only once its sender's lease has lapsed (``recover_interrupted``), and
+is then retried once with the same Message-ID. Nothing here is tied to one issue date: a retry from
+yesterday is retried or expired today (``expire_stale``, by query). All times are naive UTC.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+import secrets
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import TextClause, and_, bindparam, or_, select, text, update
+from sqlalchemy import TextClause, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from newsletter.db.models import Delivery, Subscriber
+from newsletter import records
+from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
 
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry after an unknown outcome
 
@@ -111,12 +121,33 @@ class Ledger:
         )
 
 
+def lease_free(*, now: dt.datetime):
+    """Rows nobody holds: never claimed, released, or whose holder let the lease lapse (it died)."""
+    return or_(Delivery.lease_until.is_(None), Delivery.lease_until < now)
+
+
 def recover_interrupted(session: Session, *, now: dt.datetime) -> int:
-    """Deliveries left ``sending`` by a crash: the relay may or may not have the message."""
+    """Deliveries left ``sending`` by a sender that died (its lease lapsed): the relay may or may not have them.
+
+    A ``sending`` row whose lease is alive belongs to a live sender and is left alone.
+    """
     result = session.execute(
-        update(Delivery).where(Delivery.status == "sending")
-        .values(status="unknown", updated_at=now,
+        update(Delivery).where(Delivery.status == DeliveryStatus.SENDING, lease_free(now=now))
+        .values(status=DeliveryStatus.UNKNOWN, updated_at=now, leased_by=None, lease_until=None,
                 last_error="the sending process stopped before the relay's answer was recorded")
+    )
+    return getattr(result, "rowcount", 0) or 0
+
+
+def expire_stale(session: Session, *, now: dt.datetime, window: dt.timedelta) -> int:
+    """Deliveries still not sent ``window`` after they were planned become ``expired`` (found by query,
+    not only when another attempt fails), so a relay that was down all day never sends yesterday's news late."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY, DeliveryStatus.UNKNOWN)),
+               Delivery.created_at < now - window, lease_free(now=now))
+        .values(status=DeliveryStatus.EXPIRED, updated_at=now, leased_by=None, lease_until=None,
+                last_error=func.coalesce(Delivery.last_error, "not sent within the retry window"))
     )
     return getattr(result, "rowcount", 0) or 0
 
@@ -124,10 +155,146 @@ def recover_interrupted(session: Session, *, now: dt.datetime) -> int:
 def due_filter(*, now: dt.datetime):
     """Deliveries to send now: pending, retries whose time has come, unknown outcomes not yet retried."""
     return or_(
-        Delivery.status == "pending",
-        and_(Delivery.status == "retry", or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
-        and_(Delivery.status == "unknown", Delivery.attempts < UNKNOWN_MAX_ATTEMPTS),
+        Delivery.status == DeliveryStatus.PENDING,
+        and_(Delivery.status == DeliveryStatus.RETRY, or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
+        and_(Delivery.status == DeliveryStatus.UNKNOWN, Delivery.attempts < UNKNOWN_MAX_ATTEMPTS),
     )
+
+
+def begin_write(session: Session) -> None:
+    """Start the session's transaction as a writer, so that what it reads next nobody else changes.
+
+    SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock now, not at the first write (another
+    writer waits for the busy timeout). Must be the transaction's first statement. PostgreSQL: nothing;
+    rows are locked by ``FOR UPDATE SKIP LOCKED`` where they are read.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
+def _skip_locked(session: Session, query, *, of):  # noqa: ANN001, ANN202 - a Select
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True, of=of)
+    return query
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    id: int
+    subscriber_id: int
+    email: str
+    message_id: str
+    issue_date: dt.date
+
+
+def claim_due(
+    session: Session, *, now: dt.datetime, holder: str, lease: dt.timedelta, limit: int, subscriber_id: int | None = None,
+) -> list[DueDelivery]:
+    """Claim up to ``limit`` due deliveries of active subscribers for ``holder``, and commit the claim.
+
+    Two senders never get the same row: on PostgreSQL the rows are locked as they are read and rows
+    another transaction holds are skipped; on SQLite the whole claim is one write transaction.
+    """
+    begin_write(session)
+    query = (
+        select(Delivery.id)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(due_filter(now=now), lease_free(now=now), Subscriber.status == SubscriberStatus.ACTIVE)
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    if subscriber_id is not None:
+        query = query.where(Delivery.subscriber_id == subscriber_id)
+    ids = list(session.scalars(_skip_locked(session, query, of=Delivery)))
+    if not ids:
+        session.commit()
+        return []
+    session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(leased_by=holder, lease_until=now + lease))
+    rows = session.execute(
+        select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Delivery.message_id, Delivery.issue_date)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id).where(Delivery.id.in_(ids)).order_by(Delivery.id)
+    ).all()
+    session.commit()
+    return [DueDelivery(*row) for row in rows]
+
+
+def renew_leases(session: Session, *, holder: str, until: dt.datetime) -> None:
+    """Keep what ``holder`` still has to send (the caller commits)."""
+    session.execute(update(Delivery).where(Delivery.leased_by == holder, Delivery.lease_until.is_not(None))
+                    .values(lease_until=until))
+
+
+def release_leases(session: Session, *, holder: str) -> None:
+    """Give back every delivery ``holder`` claimed: what it sent is recorded, the rest is free for the next sender."""
+    session.execute(update(Delivery).where(Delivery.leased_by == holder).values(leased_by=None, lease_until=None))
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    subscriber_id: int
+    issue_date: dt.date  # the subscriber's local date
+    picks: Sequence[records.RankedPaper]
+    status: str  # pending, empty (a quiet day) or missed
+    send_at: dt.datetime | None = None  # the send moment planned for (naive UTC)
+
+
+def record_deliveries(session: Session, *, planned: Sequence[PlannedDelivery], message_domain: str, now: dt.datetime) -> int:
+    """Record what each subscriber will get, in bulk; the Message-ID is fixed here so a resend reuses it.
+
+    A subscriber whose delivery of that date another run recorded meanwhile is skipped (ON CONFLICT DO
+    NOTHING on the one-per-subscriber-per-date key), so two runs racing never fail or double up.
+    Returns how many deliveries this call recorded.
+    """
+    recorded = 0
+    for start in range(0, len(planned), 5000):
+        batch = {(p.subscriber_id, p.issue_date): p for p in planned[start : start + 5000]}
+        statement = _insert_for(session, Delivery).on_conflict_do_nothing(index_elements=["subscriber_id", "issue_date"])
+        ids = session.execute(
+            statement.returning(Delivery.id, Delivery.subscriber_id, Delivery.issue_date),
+            [{"subscriber_id": p.subscriber_id, "issue_date": p.issue_date, "status": p.status, "attempts": 0,
+              "message_id": f"<digest.{p.issue_date:%Y%m%d}.{p.subscriber_id}.{secrets.token_hex(8)}@{message_domain}>",
+              "send_at": p.send_at, "created_at": now, "updated_at": now} for p in batch.values()],
+        ).all()
+        recorded += len(ids)
+        items = [{"delivery_id": delivery_id, "paper_id": pick.paper.id, "rank": rank, "score": round(pick.score, 4),
+                  "reasons": list(pick.reasons)}
+                 for delivery_id, subscriber_id, issue_date in ids
+                 for rank, pick in enumerate(batch[(subscriber_id, issue_date)].picks, start=1)]
+        if items:
+            session.execute(insert(DeliveryItem), items)
+    return recorded
+
+
+def _insert_for(session: Session, table: type) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL both)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int, list[tuple[int, float, list[str]]]]:
+    """Each delivery's (paper id, score, reasons) in rank order."""
+    found: dict[int, list[tuple[int, float, list[str]]]] = defaultdict(list)
+    query = (
+        select(DeliveryItem.delivery_id, DeliveryItem.paper_id, DeliveryItem.score, DeliveryItem.reasons)
+        .where(DeliveryItem.delivery_id.in_(delivery_ids))
+        .order_by(DeliveryItem.delivery_id, DeliveryItem.rank)
+    )
+    for delivery_id, paper_id, score, reasons in session.execute(query):
+        found[delivery_id].append((paper_id, score, reasons))
+    return found
+
+
+def last_planned_send(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, dt.datetime]:
+    """Each subscriber's latest send moment that was not missed: where a new digest's candidates start at the latest."""
+    rows = session.execute(
+        select(Delivery.subscriber_id, func.max(Delivery.send_at))
+        .where(Delivery.subscriber_id.in_(subscriber_ids), Delivery.status != DeliveryStatus.MISSED,
+               Delivery.send_at.is_not(None))
+        .group_by(Delivery.subscriber_id)
+    )
+    return {subscriber_id: when for subscriber_id, when in rows if when is not None}
 
 
 def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> list[dt.datetime]:
@@ -138,4 +305,6 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
     return sorted(row for row in rows if row is not None)
 
 
-__all__ = ["Ledger", "Outcome", "RetryPolicy", "due_filter", "recent_send_times", "recover_interrupted"]
+__all__ = ["DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "begin_write", "claim_due", "delivery_items",
+           "due_filter", "expire_stale", "last_planned_send", "recent_send_times", "record_deliveries", "recover_interrupted",
+           "release_leases", "renew_leases"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from alembic.config import Config
 from sqlalchemy import Engine
 
@@ -38,4 +41,31 @@ def head_revision(engine: Engine) -> str | None:
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
 
 
-__all__ = ["alembic_config", "upgrade", "downgrade", "current_revision", "head_revision"]
+@contextmanager
+def sqlite_foreign_keys_off() -> Iterator[None]:
+    """For a migration that rebuilds a table on SQLite (batch mode): foreign keys off around it.
+
+    Rebuilding drops the old table, and with foreign keys on SQLite's DROP TABLE first deletes every
+    row, cascading to preferences, deliveries and feedback. The pragma only takes effect outside a
+    transaction, hence the autocommit blocks around the (transactional) rebuild. Elsewhere: nothing.
+    """
+    from alembic import op
+
+    if op.get_context().dialect.name != "sqlite":
+        yield
+        return
+    with op.get_context().autocommit_block():
+        op.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        if op.get_context().as_sql:  # offline (--sql): nothing to check
+            return
+        broken = op.get_bind().exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"rebuilding a table left rows without their parent: {broken[:5]}")
+    finally:
+        with op.get_context().autocommit_block():
+            op.execute("PRAGMA foreign_keys=ON")
+
+
+__all__ = ["sqlite_foreign_keys_off", "alembic_config", "upgrade", "downgrade", "current_revision", "head_revision"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
@@ -34,6 +35,11 @@ class Source(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # SHA-256 of the last body stored: identical bytes from a server without ETag support are not re-parsed.
     content_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Health, for `newsletter status`: failures in a row (0 after a success), and the last run's new papers.
+    consecutive_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_success_at: Mapped[dt.datetime | None]
+    last_new: Mapped[int | None]
+    last_note: Mapped[str | None] = mapped_column(String(200))  # "no new papers (weekend or holiday listing)"
 
 
 class Paper(Base):
@@ -78,7 +84,10 @@ class Subscriber(Base):
     __tablename__ = "subscribers"
     # Ids are never handed out twice, also on SQLite: links in old emails name a subscriber by id,
     # and must die with them rather than act for whoever gets the id next.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        Index("ix_subscribers_status_next_send_at", "status", "next_send_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Stored lower-cased, so uniqueness is case-insensitive on every database.
@@ -86,7 +95,12 @@ class Subscriber(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     send_hour: Mapped[int] = mapped_column(default=7)
-    frequency: Mapped[str] = mapped_column(String(16), default="daily")  # daily | weekly (Mondays)
+    send_minute: Mapped[int] = mapped_column(default=0, server_default="0")
+    frequency: Mapped[str] = mapped_column(String(16), default="daily")  # daily | weekdays | weekly
+    send_weekday: Mapped[int] = mapped_column(default=0, server_default="0")  # for weekly: 0 = Monday
+    # The next send moment (naive UTC) per newsletter.schedule; the daemon's tick finds due subscribers
+    # by this index instead of loading everyone. Recomputed when the schedule changes and after each issue.
+    next_send_at: Mapped[dt.datetime | None]
     max_papers: Mapped[int] = mapped_column(default=10)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     confirmed_at: Mapped[dt.datetime | None]
@@ -98,7 +112,15 @@ class Subscriber(Base):
     )
 
 
-SUBSCRIBER_STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for their confirmation
+    ACTIVE = "active"
+    PAUSED = "paused"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"  # suppressed after permanent failures
+
+
+SUBSCRIBER_STATUSES = tuple(SubscriberStatus)
 
 
 class Preferences(Base):
@@ -131,17 +153,32 @@ class Feedback(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class Delivery(Base):
-    """The delivery ledger: one row per subscriber per issue date, whatever happens to it.
+class DeliveryStatus(enum.StrEnum):
+    """What happened to a delivery; the ledger's one vocabulary (see newsletter.db.ledger)."""
 
-    status: pending → sending → sent | retry | failed | expired | unknown; ``empty`` for a quiet day
-    on which nothing was worth sending.
+    PENDING = "pending"  # recorded, not yet handed to the relay
+    SENDING = "sending"  # being handed over now (by the holder of the lease)
+    SENT = "sent"
+    RETRY = "retry"  # a temporary failure; tried again from next_attempt_at
+    FAILED = "failed"  # a permanent failure; never retried
+    EXPIRED = "expired"  # still not sent when the retry window closed
+    UNKNOWN = "unknown"  # the relay may or may not have it; retried once with the same Message-ID
+    EMPTY = "empty"  # a quiet day: nothing above the subscriber's threshold, no email
+    MISSED = "missed"  # not planned before the end of the subscriber's local day (daemon down); papers roll over
+
+
+class Delivery(Base):
+    """The delivery ledger: one row per subscriber per issue date (their local date), whatever happens to it.
+
+    A sender claims due rows with a lease (``leased_by``, ``lease_until``) before sending them; a row
+    whose lease ran out is taken over by the next sender, one whose lease is alive is never touched.
     """
 
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("subscriber_id", "issue_date", name="uq_deliveries_subscriber_date"),
         Index("ix_deliveries_issue_date_status", "issue_date", "status"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -155,13 +192,16 @@ class Delivery(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(index=True)  # also feeds the rate limit after a restart
     next_attempt_at: Mapped[dt.datetime | None]  # for status retry: not before this
+    send_at: Mapped[dt.datetime | None]  # the send moment it was planned for: its candidates were first seen before it
+    leased_by: Mapped[str | None] = mapped_column(String(100))  # "host:pid:random" of the sender holding it
+    lease_until: Mapped[dt.datetime | None]  # the holder's claim lapses then, unless it renews it
 
     items: Mapped[list[DeliveryItem]] = relationship(
         cascade="all, delete-orphan", order_by="DeliveryItem.rank"
     )
 
 
-DELIVERY_STATUSES = ("pending", "sending", "sent", "retry", "failed", "expired", "unknown", "empty")
+DELIVERY_STATUSES = tuple(DeliveryStatus)
 
 
 class DeliveryItem(Base):
@@ -174,3 +214,16 @@ class DeliveryItem(Base):
     rank: Mapped[int]
     score: Mapped[float]
     reasons: Mapped[list[str]] = mapped_column(default=list)
+
+
+class DaemonHeartbeat(Base):
+    """One row per daemon process, written at every tick: ``newsletter status`` tells a silent one."""
+
+    __tablename__ = "daemon_heartbeats"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # host:pid
+    started_at: Mapped[dt.datetime]
+    beat_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]  # a clean shutdown; a crash leaves it empty and the beat old
+    # Per job: {"next_run_at", "last_run_at", "last_seconds", "last_result", "last_error"} (ISO strings, UTC).
+    jobs: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -12,8 +11,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from newsletter import records
-from newsletter.db.ledger import due_filter
+from newsletter import records, schedule
 from newsletter.db.models import (
     Delivery,
     DeliveryItem,
@@ -66,11 +64,28 @@ def _subscriber_row(new: records.NewSubscriber, now: dt.datetime) -> dict[str, A
         "status": new.status,
         "timezone": new.timezone,
         "send_hour": new.send_hour,
+        "send_minute": new.send_minute,
         "frequency": new.frequency,
+        "send_weekday": new.send_weekday,
+        "next_send_at": first_send_at(schedule_of(new), now=now),
         "max_papers": new.max_papers,
         "created_at": now,
         "confirmed_at": now if new.status == "active" else None,
     }
+
+
+def schedule_of(subscriber: records.NewSubscriber | Subscriber) -> schedule.Schedule:
+    return schedule.Schedule(subscriber.timezone, subscriber.send_hour, subscriber.send_minute,
+                             schedule.Frequency(subscriber.frequency), subscriber.send_weekday)
+
+
+def first_send_at(plan: schedule.Schedule, *, now: dt.datetime) -> dt.datetime:
+    """A new or changed schedule's first send moment (naive UTC): the next one after ``now`` (naive UTC).
+
+    Not today's if it already passed: a subscriber added at noon for 07:00 gets their first digest
+    tomorrow at 07:00, with the papers of the last days, rather than one at once outside their hour.
+    """
+    return schedule.next_send_at(plan, after=now.replace(tzinfo=dt.UTC)).replace(tzinfo=None)
 
 
 def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
@@ -132,7 +147,10 @@ def subscriber_view(row: Subscriber) -> dict[str, Any]:
         "status": row.status,
         "timezone": row.timezone,
         "send_hour": row.send_hour,
+        "send_minute": row.send_minute,
         "frequency": row.frequency,
+        "send_weekday": row.send_weekday,
+        "next_send_at": row.next_send_at.isoformat(timespec="minutes") + "Z" if row.next_send_at else None,
         "max_papers": row.max_papers,
         "created_at": row.created_at.isoformat(timespec="seconds"),
         "topics": [t.phrase if t.weight == 1 else f"{t.phrase}^{t.weight:g}" for t in prefs.topics],
@@ -346,88 +364,6 @@ def sent_paper_keys(session: Session, *, subscriber_ids: Sequence[int]) -> dict[
         )
         for subscriber_id, key in session.execute(query):
             found[subscriber_id].add(key)
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedDelivery:
-    subscriber_id: int
-    picks: Sequence[records.RankedPaper]
-    status: str  # pending, or empty on a quiet day
-
-
-def record_deliveries(
-    session: Session, *, issue_date: dt.date, planned: Sequence[PlannedDelivery], message_domain: str,
-) -> int:
-    """Record what each subscriber will get, in bulk; the Message-ID is fixed here so a resend reuses it.
-
-    A subscriber whose delivery of the date another run recorded meanwhile is skipped (ON CONFLICT DO
-    NOTHING on the one-per-subscriber-per-date key), so two runs racing never fail or double up.
-    Returns how many deliveries this call recorded.
-    """
-    now = utcnow()
-    recorded = 0
-    for start in range(0, len(planned), 5000):
-        batch = {p.subscriber_id: p for p in planned[start : start + 5000]}
-        statement = _insert_for(session, Delivery).on_conflict_do_nothing(index_elements=["subscriber_id", "issue_date"])
-        ids = session.execute(
-            statement.returning(Delivery.id, Delivery.subscriber_id),
-            [{"subscriber_id": p.subscriber_id, "issue_date": issue_date, "status": p.status, "attempts": 0,
-              "message_id": f"<digest.{issue_date:%Y%m%d}.{p.subscriber_id}.{secrets.token_hex(8)}@{message_domain}>",
-              "created_at": now, "updated_at": now} for p in batch.values()],
-        ).all()
-        recorded += len(ids)
-        items = [{"delivery_id": delivery_id, "paper_id": pick.paper.id, "rank": rank, "score": round(pick.score, 4),
-                  "reasons": list(pick.reasons)}
-                 for delivery_id, subscriber_id in ids for rank, pick in enumerate(batch[subscriber_id].picks, start=1)]
-        if items:
-            session.execute(insert(DeliveryItem), items)
-    return recorded
-
-
-def _insert_for(session: Session, table: Any) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL both)."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-@dataclass(frozen=True, slots=True)
-class DueDelivery:
-    id: int
-    subscriber_id: int
-    email: str
-    message_id: str
-    issue_date: dt.date
-
-
-def due_deliveries(
-    session: Session, *, issue_date: dt.date, now: dt.datetime, after_id: int, limit: int, email: str | None = None,
-) -> list[DueDelivery]:
-    """The next ``limit`` deliveries to send (by id, after ``after_id``), for subscribers still active."""
-    query = (
-        select(Delivery.id, Delivery.subscriber_id, Subscriber.email, Delivery.message_id, Delivery.issue_date)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.issue_date == issue_date, due_filter(now=now), Subscriber.status == "active", Delivery.id > after_id)
-        .order_by(Delivery.id)
-        .limit(limit)
-    )
-    if email:
-        query = query.where(Subscriber.email == email.strip().lower())
-    return [DueDelivery(*row) for row in session.execute(query)]
-
-
-def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int, list[tuple[int, float, list[str]]]]:
-    """Each delivery's (paper id, score, reasons) in rank order."""
-    found: dict[int, list[tuple[int, float, list[str]]]] = defaultdict(list)
-    query = (
-        select(DeliveryItem.delivery_id, DeliveryItem.paper_id, DeliveryItem.score, DeliveryItem.reasons)
-        .where(DeliveryItem.delivery_id.in_(delivery_ids))
-        .order_by(DeliveryItem.delivery_id, DeliveryItem.rank)
-    )
-    for delivery_id, paper_id, score, reasons in session.execute(query):
-        found[delivery_id].append((paper_id, score, reasons))
     return found
 
 

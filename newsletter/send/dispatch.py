@@ -30,7 +30,7 @@ NO_SUCH_USER = re.compile(r"\b5\.1\.1\b|no such user|user unknown|unknown user|d
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
+class OutboundMessage:
     delivery_id: int
     subscriber_id: int
     envelope: Envelope
@@ -120,7 +120,7 @@ class DispatchResult:
 
 
 async def dispatch(
-    jobs: AsyncIterator[Job],
+    jobs: AsyncIterator[OutboundMessage],
     *,
     mailers: Sequence[Mailer],
     committer: GroupCommitter,
@@ -141,7 +141,7 @@ async def dispatch(
     def halt(error: str) -> None:
         result.error = result.error or error
 
-    async def next_job() -> Job | None:
+    async def next_job() -> OutboundMessage | None:
         async with taking:
             return None if result.error else await anext(jobs, None)
 
@@ -198,7 +198,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def attempt(mailer: Mailer, job: Job) -> tuple[Outcome, str | None]:
+async def attempt(mailer: Mailer, job: OutboundMessage) -> tuple[Outcome, str | None]:
     """One delivery, classified, and why the run must stop (None: go on with the next message).
 
     A connection lost before the message was handed over gets one more try at once, on a fresh

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, fixed_send_moment
 
 
 @pytest.fixture
@@ -86,10 +86,10 @@ def test_no_paper_is_sent_twice_across_days(cli, ready) -> None:
     import datetime as dt
 
     cli("subscribers", "add", "lm@example.org", "--topic", "language models", "--max-papers", "4")
-    today = dt.datetime.now(dt.UTC).date()
-    tomorrow = today + dt.timedelta(days=1)
-    cli("digest", "--date", today.isoformat())
-    cli("digest", "--date", tomorrow.isoformat())
+    first_at = dt.datetime.fromisoformat(fixed_send_moment(ready).replace("Z", "+00:00"))
+    today, tomorrow = first_at.date(), first_at.date() + dt.timedelta(days=1)  # local dates: the subscriber is on UTC
+    cli("digest", "--at", first_at.isoformat())
+    cli("digest", "--at", (first_at + dt.timedelta(days=1)).isoformat())
     first = cli("preview", "lm@example.org", "--date", today.isoformat(), "--out", "a.html")
     second = cli("preview", "lm@example.org", "--date", tomorrow.isoformat(), "--out", "b.html")
     assert first.code == second.code == 0

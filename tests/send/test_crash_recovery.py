@@ -19,12 +19,13 @@ from sqlalchemy import select
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Subscriber
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, fixed_send_moment, free_port
 from tests.send.faults import FaultySink
 
 RECIPIENTS = 5000
 KILLS = 10
 POOL = 4
+LEASE_S = 5  # a killed sender's claim lapses after this (the setting's minimum)
 
 
 def test_sigkill_at_random_points_then_restart_delivers_each_message_once(cli, env, sqlite_url, tmp_path: Path) -> None:
@@ -35,7 +36,8 @@ def test_sigkill_at_random_points_then_restart_delivers_each_message_once(cli, e
     try:
         settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
                         from_address="digest@example.org", email_backend="smtp",
-                        smtp_host="127.0.0.1", smtp_port=port, smtp_security="none", smtp_pool_size=POOL, retry_base_s=0)
+                        smtp_host="127.0.0.1", smtp_port=port, smtp_security="none", smtp_pool_size=POOL, retry_base_s=0,
+                        lease_s=LEASE_S)
         env(**settings)
         rows = "".join(f"reader{i}@example.org,diffusion models;language models,,,,,,,,2\n" for i in range(RECIPIENTS))
         (tmp_path / "list.csv").write_text("email,topics,exclude,categories,authors,describe,timezone,hour,frequency,max_papers\n" + rows)
@@ -43,7 +45,7 @@ def test_sigkill_at_random_points_then_restart_delivers_each_message_once(cli, e
         assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
 
         environ = {**os.environ, **{f"NEWSLETTER_{k.upper()}": str(v) for k, v in settings.items()}}
-        command = [sys.executable, "-m", "newsletter", "digest"]
+        command = [sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)]
         rng = random.Random(20261128)
         kills_landed = 0
         for _ in range(KILLS):
@@ -60,6 +62,7 @@ def test_sigkill_at_random_points_then_restart_delivers_each_message_once(cli, e
             process.wait(30)
         assert kills_landed >= KILLS - 2, "most kills must land mid-run to mean anything"
 
+        time.sleep(LEASE_S + 1)  # the killed runs' claims lapse: their deliveries are anybody's again
         for _ in range(3):  # finish: the last run sends the rest, a further one retries unknown outcomes
             finish = subprocess.run(command, env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=300)
             assert finish.returncode == 0, finish.stderr

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Subscriber
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, fixed_send_moment, free_port
 from tests.send.faults import FaultySink
 
 HARD_TIMEOUT_S = 180  # a run of a few dozen digests takes seconds; only a hang gets near this
@@ -58,12 +58,14 @@ def factory(settings):
 
 mailer.mailer_factory = factory
 from newsletter.cli import main
-sys.exit(main(["digest"]))
+sys.exit(main(["digest", *sys.argv[1:]]))
 """
 
 
 def run_cli(environ: dict[str, str], cwd: Path, *args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", script] if script else [sys.executable, "-m", "newsletter", *args]
+    if args[:1] == ("digest",) or script:  # at the moment every subscriber is due (they send at their own hour)
+        args = (*(args or ()), "--at", fixed_send_moment(environ["NEWSLETTER_DATABASE_URL"]))
+    command = [sys.executable, "-c", script, *args[1:]] if script else [sys.executable, "-m", "newsletter", *args]
     return subprocess.run(command, env=environ, cwd=cwd, capture_output=True, text=True, timeout=HARD_TIMEOUT_S)
 
 
@@ -156,7 +158,7 @@ def test_a_mailer_that_raises_stops_the_run_and_a_later_run_sends_the_rest_once(
     env(**settings)
     readers = add_readers(cli, tmp_path, 40)
 
-    first = run_cli(environment(**settings), tmp_path, script=EXPLODING_CLI)
+    first = run_cli(environment(**settings), tmp_path, "digest", script=EXPLODING_CLI)
     assert first.returncode == 1
     line = one_error_line(first.stderr)
     assert "RuntimeError: boom at the third message" in line and "stay pending" in line
@@ -182,7 +184,8 @@ def test_a_relay_that_goes_away_mid_run_stops_it_and_a_later_run_sends_the_rest(
                     smtp_security="none", smtp_pool_size=2, smtp_timeout_s=10, smtp_rate_per_s=20)
     env(**settings)
     readers = add_readers(cli, tmp_path, 200)  # 10 s at 20 a second: the relay goes away long before the end
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest"], env=environment(**settings), cwd=tmp_path,
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)],
+                               env=environment(**settings), cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + HARD_TIMEOUT_S

@@ -19,9 +19,10 @@ from sqlalchemy import select, text
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Subscriber
-from newsletter.pipeline import DigestRun, plan_digests
+from newsletter.plan import plan_due
+from newsletter.runtime import Runtime
 from newsletter.settings import load_settings
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, fixed_send_moment, free_port
 
 IDN = "jürgen@bücher.example"  # non-ASCII before and after the @
 IDN_DOMAIN_ONLY = "zoe@bücher.example"  # ASCII before the @: needs no SMTPUTF8, only IDNA
@@ -94,11 +95,10 @@ def ledger(url: str) -> list[tuple[str, str, str | None, int]]:
 
 
 def plan(url: str) -> None:
-    """Record today's deliveries without sending them (what `digest` does before it sends)."""
+    """Record the due deliveries without sending them (what `digest` does before it sends)."""
     engine = make_engine(url)
-    today = dt.datetime.now(dt.UTC).date()
-    plan_digests(settings=load_settings(), sessions=make_sessionmaker(engine), issue_date=today, only=None, dry_run=False,
-                 run=DigestRun(today))
+    at = dt.datetime.fromisoformat(fixed_send_moment(url).replace("Z", "+00:00"))
+    plan_due(Runtime.build(load_settings(), engine=engine), now=at)
     engine.dispose()
 
 

@@ -9,8 +9,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from newsletter.db.engine import make_engine, make_sessionmaker
-from newsletter.db.repo import DueDelivery
-from newsletter.pipeline import digest_for
+from newsletter.db.ledger import DueDelivery
+from newsletter.issue import digest_for
 from newsletter.records import Paper, RankedPaper
 from newsletter.web import pages
 from newsletter.web.app import create_app

@@ -1,0 +1,187 @@
+"""Delivering: claim the due deliveries, render them from their recorded picks, send them, record each outcome.
+
+Any number of these may run at once on one database (``digest`` runs, daemons, workers): each
+claims batches of due deliveries with a lease (``ledger.claim_due``), renews the lease while it
+sends, and gives back what it did not send. What is due does not depend on an issue date: pending
+digests of any date, retries whose time has come, unknown outcomes not yet retried once.
+
+Claiming and rendering a batch (SQL, Jinja, CSS) run in a worker thread, so the event loop only
+moves bytes to the relay and commits the ledger (``send.dispatch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from newsletter.db import ledger, repo
+from newsletter.db.ledger import DueDelivery, Ledger, Outcome, RetryPolicy
+from newsletter.errors import NewsletterError
+from newsletter.issue import day_renderer, message_for
+from newsletter.records import Paper
+from newsletter.render.digest import DigestRenderer
+from newsletter.runtime import Runtime
+from newsletter.send.dispatch import GroupCommitter, OutboundMessage, RateLimiter, dispatch
+from newsletter.send.mailer import Mailer
+
+Progress = Callable[[int], None]  # messages done so far
+CLAIM_BATCH = 500  # deliveries claimed, rendered and queued at a time
+BUILD_FAILURES_TO_STOP = 10  # digests failing to build before any succeeds: a bug for everyone, not one's data
+
+
+@dataclass
+class DeliveryReport:
+    outcomes: Counter[str] = field(default_factory=Counter)  # delivery status → count
+    recovered: int = 0  # left "sending" by a dead sender, now unknown
+    expired: int = 0
+    error: str | None = None  # why sending stopped early; the rest stays pending
+
+
+def naive(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def wall_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def send_due(
+    runtime: Runtime,
+    *,
+    mailers: Sequence[Mailer],
+    subscriber_id: int | None = None,
+    stop: asyncio.Event | None = None,
+    progress: Progress | None = None,
+    clock: Callable[[], dt.datetime] = wall_clock,
+) -> DeliveryReport:
+    """Send every delivery due now, or only ``subscriber_id``'s, until done or ``stop`` is set.
+
+    Sending runs on the real clock whatever moment planning was told it is (``digest --at``): leases,
+    retry times and the retry window are about time that really passes. ``stop`` (SIGTERM in the
+    daemon): no further message is taken; those in flight finish and are recorded; what was claimed
+    and not sent is released for the next sender.
+    """
+    settings, report = runtime.settings, DeliveryReport()
+    now = clock()
+    at = naive(now)
+    with runtime.sessions() as session:
+        report.recovered = ledger.recover_interrupted(session, now=at)
+        report.expired = ledger.expire_stale(session, now=at, window=dt.timedelta(hours=settings.retry_window_h))
+        session.commit()
+        recent = ledger.recent_send_times(session, since=at - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
+    limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
+    lease = dt.timedelta(seconds=settings.lease_s)
+    with runtime.sessions() as writes, runtime.sessions() as reads:
+        ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
+                                                          bounce_limit=settings.bounce_limit))
+        renewed = time.monotonic()
+
+        def write(started: list[int], finished: list[Outcome]) -> None:
+            nonlocal renewed
+            moment = naive(dt.datetime.now(dt.UTC))
+            try:
+                if started:
+                    ledger_writes.started(started, now=moment)
+                if finished:
+                    ledger_writes.finished(finished, now=moment)
+                if time.monotonic() - renewed > settings.lease_s / 3:  # still at it: keep the claim alive
+                    ledger.renew_leases(writes, holder=runtime.holder, until=moment + lease)
+                    renewed = time.monotonic()
+                writes.commit()
+            except Exception:
+                writes.rollback()  # the run stops; what was not written is recovered when the lease lapses
+                raise
+
+        done = 0
+
+        def counted(_outcome: Outcome) -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress(done)
+
+        messages = _claimed_messages(runtime, reads, clock=clock, subscriber_id=subscriber_id, stop=stop)
+        try:
+            result = await dispatch(messages, mailers=mailers, committer=GroupCommitter(write), limiter=limiter,
+                                    on_outcome=counted)
+        finally:
+            ledger.release_leases(writes, holder=runtime.holder)
+            writes.commit()
+    report.outcomes.update(result.outcomes)
+    if ledger_writes.expired:  # the outcome was "try again later", but the retry window is over
+        report.outcomes["retry"] -= ledger_writes.expired
+        report.outcomes["expired"] += ledger_writes.expired
+        report.outcomes = +report.outcomes  # drop zero counts
+    report.error = result.error
+    return report
+
+
+async def _claimed_messages(
+    runtime: Runtime, session, *, clock: Callable[[], dt.datetime], subscriber_id: int | None,  # noqa: ANN001
+    stop: asyncio.Event | None,
+) -> AsyncIterator[OutboundMessage]:
+    """Claimed deliveries, a batch at a time (claimed and rendered in a thread), as messages.
+
+    A digest that cannot be built (its data, a render bug only its papers hit) becomes a message
+    that fails alone, with the reason. Until one digest has been built those failures are held back:
+    if the first BUILD_FAILURES_TO_STOP all fail (or every one of a smaller run, when more than one),
+    it is a bug that hits everyone, and the run stops with all of them still pending.
+    """
+    renderers: dict[dt.date, DigestRenderer] = {}
+    papers: dict[int, Paper] = {}
+    held: list[OutboundMessage] = []  # failures before the first digest that could be built
+    built = False
+    while stop is None or not stop.is_set():
+        batch = await asyncio.to_thread(_claim_and_build, runtime, session, now=clock(), subscriber_id=subscriber_id,
+                                        renderers=renderers, papers=papers)
+        if not batch:
+            break
+        for message in batch:
+            if stop is not None and stop.is_set():
+                return
+            if message.failure is not None and not built:
+                held.append(message)
+                if len(held) >= BUILD_FAILURES_TO_STOP:
+                    raise _no_digest_builds(held)
+                continue
+            built = True
+            for failed in held:
+                yield failed
+            held = []
+            yield message
+    if len(held) > 1:
+        raise _no_digest_builds(held)
+    for failed in held:
+        yield failed
+
+
+def _claim_and_build(
+    runtime: Runtime, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
+    renderers: dict[dt.date, DigestRenderer], papers: dict[int, Paper],
+) -> list[OutboundMessage]:
+    settings = runtime.settings
+    claimed: list[DueDelivery] = ledger.claim_due(session, now=naive(now), holder=runtime.holder,
+                                                  lease=dt.timedelta(seconds=settings.lease_s), limit=CLAIM_BATCH,
+                                                  subscriber_id=subscriber_id)
+    if not claimed:
+        return []
+    items = ledger.delivery_items(session, delivery_ids=[d.id for d in claimed])
+    missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - papers.keys()
+    papers.update(repo.papers_by_id(session, ids=missing))
+    for issue_date in {d.issue_date for d in claimed} - renderers.keys():
+        renderers[issue_date] = day_renderer(session, settings=settings, templates=runtime.templates, issue_date=issue_date)
+    session.commit()  # end the read transaction: the next claim starts a fresh write transaction
+    return [message_for(d, settings=settings, renderer=renderers[d.issue_date], picks=items[d.id], papers=papers,
+                        dkim=runtime.dkim) for d in claimed]
+
+
+def _no_digest_builds(held: Sequence[OutboundMessage]) -> NewsletterError:
+    return NewsletterError(f"none of the first {len(held)} digests could be built, so it is not one subscriber's data: "
+                           f"{held[0].failure}")
+
+
+__all__ = ["DeliveryReport", "send_due"]

