@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import random
 import resource
@@ -35,18 +36,20 @@ from pathlib import Path
 
 import aiosmtplib
 import css_inline
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
-from newsletter.db import migrate, repo
+import newsletter.deliver as deliver_module
+from newsletter.db import ledger, migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
-from newsletter.db.models import Delivery, DeliveryItem, utcnow
+from newsletter.db.models import Delivery, DeliveryItem, Subscriber, utcnow
 from newsletter.ingest.fetch import Fetcher, make_client
 from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
 from newsletter.paths import PACKAGE_DIR
-from newsletter.pipeline import DigestRun, _jobs, day_renderer, plan_digests, send_due
+from newsletter.plan import plan_due
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.render.digest import make_environment, short_authors, tldr
+from newsletter.runtime import Runtime
 from newsletter.send.mailer import SmtpMailer
 from newsletter.settings import Settings
 
@@ -68,6 +71,13 @@ def start_sink() -> tuple[subprocess.Popen, int]:
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     return process, port
+
+
+def due_moment(sessions) -> dt.datetime:
+    """An instant when every subscriber's next digest is due (they all send at 07:00 UTC here)."""
+    with sessions() as session:
+        latest = session.scalar(select(func.max(Subscriber.next_send_at)))
+    return (latest + dt.timedelta(minutes=1)).replace(tzinfo=dt.UTC)
 
 
 def setup(folder: str, subscribers: int, port: int, pool: int) -> tuple[Settings, object]:
@@ -94,22 +104,25 @@ def setup(folder: str, subscribers: int, port: int, pool: int) -> tuple[Settings
 def reset(sessions) -> None:
     with sessions() as session:
         session.execute(update(Delivery).where(Delivery.status.in_(("sent", "sending")))
-                        .values(status="pending", attempts=0, sent_at=None))
+                        .values(status="pending", attempts=0, sent_at=None, leased_by=None, lease_until=None))
         session.commit()
 
 
-async def collect(settings, sessions, date, keep: int, stop_after: int | None = None) -> tuple[list, float]:
-    """Render + MIME due deliveries (no sending): all, or ``stop_after``; keeps the first ``keep`` jobs."""
-    env = make_environment()
+async def collect(runtime: Runtime, keep: int, stop_after: int | None = None) -> tuple[list, float]:
+    """Claim and render + MIME due deliveries (no sending): all, or ``stop_after``; keeps the first ``keep``."""
     kept, started = [], time.perf_counter()
-    with sessions() as session:
-        renderer = day_renderer(session, settings=settings, templates=env, issue_date=date)
-        async for job in _jobs(session, settings=settings, renderer=renderer, issue_date=date, now=utcnow(), only=None, dkim=None):
-            if len(kept) < keep:
-                kept.append(job)
-            elif stop_after is not None and len(kept) >= stop_after:
+    renderers: dict = {}
+    papers: dict = {}
+    with runtime.sessions() as session:
+        while batch := deliver_module._claim_and_build(runtime, session, now=dt.datetime.now(dt.UTC), subscriber_id=None,
+                                                       renderers=renderers, papers=papers):
+            kept += batch[: max(keep - len(kept), 0)]
+            if stop_after is not None and len(kept) >= stop_after:
                 break
-    return kept, time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        ledger.release_leases(session, holder=runtime.holder)
+        session.commit()
+    return kept, elapsed
 
 
 async def bare_loop(port: int, pool: int, messages: list[bytes], count: int) -> float:
@@ -137,14 +150,14 @@ NAIVE_TEMPLATE = """<html><head><style>{{ css }}</style></head><body><h1>{{ list
 <a href="{{ unsubscribe }}">Unsubscribe</a></body></html>"""
 
 
-async def naive(port: int, settings, sessions, date, count: int) -> float:
+async def naive(port: int, runtime: Runtime, count: int) -> float:
     """The straightforward way: whole template per subscriber, CSS inlined per message, EmailMessage, a connection each."""
     env = make_environment()
     template = env.from_string(NAIVE_TEMPLATE)
     css = (Path(env.loader.searchpath[0]) / "email" / "digest.css").read_text()  # type: ignore[union-attr]
-    jobs, _ = await collect(settings, sessions, date, keep=count, stop_after=count)
-    with sessions() as session:
-        items = repo.delivery_items(session, delivery_ids=[j.delivery_id for j in jobs])
+    jobs, _ = await collect(runtime, keep=count, stop_after=count)
+    with runtime.sessions() as session:
+        items = ledger.delivery_items(session, delivery_ids=[j.delivery_id for j in jobs])
         papers = repo.papers_by_id(session, ids={p for rows in items.values() for p, _, _ in rows})
     started = time.perf_counter()
     for job in jobs:
@@ -166,40 +179,36 @@ async def main_async(args: argparse.Namespace) -> None:
     sink, port = start_sink()
     try:
         with tempfile.TemporaryDirectory() as folder:
-            date = utcnow().date()
             settings, sessions = setup(folder, args.subscribers, port, args.pool)
+            runtime = Runtime.build(settings)
             started = time.perf_counter()
-            run = plan_digests(settings=settings, sessions=sessions, issue_date=date, only=None, dry_run=False, run=DigestRun(date))
+            plan = plan_due(runtime, now=due_moment(sessions))
             plan_s = time.perf_counter() - started
-            total = sum(1 for p in run.picks if p.papers)
-            del run
-            sample, render_s = await collect(settings, sessions, date, keep=SAMPLE_MESSAGES)
+            total = plan.due - plan.empty
+            sample, render_s = await collect(runtime, keep=SAMPLE_MESSAGES)
             messages = [job.envelope.data for job in sample]
 
             # Sending alone: pre-built messages through the pool, limiter and ledger.
-            async def prebuilt(*_a, **_k):
-                with sessions() as session:
-                    after = 0
-                    while batch := repo.due_deliveries(session, issue_date=date, now=utcnow(), after_id=after, limit=500):
-                        after = batch[-1].id
-                        for n, delivery in enumerate(batch):
-                            yield type(sample[0])(delivery.id, delivery.subscriber_id,
-                                                  sample[n % len(sample)].envelope.__class__(
-                                                      "digest@example.org", delivery.email, delivery.message_id,
-                                                      messages[(after + n) % len(messages)]))
+            async def prebuilt(runtime, session, **_k):
+                n = 0
+                while batch := ledger.claim_due(session, now=utcnow(), holder=runtime.holder, lease=dt.timedelta(minutes=5),
+                                                limit=500):
+                    for delivery in batch:
+                        n += 1
+                        yield type(sample[0])(delivery.id, delivery.subscriber_id,
+                                              sample[0].envelope.__class__("digest@example.org", delivery.email,
+                                                                           delivery.message_id, messages[n % len(messages)]))
 
-            import newsletter.pipeline as pipeline_module
-
-            real_jobs = pipeline_module._jobs
-            pipeline_module._jobs = prebuilt  # type: ignore[assignment]
-            send_s = await timed_send(settings, sessions, date, args.pool)
-            pipeline_module._jobs = real_jobs
+            real_messages = deliver_module._claimed_messages
+            deliver_module._claimed_messages = prebuilt  # type: ignore[assignment]
+            send_s = await timed_send(runtime, args.pool)
+            deliver_module._claimed_messages = real_messages
             reset(sessions)
-            e2e_s = await timed_send(settings, sessions, date, args.pool)
+            e2e_s = await timed_send(runtime, args.pool)
             bare_s = await bare_loop(port, args.pool, messages, total)
             reset(sessions)  # the naive path renders the same deliveries again
             naive_count = min(args.naive, total)
-            naive_s = await naive(port, settings, sessions, date, naive_count)
+            naive_s = await naive(port, runtime, naive_count)
     finally:
         sink.terminate()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -215,21 +224,20 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"all of it, score to sent   : {plan_s + e2e_s:7.2f} s   peak RSS {rss_mb:,.0f} MB")
 
 
-async def timed_send(settings, sessions, date, pool) -> float:
-    mailers = [SmtpMailer(host="127.0.0.1", port=settings.smtp_port, security="none") for _ in range(pool)]
+async def timed_send(runtime: Runtime, pool: int) -> float:
+    mailers = [SmtpMailer(host="127.0.0.1", port=runtime.settings.smtp_port, security="none") for _ in range(pool)]
     for mailer in mailers:
         await mailer.__aenter__()
     started = time.perf_counter()
-    run = DigestRun(date)
-    await send_due(settings=settings, sessions=sessions, mailers=mailers, templates=make_environment(), issue_date=date, run=run)
+    report = await deliver_module.send_due(runtime, mailers=mailers)
     elapsed = time.perf_counter() - started
     for mailer in mailers:
         await mailer.__aexit__(None, None, None)
-    assert run.outcomes.get("sent", 0) > 0 and not run.errors, (run.outcomes, run.errors)
+    assert report.outcomes.get("sent", 0) > 0 and not report.error, (report.outcomes, report.error)
     return elapsed
 
 
-def run_command(settings: Settings, folder: str, **overrides: object) -> tuple[float, str]:
+def run_command(settings: Settings, folder: str, at: dt.datetime, **overrides: object) -> tuple[float, str]:
     """``newsletter digest`` in its own process with these settings; (wall seconds, what it printed)."""
     values = {"database_url": settings.database_url, "email_backend": "smtp", "smtp_host": "127.0.0.1",
               "smtp_port": settings.smtp_port, "smtp_security": "none", "smtp_pool_size": settings.smtp_pool_size,
@@ -238,7 +246,8 @@ def run_command(settings: Settings, folder: str, **overrides: object) -> tuple[f
     env.update({f"NEWSLETTER_{k.upper()}": str(v) for k, v in values.items()})
     command = str(Path(sys.executable).with_name("newsletter"))
     started = time.perf_counter()
-    done = subprocess.run([command, "digest"], env=env, cwd=folder, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([command, "digest", "--at", at.isoformat()], env=env, cwd=folder, capture_output=True, text=True,
+                          timeout=1800)
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     return elapsed, done.stdout
@@ -250,17 +259,19 @@ async def command_vs_replay(args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             settings, sessions = setup(folder, args.subscribers, port, args.pool)
+            at = due_moment(sessions)
             for repeat in range(args.repeats):
                 if repeat:
                     with sessions() as session:
                         session.execute(DeliveryItem.__table__.delete())  # the next run plans and records again
                         session.execute(Delivery.__table__.delete())
+                        session.execute(update(Subscriber).values(next_send_at=at - dt.timedelta(minutes=1)))
                         session.commit()
-                command_s, printed = run_command(settings, folder)
+                command_s, printed = run_command(settings, folder, at)
                 with sessions() as session:
                     sent = session.query(Delivery).filter(Delivery.status == "sent").count()
                 reset(sessions)  # the same deliveries, written out by the file backend this time
-                run_command(settings, folder, email_backend="file", outbox_dir=f"{folder}/outbox{repeat}")
+                run_command(settings, folder, at, email_backend="file", outbox_dir=f"{folder}/outbox{repeat}")
                 messages = [p.read_bytes() for p in sorted(Path(f"{folder}/outbox{repeat}").glob("*/*.eml"))]
                 assert len(messages) == sent, (len(messages), sent)
                 replay_s = await bare_loop(port, args.pool, messages, len(messages))

@@ -239,7 +239,9 @@ def subscribers_add(
     describe: Annotated[str, typer.Option(help="One sentence about the subscriber's work.")] = "",
     timezone: Annotated[str, typer.Option(help="IANA time zone, e.g. Europe/Berlin.")] = "UTC",
     hour: Annotated[int, typer.Option(help="Local hour to send at (0–23).")] = 7,
-    frequency: Annotated[str, typer.Option(help="daily or weekly (Mondays).")] = "daily",
+    minute: Annotated[int, typer.Option(help="Minute of that hour (0–59).")] = 0,
+    frequency: Annotated[str, typer.Option(help="daily, weekdays (Monday to Friday) or weekly.")] = "daily",
+    weekday: Annotated[str, typer.Option(help="For weekly: the day, e.g. monday or mon.")] = "monday",
     max_papers: Annotated[int | None, typer.Option(
         help="Papers per digest at most, 1 to 100 (default: NEWSLETTER_DEFAULT_MAX_PAPERS).")] = None,
     seed: Annotated[list[str] | None, typer.Option("--seed", "-s", help="An arXiv id: more papers like this one.")] = None,
@@ -264,7 +266,9 @@ def subscribers_add(
                                            min_score=None if min_score is None else validate.check_min_score(min_score)),
         timezone=validate.check_timezone(timezone),
         send_hour=validate.check_hour(hour),
+        send_minute=validate.check_minute(minute),
         frequency=validate.check_frequency(frequency),
+        send_weekday=validate.check_weekday(weekday),
         max_papers=validate.check_max_papers(ctx.settings.default_max_papers if max_papers is None else max_papers),
     )
     with ctx.sessions() as session:
@@ -485,6 +489,91 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
     out.print(f"deliveries: {outcomes} ({seconds:.1f} s{rate})")
     if run.errors:
         out.print(f"errors: {len(run.errors):,} (below)")
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@app.command()
+def status(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The daemon's heartbeat, each source's health, deliveries and the next sends; exit 1 if a person is needed.
+
+    A person is needed when the daemon went silent (no beat for 5 minutes and no clean stop), a source
+    failed twice in a row, the relay refuses the login, or deliveries expired in the last 24 hours. A
+    daemon that is not running at all is no fault: 'newsletter digest' from cron is a fine setup.
+    """
+    from newsletter.status import read_status
+
+    with _ctx(typer_ctx).sessions() as session:
+        report = read_status(session, now=utcnow())
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        print_status(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def print_status(report: Any) -> None:  # report: status.Report
+    from rich import box
+
+    from newsletter.status import span
+
+    def when(moment: dt.datetime | None) -> str:
+        if moment is None:
+            return "–"
+        ahead = moment - report.now
+        relative = f"in {span(ahead)}" if ahead.total_seconds() > 0 else f"{span(-ahead)} ago"
+        return f"{moment:%H:%M}, {relative}" if abs(ahead) < dt.timedelta(hours=12) else f"{moment:%b %d %H:%M}, {relative}"
+
+    def table(*columns: str, title: str) -> Table:
+        return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+    headline = Text("status: ")
+    if report.ok:
+        headline.append("OK", style="bold green")
+    else:
+        headline.append("NEEDS ATTENTION", style="bold red").append(" — " + "; ".join(safe(p) for p in report.needs_a_person))
+    out.print(headline)
+    daemon, process = report.daemon, report.daemon.process
+    line = Text("daemon: ").append(daemon.state, style={"running": "green", "silent": "bold red"}.get(daemon.state, "yellow"))
+    if process is not None and process.stopped_at is not None:
+        line.append(f" ({safe(process.id)} stopped {when(process.stopped_at)})")
+    elif process is not None:
+        line.append(f" ({safe(process.id)}, up {span(process.beat_at - process.started_at)}, last beat {when(process.beat_at)})")
+    out.print(line)
+    if process is not None and process.jobs and daemon.state != "not running":
+        jobs = table("job", "next run", "last run", "took", "last result", title="jobs (UTC)")
+        for job in process.jobs:
+            result = Text(safe(job.last_error), style="red") if job.last_error else Text(safe(job.last_result or ""))
+            took = "" if job.last_seconds is None else f"{job.last_seconds:.1f} s"
+            jobs.add_row(safe(job.id), when(job.next_run_at), when(job.last_run_at), took, result)
+        out.print(jobs)
+    if report.sources:
+        sources = table("source", "last fetch", "last success", "new", "failures", "last error / note", title="sources (UTC)")
+        for s in report.sources:
+            failures = Text(str(s.consecutive_failures), style="bold red" if s.consecutive_failures >= 2 else "")
+            detail = Text(safe(s.last_error), style="red") if s.last_error else Text(safe(s.last_note or ""))
+            sources.add_row(safe(s.label), when(s.last_fetched_at), when(s.last_success_at),
+                            "" if s.last_new is None else str(s.last_new), failures, detail)
+        out.print(sources)
+    else:
+        out.print("sources: none configured")
+    d = report.deliveries
+    counts = ", ".join(f"{name} {count:,}" for name, count in d.by_status.items() if count) or "none"
+    out.print(f"deliveries recorded in the last 24 h: {counts}")
+    oldest = f"; oldest unsent {when(d.oldest_unsent_at)}" if d.oldest_unsent_at else ""
+    out.print(f"retries waiting {d.retries_waiting:,}{oldest}; expired in the last 24 h {d.expired_recently:,}; "
+              f"subscribers bounced {d.bounced_subscribers:,}, suppressed {d.suppressed_subscribers:,}")
+    if report.next_sends:
+        sends = table("subscriber", "at (UTC)", "their time", title="next sends")
+        for send in report.next_sends:
+            sends.add_row(safe(send.email), when(send.at), send.local)
+        out.print(sends)
+    else:
+        out.print("next sends: none scheduled")
+    for warning in report.warnings:
+        out.print(Text("warning: ", style="yellow").append(safe(warning)))
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """Read a subscribers CSV (the admin's bulk import). Pure: rows in, validated subscribers and errors out.
 
 Header row required. Columns: ``email`` (required), ``topics``, ``exclude``, ``categories``,
-``authors`` (each ``;``-separated), ``describe``, ``timezone``, ``hour``, ``frequency``,
-``max_papers``. Line numbers in errors count the header as line 1. Every problem of a row is
-reported (not only the first); a file that is not UTF-8 text, has no ``email`` column or a field
+``authors`` (each ``;``-separated), ``describe``, ``timezone``, ``hour``, ``frequency`` (daily,
+weekdays, weekly), ``max_papers``, ``minute``, ``weekday`` (for weekly: monday … sunday). Line
+numbers in errors count the header as line 1. Every problem of a row is reported (not only the
+first); a file that is not UTF-8 text, has no ``email`` column or a field
 over ``MAX_FIELD_CHARS`` is refused as a whole with one line saying what to do.
 """
 
@@ -21,7 +22,8 @@ from newsletter.records import NewSubscriber, Preferences
 
 T = TypeVar("T")
 MAX_FIELD_CHARS = 10_000  # a sentence about one's work fits many times over; a 1 MB cell is a broken file
-COLUMNS = ("email", "topics", "exclude", "categories", "authors", "describe", "timezone", "hour", "frequency", "max_papers")
+COLUMNS = ("email", "topics", "exclude", "categories", "authors", "describe", "timezone", "hour", "frequency", "max_papers",
+           "minute", "weekday")
 
 
 @dataclass
@@ -82,10 +84,12 @@ def row_to_subscriber(row: dict[str, str], *, default_max_papers: int) -> NewSub
     frequency = check(lambda: validate.check_frequency((row.get("frequency") or "").strip().lower() or "daily"), "daily")
     max_papers = check(lambda: validate.check_max_papers(_int(row.get("max_papers"), default_max_papers, "max_papers")),
                        default_max_papers)
+    minute = check(lambda: validate.check_minute(_int(row.get("minute"), 0, "minute")), 0)
+    weekday = check(lambda: validate.check_weekday((row.get("weekday") or "").strip() or "monday"), 0)
     if problems:
         raise InvalidInput("; ".join(problems))
     return NewSubscriber(email=email, preferences=preferences, timezone=timezone, send_hour=hour, frequency=frequency,
-                         max_papers=max_papers)
+                         max_papers=max_papers, send_minute=minute, send_weekday=weekday)
 
 
 def read_subscribers_csv_file(path: Path, *, default_max_papers: int = 10) -> CsvImport:

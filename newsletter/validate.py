@@ -58,3 +58,23 @@ def check_min_score(score: float) -> float:
     if not 0 <= score <= 1000:
         raise InvalidInput(f"minimum score {score:g} is out of range: use 0 to 1000 (0 picks any on-topic paper)")
     return score
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def check_minute(minute: int) -> int:
+    if not 0 <= minute <= 59:
+        raise InvalidInput(f"send minute {minute} is out of range: use 0 to 59")
+    return minute
+
+
+def check_weekday(name: str) -> int:
+    """A weekday by name (``monday``, ``mon``) or number (0 = Monday), as 0–6."""
+    text = name.strip().lower()
+    if text.isdigit() and 0 <= int(text) <= 6:
+        return int(text)
+    for number, day in enumerate(WEEKDAYS):
+        if len(text) >= 3 and day.startswith(text):
+            return number
+    raise InvalidInput(f"unknown weekday {name!r}: use monday to sunday (or mon … sun)")

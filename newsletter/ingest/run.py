@@ -12,19 +12,26 @@ others are still ingested. The kind decides how a source is read:
 
 What the papers may change is the source's ``Trust`` (``sources.source_trust``): only arXiv's own
 hosts and local files create and revise arXiv papers.
+
+Each run also records a configured source's health for ``newsletter status``: failures in a row (0
+after a success, a warning in the log from the second), when it last succeeded, and that success's
+new papers and note. An arXiv listing that comes back empty on a weekday is logged as a warning.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
+from newsletter.db.models import Source
 from newsletter.errors import NewsletterError
 from newsletter.ingest.feeds import ParsedFeed, parse_feed
 from newsletter.ingest.fetch import Fetched, Fetcher
@@ -34,6 +41,13 @@ from newsletter.records import Paper
 
 ARXIV_API_INTERVAL_S = 3.0  # arXiv API terms of use: no more than one request every three seconds
 ARXIV_API_MAX_RESULTS = 2000  # per ingest run; a daily query returns far fewer
+# arXiv announces Sunday to Thursday evenings in New York; its RSS listings dated Monday to Friday there
+# carry the papers, the weekend's are empty. Its holidays are not in the feed, so they look like weekdays.
+ARXIV_TIMEZONE = ZoneInfo("America/New_York")
+EMPTY_LISTING = "no new papers (normal on weekends and holidays)"
+FAILURES_TO_WARN = 2  # failures in a row before a warning: a single one is often a blip upstream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,21 +102,45 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
                                             trust=source_trust(spec, arxiv_hosts=fetcher.arxiv_hosts))
                 report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
                 if not read.feed.papers:
-                    report.note = "no new papers (normal on weekends and holidays)"
+                    report.note = EMPTY_LISTING
+                    if spec.kind == "arxiv-rss" and is_arxiv_weekday(now):
+                        log.warning("%s: the arXiv listing is empty on a weekday (a holiday, or a fault at arXiv)", spec.url)
             if source is not None:
-                source.last_fetched_at, source.last_error = now, None
                 if read.fetched is not None and read.feed is not None:
                     source.etag, source.last_modified = read.fetched.etag, read.fetched.last_modified
                     source.content_sha256 = read.sha256
+                _record_success(source, report, now=now)
             session.commit()
         except NewsletterError as exc:
             session.rollback()
             report.error = str(exc)
             if source is not None:
-                source.last_error = str(exc)
+                _record_failure(source, report, now=now)
                 session.commit()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def is_arxiv_weekday(moment: dt.datetime) -> bool:
+    """Whether ``moment`` (naive UTC) falls Monday to Friday in New York, when arXiv's listings carry papers."""
+    return moment.replace(tzinfo=dt.UTC).astimezone(ARXIV_TIMEZONE).weekday() < 5
+
+
+def _record_success(source: Source, report: SourceReport, *, now: dt.datetime) -> None:
+    if source.consecutive_failures:
+        log.info("%s: fetched again after %d failed attempts", report.source, source.consecutive_failures)
+    source.last_fetched_at, source.last_success_at, source.last_error = now, now, None
+    source.consecutive_failures, source.last_new, source.last_note = 0, report.new, report.note
+
+
+def _record_failure(source: Source, report: SourceReport, *, now: dt.datetime) -> None:
+    """A failed attempt; ``last_new`` and ``last_note`` keep describing the last success."""
+    failures = (source.consecutive_failures or 0) + 1
+    source.last_fetched_at, source.last_error, source.consecutive_failures = now, report.error, failures
+    if failures >= FAILURES_TO_WARN:
+        log.warning("%s: failed %d times in a row: %s", report.source, failures, report.error)
+    else:
+        log.info("%s: failed: %s", report.source, report.error)
 
 
 @dataclass(frozen=True, slots=True)
