@@ -635,6 +635,19 @@ def serve(
 
 
 @app.command()
+def daemon(typer_ctx: typer.Context) -> None:
+    """Run the schedule in one process: ingest on a cron, plan and send every minute, retries, a daily cleanup.
+
+    Logs one line per job run to stderr (NEWSLETTER_LOG_FORMAT=json for JSON lines). Stops on SIGTERM or
+    Ctrl-C within 10 s: messages in flight finish, the rest is released for the next start.
+    """
+    from newsletter.daemon import run_daemon
+
+    ctx = _ctx(typer_ctx)
+    raise typer.Exit(run_daemon(ctx.settings, engine=ctx.engine))
+
+
+@app.command()
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its database and outbox.")] = Path("newsletter-demo"),
 ) -> None:

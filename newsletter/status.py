@@ -25,6 +25,7 @@ All datetimes are naive UTC, as stored.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -79,9 +80,15 @@ class Heartbeat:
     jobs: tuple[Job, ...] = ()
 
 
+class DaemonState(enum.StrEnum):
+    RUNNING = "running"
+    SILENT = "silent"  # crashed or hung: needs a person
+    NOT_RUNNING = "not running"  # never started, or stopped cleanly: fine (cron may run the digests)
+
+
 @dataclass(frozen=True, slots=True)
 class Daemon:
-    state: str  # running | silent | not running
+    state: DaemonState
     process: Heartbeat | None = None  # the one running, the one gone silent, or the last one that stopped
 
 
@@ -195,8 +202,7 @@ def _deliveries(session: Session, *, now: dt.datetime) -> Deliveries:
     count = func.count()
     return Deliveries(
         since=since,
-        by_status={str(status): counted.get(status, 0) for status in DELIVERY_STATUSES}
-        | {str(k): v for k, v in counted.items() if k not in DELIVERY_STATUSES},
+        by_status={str(status): 0 for status in DELIVERY_STATUSES} | counted,
         retries_waiting=session.scalar(select(count).where(Delivery.status == DeliveryStatus.RETRY)) or 0,
         oldest_unsent_at=session.scalar(select(func.min(Delivery.created_at)).where(Delivery.status.in_(UNSENT))),
         expired_recently=session.scalar(
@@ -213,12 +219,12 @@ def daemon_state(heartbeats: Sequence[Heartbeat], *, now: dt.datetime) -> Daemon
     """Running, silent or not running (see the module's docstring), with the process it is about."""
     alive = [h for h in heartbeats if h.stopped_at is None and now - h.beat_at <= SILENT_AFTER]
     if alive:
-        return Daemon("running", max(alive, key=lambda h: h.beat_at))
+        return Daemon(DaemonState.RUNNING, max(alive, key=lambda h: h.beat_at))
     if not heartbeats:
-        return Daemon("not running")
+        return Daemon(DaemonState.NOT_RUNNING)
     # A crash followed by a clean start and stop is history, not silence: only the latest process counts.
     latest = max(heartbeats, key=lambda h: max(h.beat_at, h.stopped_at or h.beat_at))
-    return Daemon("not running" if latest.stopped_at else "silent", latest)
+    return Daemon(DaemonState.NOT_RUNNING if latest.stopped_at else DaemonState.SILENT, latest)
 
 
 def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -226,9 +232,9 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
     problems: list[str] = []
     warnings: list[str] = []
     now, process = report.now, report.daemon.process
-    if report.daemon.state == "silent" and process is not None:
+    if report.daemon.state == DaemonState.SILENT and process is not None:
         problems.append(f"daemon silent for {span(now - process.beat_at)}")
-    if process is not None and report.daemon.state != "not running":
+    if process is not None and report.daemon.state != DaemonState.NOT_RUNNING:
         for job in process.jobs:
             if job.last_error and LOGIN_REFUSED.search(job.last_error):
                 problems.append(f"the relay refuses the login (job {job.id})")
@@ -239,8 +245,7 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
             problems.append(f"source {source.label} failing ({source.consecutive_failures} in a row)")
         elif source.consecutive_failures:
             warnings.append(f"source {source.label} failed on its last fetch")
-        if empty_weekday_listing(source):
-            assert source.last_success_at is not None
+        if empty_weekday_listing(source) and source.last_success_at:
             warnings.append(f"source {source.label} was empty on a weekday ({_arxiv_day(source.last_success_at)}): "
                             "an arXiv holiday, or a fault at arXiv")
     deliveries = report.deliveries
@@ -295,5 +300,5 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-__all__ = ["Daemon", "Deliveries", "Heartbeat", "Job", "NextSend", "Report", "SourceHealth", "assess", "daemon_state",
+__all__ = ["Daemon", "DaemonState", "Deliveries", "Heartbeat", "Job", "NextSend", "Report", "SourceHealth", "assess", "daemon_state",
            "empty_weekday_listing", "read_status", "span"]

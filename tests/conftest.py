@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import shutil
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +16,7 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -201,3 +206,42 @@ def configured(env, database_url: str, tmp_path: Path) -> str:
         outbox_dir=tmp_path / "outbox", base_url="https://digest.example.org",
         allow_private_sources="true", host_interval_s=0)  # the feeds in tests are served on 127.0.0.1
     return database_url
+
+
+SERVER_START_S = 30  # a loaded machine may take seconds to start uvicorn; longer means it failed
+
+
+@contextlib.contextmanager
+def serving(app: Any, *, port: int | None = None) -> Iterator[str]:
+    """``app`` on a real uvicorn server in a thread (on a free port unless given); yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, driven by Playwright (its own browser download cannot work here)."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    executable = shutil.which("chromium")
+    if executable is None:
+        message = "Debian's chromium is not installed (apt-get install chromium); .ci/run installs it"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield launched
+        launched.close()

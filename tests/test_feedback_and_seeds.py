@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from werkzeug import Request, Response
@@ -22,7 +19,7 @@ from newsletter.db.models import Feedback, Paper
 from newsletter.seeds import arxiv_ids_from_bibtex
 from newsletter.settings import load_settings
 from newsletter.web.app import create_app
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_port, serving
 
 ATOM = (FIXTURES / "arxiv_api.atom").read_text()
 HEAD, _, REST = ATOM.partition("  <entry>")
@@ -113,15 +110,8 @@ def web(env, ready):
     env(base_url=f"http://127.0.0.1:{port}")
     settings = load_settings()
     engine = make_engine(ready)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings=settings, sessions=make_sessionmaker(engine)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serving(create_app(settings=settings, sessions=make_sessionmaker(engine)), port=port) as url:
+        yield url
     engine.dispose()
 
 

@@ -125,7 +125,8 @@ def test_an_empty_arxiv_listing_is_a_warning_on_weekdays_only(cli, db, fetched: 
 
 
 def test_a_relay_refusing_the_login_needs_a_person_other_job_errors_are_warnings(cli, db) -> None:
-    refused = {"send": {"last_error": "SMTP AUTH failed: 535 5.7.8 Authentication credentials invalid"}}
+    refused = {"send": {"last_error": "SMTP relay smtp.example.org:587 refused the login (535 5.7.8 Authentication credentials "
+                                      "invalid); check NEWSLETTER_SMTP_USERNAME and NEWSLETTER_SMTP_PASSWORD"}}  # the mailer's words
     add(db, heartbeat(beat_ago=dt.timedelta(seconds=5), jobs=refused))
     result, first = status(cli)
     assert result.code == 1 and first == "status: NEEDS ATTENTION — the relay refuses the login (job send)"

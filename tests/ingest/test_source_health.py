@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from pytest_httpserver import HTTPServer
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug import Request, Response
+from werkzeug import Response
 
 from newsletter.db import repo
 from newsletter.db.engine import make_engine, make_sessionmaker

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
@@ -21,7 +18,7 @@ from newsletter.db.models import Feedback, Paper
 from newsletter.records import NewSubscriber
 from newsletter.settings import Settings
 from newsletter.web.app import create_app
-from tests.conftest import free_port
+from tests.conftest import serving
 
 SECRET_KEY = "web-test-secret-key-0123456789abcdef"
 
@@ -86,13 +83,5 @@ def client(site: Site) -> Iterator[TestClient]:
 @pytest.fixture
 def server(site: Site) -> Iterator[str]:
     """A real uvicorn server over the site; its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings=site.settings, sessions=site.sessions),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serving(create_app(settings=site.settings, sessions=site.sessions)) as url:
+        yield url
