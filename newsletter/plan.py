@@ -68,6 +68,7 @@ def naive(moment: dt.datetime) -> dt.datetime:
 def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) -> PlanReport:
     """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction."""
     report = PlanReport()
+    indexes: dict[Window, tuple[list[Paper], PaperIndex]] = {}  # one per window for the whole pass, not per batch
     while True:
         with runtime.sessions() as session:
             ledger.begin_write(session)
@@ -80,12 +81,12 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) ->
             if not subscribers:
                 session.commit()
                 return report
-            _plan_batch(runtime, session, subscribers, now=now, report=report, keep_picks=keep_picks)
+            _plan_batch(runtime, session, subscribers, now=now, report=report, keep_picks=keep_picks, indexes=indexes)
             session.commit()
 
 
 def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber], *, now: dt.datetime,
-                report: PlanReport, keep_picks: bool) -> None:
+                report: PlanReport, keep_picks: bool, indexes: dict[Window, tuple[list[Paper], PaperIndex]]) -> None:
     settings = runtime.settings
     last = ledger.last_planned_send(session, subscriber_ids=[s.id for s in subscribers])
     due: list[tuple[Subscriber, schedule.DueIssue]] = []
@@ -111,7 +112,7 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
         windows.append(naive_window(schedule.candidate_window(
             repo.schedule_of(subscriber), issue.issue_date, daily_days=settings.candidate_window_days,
             last_sent=aware(previous) if previous else None)))
-    candidates, ranked = score_subscribers(runtime, session, subscribers=[s for s, _ in due], windows=windows)
+    candidates, ranked = score_subscribers(runtime, session, subscribers=[s for s, _ in due], windows=windows, indexes=indexes)
     report.candidates = max(report.candidates, candidates)
     for (subscriber, issue), picks in zip(due, ranked, strict=True):
         status = DeliveryStatus.PENDING if picks or settings.send_empty_digest else DeliveryStatus.EMPTY  # quiet: no email
@@ -186,8 +187,13 @@ def next_issue_date(subscriber: Subscriber, *, now: dt.datetime) -> dt.date:
 
 def score_subscribers(
     runtime: Runtime, session: Session, *, subscribers: Sequence[Subscriber], windows: Sequence[Window],
+    indexes: dict[Window, tuple[list[Paper], PaperIndex]] | None = None,
 ) -> tuple[int, list[list[RankedPaper]]]:
-    """Rank the papers first seen in each subscriber's window (subscribers sharing a window are scored together)."""
+    """Rank the papers first seen in each subscriber's window (subscribers sharing a window are scored together).
+
+    ``indexes`` keeps each window's papers and index for the caller's next batches (same papers, same index).
+    """
+    indexes = {} if indexes is None else indexes
     settings = runtime.settings
     picks: list[list[RankedPaper]] = [[] for _ in subscribers]
     if not subscribers:
@@ -199,7 +205,11 @@ def score_subscribers(
         by_window.setdefault(window, []).append(position)
     candidates = 0
     for (start, end), positions in by_window.items():
-        papers = repo.papers_first_seen_between(session, start=start, end=end)
+        if (start, end) not in indexes:
+            papers = repo.papers_first_seen_between(session, start=start, end=end)
+            indexes[(start, end)] = papers, PaperIndex.build(papers, now=end, trending_weight=settings.trending_weight,
+                                                             recency_penalty_per_day=settings.recency_penalty_per_day)
+        papers, index = indexes[(start, end)]
         candidates = max(candidates, len(papers))
         profiles = [
             Profile(
@@ -213,8 +223,6 @@ def score_subscribers(
             for p in positions
         ]
         similarity = semantic_similarity(runtime, papers, profiles) if settings.semantic and papers else None
-        index = PaperIndex.build(papers, now=end, trending_weight=settings.trending_weight,
-                                 recency_penalty_per_day=settings.recency_penalty_per_day)
         ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=similarity)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks

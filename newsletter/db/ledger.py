@@ -20,9 +20,9 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import TextClause, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import Table, TextClause, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -260,8 +260,8 @@ def record_deliveries(session: Session, *, planned: Sequence[PlannedDelivery], m
                   "reasons": list(pick.reasons)}
                  for delivery_id, subscriber_id, issue_date in ids
                  for rank, pick in enumerate(batch[(subscriber_id, issue_date)].picks, start=1)]
-        if items:
-            session.execute(insert(DeliveryItem), items)
+        if items:  # Core executemany: the ORM's bulk path costs ~3x as much per row here
+            session.connection().execute(insert(cast(Table, DeliveryItem.__table__)), items)
     return recorded
 
 

@@ -67,6 +67,14 @@ class PaperIndex:
     trending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # the trending part of boost
     duplicate_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # row of the first of its near-duplicates
     _phrase_rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    _term_sets: dict[int, frozenset[str]] = field(default_factory=dict)
+
+    def term_set(self, row: int) -> frozenset[str]:
+        """The paper's distinct stemmed terms (reasons check many subscribers' words against the same papers)."""
+        found = self._term_sets.get(row)
+        if found is None:
+            found = self._term_sets[row] = frozenset(self.sequences[row])
+        return found
 
     @classmethod
     def build(cls, papers: Sequence[Paper], *, now: dt.datetime | None = None, trending_weight: float = TRENDING_WEIGHT,
@@ -448,16 +456,35 @@ def rank_papers(
     picks = []
     for i, profile in enumerate(profiles):
         chosen = []
+        words = _ProfileWords.of(profile) if top.rows[i, 0] >= 0 else None
         for j, row in enumerate(top.rows[i]):
             if row < 0:
                 break
             similarity = None if top.similarity is None else float(top.similarity[i, j])
             followed = bool(top.followed[i, j])
             chosen.append(RankedPaper(paper=index.papers[row], score=float(top.scores[i, j]),
-                                      reasons=explain(index, profile, int(row), followed, similarity),
+                                      reasons=explain(index, profile, int(row), followed, similarity, words=words),
                                       placement=placement(index, int(row), followed)))
         picks.append(chosen)
     return picks
+
+
+@dataclass(frozen=True, slots=True)
+class _ProfileWords:
+    """What ``explain`` needs of a profile's own words, worked out once per profile, not once per pick."""
+
+    phrases: tuple[tuple[str, tuple[str, ...]], ...]  # (topic phrase, its terms)
+    own_words: dict[str, str]  # stem → the word as the subscriber typed it
+
+    @classmethod
+    def of(cls, profile: Profile) -> _ProfileWords:
+        prefs = profile.preferences
+        typed = [w for topic in prefs.topics for w in text.words(topic.phrase)] + text.words(prefs.describe)
+        own_words: dict[str, str] = {}
+        for word in typed:
+            if word not in text.STOP_WORDS and len(word) > 1:
+                own_words.setdefault(text.stem(word), word)
+        return cls(tuple((topic.phrase, text.phrase_terms(topic.phrase)) for topic in prefs.topics), own_words)
 
 
 def placement(index: PaperIndex, row: int, followed: bool) -> str:
@@ -475,34 +502,30 @@ def _zscore(values: np.ndarray) -> np.ndarray:
 
 
 def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
-            similarity: float | None = None) -> tuple[str, ...]:
+            similarity: float | None = None, *, words: _ProfileWords | None = None) -> tuple[str, ...]:
     """Why this paper was picked, in words a subscriber reads at a glance."""
     prefs = profile.preferences
-    paper_terms = set(index.sequences[row])
+    words = words or _ProfileWords.of(profile)
+    paper_terms = index.term_set(row)
     reasons: list[str] = []
     if followed:
         names = index.author_names[row]
         by = [names[text.name_keys(a)[0]] for a in prefs.authors if text.name_keys(a) and text.name_keys(a)[0] in names]
         reasons.append("by " + ", ".join(dict.fromkeys(by)) + " (followed author)")
-    phrases_matched, covered = [], set()
-    for topic in prefs.topics:
-        phrase = text.phrase_terms(topic.phrase)
-        if phrase and set(phrase) <= paper_terms and (len(phrase) == 1 or row in index.phrase_rows(phrase)):
-            phrases_matched.append(topic.phrase)
-            covered |= set(phrase)
+    phrases_matched: list[str] = []
+    covered: set[str] = set()
+    for topic_phrase, phrase in words.phrases:
+        if phrase and paper_terms.issuperset(phrase) and (len(phrase) == 1 or row in index.phrase_rows(phrase)):
+            phrases_matched.append(topic_phrase)
+            covered.update(phrase)
     if phrases_matched:
         reasons.append("topic: " + ", ".join(f"“{p}”" for p in phrases_matched))
     # Say it in the subscriber's own words: "mentions generation", not the stem "generat".
-    typed = [w for topic in prefs.topics for w in text.words(topic.phrase)] + text.words(prefs.describe)
-    own_words: dict[str, str] = {}
-    for word in typed:
-        if word not in text.STOP_WORDS and len(word) > 1:
-            own_words.setdefault(text.stem(word), word)
-    other = [word for term, word in own_words.items() if term in paper_terms and term not in covered]
+    other = [word for term, word in words.own_words.items() if term in paper_terms and term not in covered]
     if other:
         reasons.append("mentions " + ", ".join(other[:6]))
-    columns = {index.vocabulary[t] for t in index.sequences[row]}
     for example in profile.examples:
+        columns = {index.vocabulary[t] for t in index.sequences[row]}
         if example.weight > 0 and len(columns & example_terms(index, example.paper).keys()) >= EXAMPLE_REASON_OVERLAP:
             what = "your seed paper" if example.kind == "seed" else "a paper you liked"
             reasons.append(f"similar to {what} “{shorten(example.paper.title, 60)}”")
