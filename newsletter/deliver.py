@@ -12,8 +12,9 @@ moves bytes to the relay and commits the ledger (``send.dispatch``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import time
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from newsletter.runtime import Runtime
 from newsletter.send.dispatch import GroupCommitter, OutboundMessage, RateLimiter, dispatch
 from newsletter.send.mailer import Mailer
 
+logger = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # messages done so far
 CLAIM_BATCH = 500  # deliveries claimed, rendered and queued at a time
 BUILD_FAILURES_TO_STOP = 10  # digests failing to build before any succeeds: a bug for everyone, not one's data
@@ -77,23 +79,26 @@ async def send_due(
     lease = dt.timedelta(seconds=settings.lease_s)
     with runtime.sessions() as writes, runtime.sessions() as reads:
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
-                                                          bounce_limit=settings.bounce_limit))
-        renewed = time.monotonic()
+                                                          bounce_limit=settings.bounce_limit), holder=runtime.holder)
 
-        def write(started: list[int], finished: list[Outcome]) -> None:
-            nonlocal renewed
+        def write(started: list[int], finished: list[Outcome]) -> set[int]:
             moment = naive(dt.datetime.now(dt.UTC))
             try:
-                if started:
-                    ledger_writes.started(started, now=moment)
+                ours = ledger_writes.started(started, now=moment)
                 if finished:
                     ledger_writes.finished(finished, now=moment)
-                if time.monotonic() - renewed > settings.lease_s / 3:  # still at it: keep the claim alive
-                    ledger.renew_leases(writes, holder=runtime.holder, until=moment + lease)
-                    renewed = time.monotonic()
                 writes.commit()
             except Exception:
                 writes.rollback()  # the run stops; what was not written is recovered when the lease lapses
+                raise
+            return ours
+
+        def renew() -> None:
+            try:
+                ledger.renew_leases(writes, holder=runtime.holder, until=naive(dt.datetime.now(dt.UTC)) + lease)
+                writes.commit()
+            except Exception:
+                writes.rollback()
                 raise
 
         done = 0
@@ -105,10 +110,14 @@ async def send_due(
                 progress(done)
 
         messages = _claimed_messages(runtime, reads, clock=clock, subscriber_id=subscriber_id, stop=stop)
+        keeper = asyncio.create_task(_keep_leases(renew, every_s=settings.lease_s / 3))
         try:
             result = await dispatch(messages, mailers=mailers, committer=GroupCommitter(write), limiter=limiter,
                                     on_outcome=counted)
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             ledger.release_leases(writes, holder=runtime.holder)
             writes.commit()
     report.outcomes.update(result.outcomes)
@@ -118,6 +127,18 @@ async def send_due(
         report.outcomes = +report.outcomes  # drop zero counts
     report.error = result.error
     return report
+
+
+async def _keep_leases(renew: Callable[[], None], *, every_s: float) -> None:
+    """Renew this sender's leases on a timer, so a slow relay answer or a long rate-limit wait never lets
+    them lapse while it is alive (a lapsed lease is taken over by another sender)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            renew()
+        except Exception:  # a busy database: the next renewal, well before the lease lapses, tries again
+            logger.warning("could not renew the delivery leases of %s; trying again in %.0f s", "this sender", every_s,
+                           exc_info=True)
 
 
 async def _claimed_messages(

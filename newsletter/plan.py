@@ -103,7 +103,6 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
                 break
             if walked < MAX_MISSED_RECORDED:
                 planned.append(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at)))
-                report.missed += 1
             send_at = schedule.next_send_at(plan, after=issue.send_at if walked < MAX_MISSED_RECORDED else now - dt.timedelta(days=1))
         subscriber.next_send_at = naive(send_at)
     windows = []
@@ -117,11 +116,18 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
     for (subscriber, issue), picks in zip(due, ranked, strict=True):
         status = DeliveryStatus.PENDING if picks or settings.send_empty_digest else DeliveryStatus.EMPTY  # quiet: no email
         planned.append(PlannedDelivery(subscriber.id, issue.issue_date, picks, status, naive(issue.send_at)))
+    recorded = ledger.record_deliveries(session, planned=planned, message_domain=settings.from_domain, now=utcnow())
+    emails = {s.id: s.email for s in subscribers}
+    for entry in planned:  # only what this pass recorded: another run (or --only) may have planned some first
+        if (entry.subscriber_id, entry.issue_date) not in recorded:
+            continue
+        if entry.status == DeliveryStatus.MISSED:
+            report.missed += 1
+            continue
         report.due += 1
-        report.empty += status == DeliveryStatus.EMPTY
+        report.empty += entry.status == DeliveryStatus.EMPTY
         if keep_picks:
-            report.picks.append(Pick(subscriber.email, picks, issue.issue_date))
-    ledger.record_deliveries(session, planned=planned, message_domain=settings.from_domain, now=utcnow())
+            report.picks.append(Pick(emails[entry.subscriber_id], list(entry.picks), entry.issue_date))
 
 
 def naive_window(window: tuple[dt.datetime, dt.datetime]) -> Window:

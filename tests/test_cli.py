@@ -298,10 +298,11 @@ def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
     with sessions() as first, sessions() as second:  # both planned before either recorded, as two racing runs do
         now = dt.datetime(2026, 11, 30, 7)
         assert ledger.record_deliveries(first, message_domain="example.org", now=now,
-                                        planned=[ledger.PlannedDelivery(i, day, [], "pending") for i in ids[:2]]) == 2
+                                        planned=[ledger.PlannedDelivery(i, day, [], "pending") for i in ids[:2]]) == {
+            (i, day) for i in ids[:2]}
         first.commit()
         assert ledger.record_deliveries(second, message_domain="example.org", now=now,
-                                        planned=[ledger.PlannedDelivery(i, day, [], "pending") for i in ids]) == 1
+                                        planned=[ledger.PlannedDelivery(i, day, [], "pending") for i in ids]) == {(ids[2], day)}
         second.commit()
     assert counts(ready)["deliveries"] == 3
     engine.dispose()

@@ -27,7 +27,7 @@ from newsletter.db.models import Delivery, Subscriber
 from newsletter.plan import plan_due
 from newsletter.runtime import Runtime
 from newsletter.settings import load_settings
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, fixed_send_moment, free_port
 from tests.send.faults import FaultySink
 
 HEADER = "email,topics,exclude,categories,authors,describe,timezone,hour,frequency,max_papers\n"
@@ -259,8 +259,9 @@ def test_a_delivery_leased_by_a_live_sender_is_left_alone_until_the_lease_lapses
             for email, attempts in ((held, 1), (twice, 2)):
                 [claimed] = ledger.claim_due(session, now=naive_utcnow(), holder="elsewhere:4242:cafe0000",
                                              lease=dt.timedelta(hours=1), limit=10, subscriber_id=ids[email])
-                for _ in range(attempts):
-                    ledger.Ledger(session, policy=policy).started([claimed.id], now=naive_utcnow())
+                elsewhere = ledger.Ledger(session, policy=policy, holder="elsewhere:4242:cafe0000")
+                assert elsewhere.started([claimed.id], now=naive_utcnow()) == {claimed.id}
+                session.execute(update(Delivery).where(Delivery.id == claimed.id).values(attempts=attempts))
                 session.commit()
     finally:
         runtime.close()
@@ -291,3 +292,36 @@ def test_a_delivery_leased_by_a_live_sender_is_left_alone_until_the_lease_lapses
     assert again.code == 0, again.err
     assert json.loads(again.out)["outcomes"] == {}
     assert sink.per_recipient() == {held: 1, **{email: 1 for email in free}}
+
+
+def test_a_live_sender_stuck_on_a_slow_relay_keeps_its_lease_and_nothing_is_sent_twice(cli, env, sqlite_url, tmp_path) -> None:
+    """Run A waits 12 s for the relay's answer with a 5 s lease; run B starts meanwhile. A renews its lease on a
+    timer, so B takes none of A's deliveries; and a sender whose claim was taken over would send none of them."""
+    sink = FaultySink(stall_for={"reader0@example.org": 12.0})
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                        from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1", smtp_port=port,
+                        smtp_security="none", smtp_pool_size=1, lease_s=5)
+        env(**settings)
+        (tmp_path / "l.csv").write_text("email,topics,max_papers\n"
+                                        + "".join(f"reader{i}@example.org,diffusion models;language models,2\n" for i in range(3)))
+        assert cli("subscribers", "import", str(tmp_path / "l.csv")).code == 0
+        assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+        environ = {**os.environ, **{f"NEWSLETTER_{k.upper()}": str(v) for k, v in settings.items()}}
+        command = [sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)]
+        first = subprocess.Popen(command, env=environ, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while (row := ledger_rows(sqlite_url).get("reader0@example.org")) is None or row.status != "sending":
+            assert time.monotonic() < deadline, "run A never handed reader0's message over"
+            time.sleep(0.1)
+        time.sleep(6)  # longer than the lease: without renewal, B would take A's deliveries over
+        second = subprocess.run(command, env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        _, first_err = first.communicate(timeout=120)
+    finally:
+        controller.stop()
+    assert first.returncode == 0 and second.returncode == 0, (first_err, second.stderr)
+    assert "Traceback" not in first_err + second.stderr
+    assert sink.per_recipient() == {f"reader{i}@example.org": 1 for i in range(3)}

@@ -153,8 +153,8 @@ def simulate(cli, env, sqlite_url: str, tmp_path: Path):
             candidate_window_days=1,  # windows tile exactly: only the roll-over of a missed day reaches further back
             min_score=0, send_empty_digest="true")  # every send day is an email, whatever the papers
         for reader in READERS:
-            args = ["--timezone", reader.timezone, "--hour", str(reader.hour), "--frequency", reader.frequency,
-                    "--max-papers", str(reader.max_papers)]
+            args = ["--timezone", reader.timezone, "--hour", str(reader.hour), "--minute", str(reader.minute),
+                    "--frequency", reader.frequency, "--weekday", str(reader.weekday), "--max-papers", str(reader.max_papers)]
             result = cli("subscribers", "add", reader.email, *[a for t in TOPICS for a in ("--topic", t)], *args)
             assert result.code == 0, result.err
         assert cli("ingest", str(SAMPLE_FEED)).code == 0
@@ -179,12 +179,13 @@ def simulate(cli, env, sqlite_url: str, tmp_path: Path):
 
 
 def sign_up(url: str, *, at: dt.datetime) -> None:
-    """Minutes and weekdays the CLI does not take yet, and each schedule as if created at ``at``."""
+    """Subscribers are added on the real clock: each schedule as if created at ``at`` instead."""
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
         for row in session.scalars(select(Subscriber)).unique():
             reader = BY_EMAIL[row.email]
-            row.send_minute, row.frequency, row.send_weekday = reader.minute, reader.frequency, reader.weekday
+            assert (row.send_hour, row.send_minute, row.frequency, row.send_weekday) == \
+                   (reader.hour, reader.minute, reader.frequency, reader.weekday)
             row.next_send_at = repo.first_send_at(repo.schedule_of(row), now=at.astimezone(UTC).replace(tzinfo=None))
         session.commit()
     engine.dispose()

@@ -31,9 +31,11 @@ from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscri
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry after an unknown outcome
 
 # The two writes of every message, as plain statements compiled once (the ORM's per-call cost was a
-# third of the sending time).
-MARK_SENDING = text("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, updated_at = :now WHERE id = :id")
-MARK_SENT = text("UPDATE deliveries SET status = 'sent', sent_at = :now, last_error = NULL, updated_at = :now WHERE id = :id")
+# third of the sending time). Both only touch a row this sender still holds: one whose lease lapsed
+# and was taken over by another sender is that sender's now.
+MARK_SENT = text("UPDATE deliveries SET status = 'sent', sent_at = :now, last_error = NULL, updated_at = :now "
+                 "WHERE id = :id AND leased_by = :holder")
+SENDABLE = (DeliveryStatus.PENDING, DeliveryStatus.RETRY, DeliveryStatus.UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +65,20 @@ class RetryPolicy:
 class Ledger:
     """Writes of one sending run; the caller batches calls (see send.dispatch.GroupCommitter)."""
 
-    def __init__(self, session: Session, *, policy: RetryPolicy) -> None:
-        self.session, self.policy = session, policy
+    def __init__(self, session: Session, *, policy: RetryPolicy, holder: str) -> None:
+        self.session, self.policy, self.holder = session, policy, holder
         self.expired = 0  # retries that fell outside the window and were recorded as expired
 
-    def started(self, delivery_ids: Sequence[int], *, now: dt.datetime) -> None:
-        self._run(MARK_SENDING, [{"id": i, "now": now} for i in delivery_ids])
+    def started(self, delivery_ids: Sequence[int], *, now: dt.datetime) -> set[int]:
+        """Mark ``sending`` what this sender is about to hand over; returns the ids it still holds (send only those)."""
+        if not delivery_ids:
+            return set()
+        return set(self.session.scalars(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.leased_by == self.holder, Delivery.status.in_(SENDABLE))
+            .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
+            .returning(Delivery.id)
+        ))
 
     def _run(self, statement: TextClause, rows: list[dict[str, object]]) -> None:
         if rows:
@@ -78,7 +88,7 @@ class Ledger:
         by_status: dict[str, list[Outcome]] = {}
         for outcome in outcomes:
             by_status.setdefault(outcome.status, []).append(outcome)
-        self._run(MARK_SENT, [{"id": o.delivery_id, "now": now} for o in by_status.get("sent", ())])
+        self._run(MARK_SENT, [{"id": o.delivery_id, "now": now, "holder": self.holder} for o in by_status.get("sent", ())])
         for status in ("failed", "unknown", "pending"):
             if rows := by_status.get(status):
                 self._set(rows, status=status, now=now)
@@ -88,7 +98,7 @@ class Ledger:
             self._count_bounces(bounced)
 
     def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime) -> None:
-        statement = (update(Delivery).where(Delivery.id == bindparam("delivery"))
+        statement = (update(Delivery).where(Delivery.id == bindparam("delivery"), Delivery.leased_by == self.holder)
                      .values(status=status, last_error=bindparam("error"), updated_at=now))
         self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error} for o in outcomes])
 
@@ -103,7 +113,7 @@ class Ledger:
             when = self.policy.next_attempt(attempts=row.attempts, created_at=row.created_at, now=now)
             (due if when else expired).append((outcome, when))
         if due:
-            statement = (update(Delivery).where(Delivery.id == bindparam("delivery"))
+            statement = (update(Delivery).where(Delivery.id == bindparam("delivery"), Delivery.leased_by == self.holder)
                          .values(status="retry", last_error=bindparam("error"), next_attempt_at=bindparam("when"), updated_at=now))
             self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error, "when": w} for o, w in due])
         if expired:
@@ -238,14 +248,16 @@ class PlannedDelivery:
     send_at: dt.datetime | None = None  # the send moment planned for (naive UTC)
 
 
-def record_deliveries(session: Session, *, planned: Sequence[PlannedDelivery], message_domain: str, now: dt.datetime) -> int:
+def record_deliveries(
+    session: Session, *, planned: Sequence[PlannedDelivery], message_domain: str, now: dt.datetime,
+) -> set[tuple[int, dt.date]]:
     """Record what each subscriber will get, in bulk; the Message-ID is fixed here so a resend reuses it.
 
     A subscriber whose delivery of that date another run recorded meanwhile is skipped (ON CONFLICT DO
     NOTHING on the one-per-subscriber-per-date key), so two runs racing never fail or double up.
-    Returns how many deliveries this call recorded.
+    Returns the (subscriber id, issue date) pairs this call recorded.
     """
-    recorded = 0
+    recorded: set[tuple[int, dt.date]] = set()
     for start in range(0, len(planned), 5000):
         batch = {(p.subscriber_id, p.issue_date): p for p in planned[start : start + 5000]}
         statement = _insert_for(session, Delivery).on_conflict_do_nothing(index_elements=["subscriber_id", "issue_date"])
@@ -255,7 +267,7 @@ def record_deliveries(session: Session, *, planned: Sequence[PlannedDelivery], m
               "message_id": f"<digest.{p.issue_date:%Y%m%d}.{p.subscriber_id}.{secrets.token_hex(8)}@{message_domain}>",
               "send_at": p.send_at, "created_at": now, "updated_at": now} for p in batch.values()],
         ).all()
-        recorded += len(ids)
+        recorded.update((subscriber_id, issue_date) for _, subscriber_id, issue_date in ids)
         items = [{"delivery_id": delivery_id, "paper_id": pick.paper.id, "rank": rank, "score": round(pick.score, 4),
                   "reasons": list(pick.reasons)}
                  for delivery_id, subscriber_id, issue_date in ids
@@ -287,10 +299,12 @@ def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int
 
 
 def last_planned_send(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, dt.datetime]:
-    """Each subscriber's latest send moment that was not missed: where a new digest's candidates start at the latest."""
+    """Each subscriber's latest send moment whose digest was not missed, failed or expired: where a new
+    digest's candidates start at the latest (so the papers of those roll over into it)."""
     rows = session.execute(
         select(Delivery.subscriber_id, func.max(Delivery.send_at))
-        .where(Delivery.subscriber_id.in_(subscriber_ids), Delivery.status != DeliveryStatus.MISSED,
+        .where(Delivery.subscriber_id.in_(subscriber_ids),
+               Delivery.status.not_in((DeliveryStatus.MISSED, DeliveryStatus.EXPIRED, DeliveryStatus.FAILED)),
                Delivery.send_at.is_not(None))
         .group_by(Delivery.subscriber_id)
     )

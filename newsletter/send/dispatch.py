@@ -18,7 +18,7 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from newsletter.db.ledger import Outcome
@@ -78,25 +78,31 @@ class RateLimiter:
 class GroupCommitter:
     """Collects ledger writes from every connection and commits them together."""
 
-    write: Callable[[list[int], list[Outcome]], None]  # (started ids, finished outcomes) → committed
+    # (started ids, finished outcomes) → committed; returns the started ids that are still this sender's
+    # to send (a delivery another sender took over after this one's lease lapsed is not).
+    write: Callable[[list[int], list[Outcome]], Collection[int]]
     _started: list[int] = field(default_factory=list)
     _finished: list[Outcome] = field(default_factory=list)
-    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    _waiters: list[asyncio.Future[Collection[int]]] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
 
-    async def record(self, *, finished: Sequence[Outcome] = (), started: int | None = None) -> None:
-        """Record a connection's latest outcomes and/or the delivery it sends next, and wait for the commit."""
+    async def record(self, *, finished: Sequence[Outcome] = (), started: int | None = None) -> bool:
+        """Record a connection's latest outcomes and/or the delivery it sends next, and wait for the commit.
+
+        False when ``started`` is no longer ours to send: do not send it.
+        """
         self._finished.extend(finished)
         if started is not None:
             self._started.append(started)
-        await self._committed()
+        accepted = await self._committed()
+        return started is None or started in accepted
 
-    async def _committed(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def _committed(self) -> Collection[int]:
+        waiter: asyncio.Future[Collection[int]] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
-        await waiter
+        return await waiter
 
     async def _flush(self) -> None:
         while self._waiters:
@@ -104,13 +110,13 @@ class GroupCommitter:
             started, finished, waiters = self._started, self._finished, self._waiters
             self._started, self._finished, self._waiters = [], [], []
             try:
-                self.write(started, finished)
+                accepted = self.write(started, finished)
             except Exception as exc:  # a failed commit must stop every connection waiting on it
                 for waiter in waiters:
                     waiter.set_exception(exc)
                 continue
             for waiter in waiters:
-                waiter.set_result(None)
+                waiter.set_result(accepted)
 
 
 @dataclass
@@ -160,8 +166,10 @@ async def dispatch(
                     report(finished[-1])
                     continue
                 # One commit records the previous outcomes and this message's start.
-                await committer.record(finished=finished, started=job.delivery_id)
+                ours = await committer.record(finished=finished, started=job.delivery_id)
                 finished = []
+                if not ours:  # our lease lapsed and another sender took it over: theirs to send now
+                    continue
                 await limiter.acquire()  # after the commit, right before the send
                 try:
                     if result.error is None:
