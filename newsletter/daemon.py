@@ -41,9 +41,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter import logs
 from newsletter.db import heartbeats
+from newsletter.db.ledger import anything_to_send
 from newsletter.deliver import send_due
 from newsletter.errors import NewsletterError
-from newsletter.jobs import anything_to_send, cleanup, ingest_configured, job_table, missed_at_start
+from newsletter.jobs import cleanup, ingest_configured, job_table, missed_at_start
 from newsletter.plan import naive, plan_due
 from newsletter.runtime import Runtime
 from newsletter.send.dispatch import one_line

@@ -45,11 +45,10 @@ from dataclasses import dataclass
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter.db import heartbeats, ledger, repo
-from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.db.models import utcnow
 from newsletter.errors import ConfigError
 from newsletter.ingest.run import SourceReport
 from newsletter.ingest.sources import SourceSpec, resolve
@@ -179,16 +178,6 @@ def log_source(job: str, report: SourceReport) -> None:
                  report.unchanged, note, report.seconds, extra=fields)
 
 
-def anything_to_send(session: Session, *, now: dt.datetime) -> bool:
-    """Is a delivery due and free to claim, or left ``sending`` by a sender whose claim lapsed (``send_due`` recovers it)?"""
-    query = (select(Delivery.id).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-             .where(ledger.lease_free(now=now),
-                    or_(and_(ledger.due_filter(now=now), Subscriber.status == SubscriberStatus.ACTIVE),
-                        Delivery.status == DeliveryStatus.SENDING))
-             .limit(1))
-    return session.scalar(query) is not None
-
-
 def cleanup(session: Session, *, now: dt.datetime, window: dt.timedelta) -> tuple[int, int]:
     """Expire deliveries still unsent after the retry window; forget daemons silent for HEARTBEAT_KEEP."""
     return ledger.expire_stale(session, now=now, window=window), heartbeats.forget_silent(session, before=now - HEARTBEAT_KEEP)
@@ -206,5 +195,5 @@ def missed_at_start(runtime: Runtime, specs: list[JobSpec], *, now: dt.datetime)
     return missed
 
 
-__all__ = ["JobSpec", "anything_to_send", "cleanup", "configured_sources", "crontab_weekdays", "ingest_configured", "job_table",
+__all__ = ["JobSpec", "cleanup", "configured_sources", "crontab_weekdays", "ingest_configured", "job_table",
            "last_fire_time", "missed_at_start"]

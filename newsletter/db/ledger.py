@@ -171,6 +171,16 @@ def due_filter(*, now: dt.datetime):
     )
 
 
+def anything_to_send(session: Session, *, now: dt.datetime) -> bool:
+    """Is a delivery due and free to claim, or left ``sending`` by a sender whose claim lapsed (``recover_interrupted``)?"""
+    query = (select(Delivery.id).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+             .where(lease_free(now=now),
+                    or_(and_(due_filter(now=now), Subscriber.status == SubscriberStatus.ACTIVE),
+                        Delivery.status == DeliveryStatus.SENDING))
+             .limit(1))
+    return session.scalar(query) is not None
+
+
 def begin_write(session: Session) -> None:
     """Start the session's transaction as a writer, so that what it reads next nobody else changes.
 
@@ -319,6 +329,6 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
     return sorted(row for row in rows if row is not None)
 
 
-__all__ = ["DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "begin_write", "claim_due", "delivery_items",
-           "due_filter", "expire_stale", "last_planned_send", "recent_send_times", "record_deliveries", "recover_interrupted",
-           "release_leases", "renew_leases"]
+__all__ = ["DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
+           "claim_due", "delivery_items", "due_filter", "expire_stale", "last_planned_send", "recent_send_times",
+           "record_deliveries", "recover_interrupted", "release_leases", "renew_leases"]
