@@ -19,6 +19,7 @@ same issue a no-op.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from newsletter.records import Example, Paper, Profile, RankedPaper
 from newsletter.runtime import Runtime
 from newsletter.score import PaperIndex, rank_papers
 
+logger = logging.getLogger(__name__)
 PLAN_BATCH = 2_000  # due subscribers claimed, scored and recorded per transaction
 MAX_MISSED_RECORDED = 31  # after a longer outage, older issues are skipped without a row each
 Window = tuple[dt.datetime, dt.datetime]  # [start, end) in naive UTC
@@ -69,6 +71,7 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) ->
     """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction."""
     report = PlanReport()
     indexes: dict[Window, tuple[list[Paper], PaperIndex]] = {}  # one per window for the whole pass, not per batch
+    schedule_unscheduled(runtime, now=now)
     while True:
         with runtime.sessions() as session:
             ledger.begin_write(session)
@@ -76,7 +79,9 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) ->
                      .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at <= naive(now))
                      .order_by(Subscriber.next_send_at, Subscriber.id).limit(PLAN_BATCH))
             if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=Subscriber)
+                # FOR NO KEY UPDATE: rows another planner holds are skipped, and inserting a delivery (whose
+                # foreign key takes a key-share lock on the subscriber, as --only does) never deadlocks with it.
+                query = query.with_for_update(skip_locked=True, of=Subscriber, key_share=True)
             subscribers = list(session.scalars(query).unique())
             if not subscribers:
                 session.commit()
@@ -85,14 +90,36 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) ->
             session.commit()
 
 
+def schedule_unscheduled(runtime: Runtime, *, now: dt.datetime) -> int:
+    """Give active subscribers without a next send moment one (rows from before schedules existed, or
+    written by hand): their next send after ``now``."""
+    with runtime.sessions() as session:
+        ledger.begin_write(session)
+        rows = list(session.scalars(select(Subscriber).where(Subscriber.status == SubscriberStatus.ACTIVE,
+                                                              Subscriber.next_send_at.is_(None))).unique())
+        scheduled = 0
+        for subscriber in rows:
+            try:
+                subscriber.next_send_at = repo.first_send_at(repo.schedule_of(subscriber), now=naive(now))
+                scheduled += 1
+            except NewsletterError as exc:
+                logger.warning("subscriber %s has an invalid schedule (%s); skipped until it is fixed", subscriber.email, exc)
+        session.commit()
+    return scheduled
+
+
 def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber], *, now: dt.datetime,
                 report: PlanReport, keep_picks: bool, indexes: dict[Window, tuple[list[Paper], PaperIndex]]) -> None:
     settings = runtime.settings
-    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s in subscribers])
     due: list[tuple[Subscriber, schedule.DueIssue]] = []
     planned: list[PlannedDelivery] = []
     for subscriber in subscribers:
-        plan = repo.schedule_of(subscriber)
+        try:
+            plan = repo.schedule_of(subscriber)
+        except NewsletterError as exc:  # a schedule written by hand that makes no sense: skip them, not everyone
+            logger.warning("subscriber %s has an invalid schedule (%s); skipped until it is fixed", subscriber.email, exc)
+            subscriber.next_send_at = None
+            continue
         send_at = aware(subscriber.next_send_at)  # type: ignore[arg-type]  # selected by next_send_at <= now
         for walked in range(MAX_MISSED_RECORDED + 2):
             issue = schedule.issue_for(plan, send_at)
@@ -105,6 +132,8 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
                 planned.append(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at)))
             send_at = schedule.next_send_at(plan, after=issue.send_at if walked < MAX_MISSED_RECORDED else now - dt.timedelta(days=1))
         subscriber.next_send_at = naive(send_at)
+    ledger.supersede_unsent(session, issues=[(s.id, issue.issue_date) for s, issue in due], now=utcnow())
+    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s, _ in due])
     windows = []
     for subscriber, issue in due:
         previous = last.get(subscriber.id)
@@ -158,10 +187,10 @@ def plan_now(runtime: Runtime, *, email: str, now: dt.datetime) -> PlanReport:
             window = window_now(subscriber, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last)
             report.candidates, [picks] = score_subscribers(runtime, session, subscribers=[subscriber], windows=[window])
             status = DeliveryStatus.PENDING if picks or runtime.settings.send_empty_digest else DeliveryStatus.EMPTY
-            ledger.record_deliveries(session, planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))],
-                                     message_domain=runtime.settings.from_domain, now=utcnow())
-            report.due, report.empty = 1, int(status == DeliveryStatus.EMPTY)
-            report.picks.append(Pick(subscriber.email, picks, issue_date))
+            if ledger.record_deliveries(session, planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))],
+                                        message_domain=runtime.settings.from_domain, now=utcnow()):
+                report.due, report.empty = 1, int(status == DeliveryStatus.EMPTY)
+                report.picks.append(Pick(subscriber.email, picks, issue_date))
         session.commit()
     return report
 

@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, TextClause, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import Table, TextClause, and_, bindparam, exists, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
 from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
 
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry after an unknown outcome
+IN_CHUNK = 5_000  # ids per IN (...) list: PostgreSQL takes at most 65,535 parameters a statement
 
 # The two writes of every message, as plain statements compiled once (the ORM's per-call cost was a
 # third of the sending time). Both only touch a row this sender still holds: one whose lease lapsed
@@ -75,7 +76,9 @@ class Ledger:
             return set()
         return set(self.session.scalars(
             update(Delivery)
-            .where(Delivery.id.in_(delivery_ids), Delivery.leased_by == self.holder, Delivery.status.in_(SENDABLE))
+            .where(Delivery.id.in_(delivery_ids), Delivery.leased_by == self.holder, Delivery.status.in_(SENDABLE),
+                   # unsubscribed (or suppressed) since the claim: not sent
+                   exists().where(Subscriber.id == Delivery.subscriber_id, Subscriber.status == SubscriberStatus.ACTIVE))
             .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
             .returning(Delivery.id)
         ))
@@ -219,7 +222,8 @@ def claim_due(
     query = (
         select(Delivery.id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(due_filter(now=now), lease_free(now=now), Subscriber.status == SubscriberStatus.ACTIVE)
+        .where(Delivery.status.in_(SENDABLE), due_filter(now=now), lease_free(now=now),  # the IN lets an index on status help
+               Subscriber.status == SubscriberStatus.ACTIVE)
         .order_by(Delivery.id)
         .limit(limit)
     )
@@ -311,14 +315,30 @@ def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int
 def last_planned_send(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, dt.datetime]:
     """Each subscriber's latest send moment whose digest was not missed, failed or expired: where a new
     digest's candidates start at the latest (so the papers of those roll over into it)."""
-    rows = session.execute(
-        select(Delivery.subscriber_id, func.max(Delivery.send_at))
-        .where(Delivery.subscriber_id.in_(subscriber_ids),
-               Delivery.status.not_in((DeliveryStatus.MISSED, DeliveryStatus.EXPIRED, DeliveryStatus.FAILED)),
-               Delivery.send_at.is_not(None))
-        .group_by(Delivery.subscriber_id)
-    )
-    return {subscriber_id: when for subscriber_id, when in rows if when is not None}
+    found: dict[int, dt.datetime] = {}
+    for start in range(0, len(subscriber_ids), IN_CHUNK):
+        rows = session.execute(
+            select(Delivery.subscriber_id, func.max(Delivery.send_at))
+            .where(Delivery.subscriber_id.in_(subscriber_ids[start : start + IN_CHUNK]),
+                   Delivery.status.not_in((DeliveryStatus.MISSED, DeliveryStatus.EXPIRED, DeliveryStatus.FAILED)),
+                   Delivery.send_at.is_not(None))
+            .group_by(Delivery.subscriber_id)
+        )
+        found.update({subscriber_id: when for subscriber_id, when in rows if when is not None})
+    return found
+
+
+def supersede_unsent(session: Session, *, issues: Sequence[tuple[int, dt.date]], now: dt.datetime) -> None:
+    """A subscriber's older digests still unsent when their next one is planned give way to it: ``expired``,
+    so that their papers (never sent) roll into the new digest instead of arriving twice, a day late."""
+    if issues:
+        session.connection().execute(
+            update(Delivery)
+            .where(Delivery.subscriber_id == bindparam("subscriber"), Delivery.issue_date < bindparam("issue"),
+                   Delivery.status.in_(SENDABLE), lease_free(now=now))
+            .values(status=DeliveryStatus.EXPIRED, updated_at=now, last_error="superseded by a newer digest"),
+            [{"subscriber": subscriber_id, "issue": issue_date} for subscriber_id, issue_date in issues],
+        )
 
 
 def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> list[dt.datetime]:
@@ -329,6 +349,6 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
     return sorted(row for row in rows if row is not None)
 
 
-__all__ = ["DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
+__all__ = ["supersede_unsent", "DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
            "claim_due", "delivery_items", "due_filter", "expire_stale", "last_planned_send", "recent_send_times",
            "record_deliveries", "recover_interrupted", "release_leases", "renew_leases"]

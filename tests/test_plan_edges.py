@@ -1,0 +1,89 @@
+"""Planning and claiming at their edges: unscheduled rows, unsent digests overtaken by the next, unsubscribes mid-send."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+
+from newsletter.db import ledger
+from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.models import Delivery, DeliveryItem, Subscriber
+from newsletter.plan import plan_due
+from newsletter.runtime import Runtime
+from newsletter.settings import load_settings
+from tests.conftest import FIXTURES
+
+
+def at(moment: dt.datetime) -> str:
+    return moment.isoformat()
+
+
+def next_send(url: str, email: str) -> dt.datetime:
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        when = session.scalar(select(Subscriber.next_send_at).where(Subscriber.email == email))
+    engine.dispose()
+    assert when is not None
+    return when.replace(tzinfo=dt.UTC)
+
+
+def test_a_subscriber_without_a_next_send_moment_is_scheduled_and_then_served(cli, configured) -> None:
+    """Rows from before schedules existed (an upgraded database) carry no next send moment."""
+    assert cli("init").code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    engine = make_engine(configured)
+    with make_sessionmaker(engine)() as session:
+        session.execute(update(Subscriber).values(next_send_at=None))
+        session.commit()
+    engine.dispose()
+    first = cli("digest", "--at", at(dt.datetime.now(dt.UTC)))
+    assert first.code == 0 and "0 subscribers due" in first.out
+    due = next_send(configured, "ada@example.org")
+    second = cli("digest", "--at", at(due + dt.timedelta(minutes=1)))
+    assert second.code == 0 and "deliveries: sent 1" in second.out, second.out
+
+
+def test_an_unsent_digest_gives_way_to_the_next_and_its_papers_roll_into_it(cli, configured) -> None:
+    assert cli("init").code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "language models", "--max-papers", "3").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    runtime = Runtime.build(load_settings())
+    try:
+        day_one = next_send(configured, "ada@example.org") + dt.timedelta(minutes=1)
+        plan_due(runtime, now=day_one)  # planned, never sent (the relay was down all day)
+        with runtime.sessions() as session:
+            [first] = session.scalars(select(Delivery)).all()
+            first_papers = set(session.scalars(select(DeliveryItem.paper_id).where(DeliveryItem.delivery_id == first.id)))
+        plan_due(runtime, now=day_one + dt.timedelta(days=1))
+        with runtime.sessions() as session:
+            rows = {d.issue_date: d for d in session.scalars(select(Delivery))}
+            second = rows[max(rows)]
+            second_papers = set(session.scalars(select(DeliveryItem.paper_id).where(DeliveryItem.delivery_id == second.id)))
+    finally:
+        runtime.close()
+    older = rows[min(rows)]
+    assert (older.status, older.last_error) == ("expired", "superseded by a newer digest")
+    assert second.status == "pending"
+    assert first_papers and first_papers == second_papers, "the papers nobody received come in the next digest"
+
+
+def test_a_subscriber_who_leaves_after_their_digest_was_claimed_does_not_get_it(cli, configured) -> None:
+    assert cli("init").code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "language models").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    runtime = Runtime.build(load_settings())
+    try:
+        plan_due(runtime, now=next_send(configured, "ada@example.org") + dt.timedelta(minutes=1))
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        with runtime.sessions() as session:
+            [claimed] = ledger.claim_due(session, now=now, holder="me", lease=dt.timedelta(minutes=5), limit=10)
+            session.execute(update(Subscriber).values(status="unsubscribed"))
+            session.commit()
+            sender = ledger.Ledger(session, policy=ledger.RetryPolicy(), holder="me")
+            assert sender.started([claimed.id], now=now) == set(), "not marked sending: the worker skips it"
+            session.commit()
+            assert session.scalar(select(Delivery.status)) == "pending"
+    finally:
+        runtime.close()
