@@ -87,3 +87,21 @@ def test_a_subscriber_who_leaves_after_their_digest_was_claimed_does_not_get_it(
             assert session.scalar(select(Delivery.status)) == "pending"
     finally:
         runtime.close()
+
+
+def test_many_unsent_digests_give_way_at_once(cli, configured) -> None:
+    """The same as above for many subscribers in one planning batch (one statement, many parameter sets)."""
+    assert cli("init").code == 0
+    for i in range(5):
+        assert cli("subscribers", "add", f"r{i}@example.org", "--topic", "language models", "--max-papers", "2").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    runtime = Runtime.build(load_settings())
+    try:
+        day_one = next_send(configured, "r0@example.org") + dt.timedelta(minutes=1)
+        plan_due(runtime, now=day_one)
+        plan_due(runtime, now=day_one + dt.timedelta(days=1))
+        with runtime.sessions() as session:
+            statuses = sorted(session.scalars(select(Delivery.status)))
+    finally:
+        runtime.close()
+    assert statuses == ["expired"] * 5 + ["pending"] * 5

@@ -335,7 +335,8 @@ def supersede_unsent(session: Session, *, issues: Sequence[tuple[int, dt.date]],
         session.connection().execute(
             update(Delivery)
             .where(Delivery.subscriber_id == bindparam("subscriber"), Delivery.issue_date < bindparam("issue"),
-                   Delivery.status.in_(SENDABLE), lease_free(now=now))
+                   or_(*(Delivery.status == status for status in SENDABLE)),  # executemany: no expanding IN
+                   lease_free(now=now))
             .values(status=DeliveryStatus.EXPIRED, updated_at=now, last_error="superseded by a newer digest"),
             [{"subscriber": subscriber_id, "issue": issue_date} for subscriber_id, issue_date in issues],
         )
