@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery, Ledger, Outcome, RetryPolicy
+from newsletter.db.models import DeliveryStatus
 from newsletter.errors import NewsletterError
 from newsletter.issue import day_renderer, message_for
 from newsletter.records import Paper
@@ -122,8 +123,8 @@ async def send_due(
             writes.commit()
     report.outcomes.update(result.outcomes)
     if ledger_writes.expired:  # the outcome was "try again later", but the retry window is over
-        report.outcomes["retry"] -= ledger_writes.expired
-        report.outcomes["expired"] += ledger_writes.expired
+        report.outcomes[DeliveryStatus.RETRY] -= ledger_writes.expired
+        report.outcomes[DeliveryStatus.EXPIRED] += ledger_writes.expired
         report.outcomes = +report.outcomes  # drop zero counts
     report.error = result.error
     return report

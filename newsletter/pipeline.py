@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from newsletter.db import repo
+from newsletter.db.models import DeliveryStatus
 from newsletter.deliver import send_due
 from newsletter.plan import Pick, plan_due, plan_now, preview_next
 from newsletter.runtime import Runtime
@@ -67,7 +68,7 @@ async def run_digest(
                                    stop=stop, progress=progress)
     run.outcomes.update(delivered.outcomes)
     if delivered.expired:
-        run.outcomes["expired"] += delivered.expired
+        run.outcomes[DeliveryStatus.EXPIRED] += delivered.expired
     if delivered.error:
         run.errors.append(f"{delivered.error}; the remaining digests stay pending for the next run")
     return run

@@ -91,13 +91,13 @@ class Ledger:
         by_status: dict[str, list[Outcome]] = {}
         for outcome in outcomes:
             by_status.setdefault(outcome.status, []).append(outcome)
-        self._run(MARK_SENT, [{"id": o.delivery_id, "now": now, "holder": self.holder} for o in by_status.get("sent", ())])
-        for status in ("failed", "unknown", "pending"):
+        self._run(MARK_SENT, [{"id": o.delivery_id, "now": now, "holder": self.holder} for o in by_status.get(DeliveryStatus.SENT, ())])
+        for status in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN, DeliveryStatus.PENDING):
             if rows := by_status.get(status):
                 self._set(rows, status=status, now=now)
-        if retry := by_status.get("retry"):
+        if retry := by_status.get(DeliveryStatus.RETRY):
             self._schedule_retries(retry, now=now)
-        if bounced := [o for o in by_status.get("failed", ()) if o.bounce]:
+        if bounced := [o for o in by_status.get(DeliveryStatus.FAILED, ()) if o.bounce]:
             self._count_bounces(bounced)
 
     def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime) -> None:
@@ -117,10 +117,11 @@ class Ledger:
             (due if when else expired).append((outcome, when))
         if due:
             statement = (update(Delivery).where(Delivery.id == bindparam("delivery"), Delivery.leased_by == self.holder)
-                         .values(status="retry", last_error=bindparam("error"), next_attempt_at=bindparam("when"), updated_at=now))
+                         .values(status=DeliveryStatus.RETRY, last_error=bindparam("error"), next_attempt_at=bindparam("when"),
+                                 updated_at=now))
             self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error, "when": w} for o, w in due])
         if expired:
-            self._set([o for o, _ in expired], status="expired", now=now)
+            self._set([o for o, _ in expired], status=DeliveryStatus.EXPIRED, now=now)
             self.expired += len(expired)
 
     def _count_bounces(self, outcomes: Sequence[Outcome]) -> None:

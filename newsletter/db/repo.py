@@ -15,6 +15,7 @@ from newsletter import records, schedule
 from newsletter.db.models import (
     Delivery,
     DeliveryItem,
+    DeliveryStatus,
     Feedback,
     Paper,
     Preferences,
@@ -360,7 +361,7 @@ def sent_paper_keys(session: Session, *, subscriber_ids: Sequence[int]) -> dict[
             select(Delivery.subscriber_id, Paper.key)
             .join(DeliveryItem, DeliveryItem.delivery_id == Delivery.id)
             .join(Paper, Paper.id == DeliveryItem.paper_id)
-            .where(Delivery.subscriber_id.in_(chunk), Delivery.status.not_in(("failed", "expired")))
+            .where(Delivery.subscriber_id.in_(chunk), Delivery.status.not_in((DeliveryStatus.FAILED, DeliveryStatus.EXPIRED)))
         )
         for subscriber_id, key in session.execute(query):
             found[subscriber_id].add(key)

@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection,
 from dataclasses import dataclass, field
 
 from newsletter.db.ledger import Outcome
+from newsletter.db.models import DeliveryStatus
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.records import Envelope
 from newsletter.send.mailer import Mailer, PermanentFailure, TemporaryFailure, UnknownOutcome
@@ -152,7 +153,7 @@ async def dispatch(
             return None if result.error else await anext(jobs, None)
 
     def report(outcome: Outcome) -> None:
-        if outcome.status != "pending":
+        if outcome.status != DeliveryStatus.PENDING:
             result.outcomes[outcome.status] = result.outcomes.get(outcome.status, 0) + 1
             if on_outcome:
                 on_outcome(outcome)
@@ -162,7 +163,7 @@ async def dispatch(
         try:
             while (job := await next_job()) is not None:
                 if job.failure is not None:  # the message could not be built: nothing goes to the relay
-                    finished.append(Outcome(job.delivery_id, job.subscriber_id, "failed", job.failure, bounce=False))
+                    finished.append(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, job.failure, bounce=False))
                     report(finished[-1])
                     continue
                 # One commit records the previous outcomes and this message's start.
@@ -175,7 +176,7 @@ async def dispatch(
                     if result.error is None:
                         outcome, stop = await attempt(mailer, job)
                     else:  # another connection stopped the run while this one waited for its turn
-                        outcome, stop = Outcome(job.delivery_id, job.subscriber_id, "pending", "the run stopped"), None
+                        outcome, stop = Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, "the run stopped"), None
                 finally:
                     limiter.release()
                 finished.append(outcome)
@@ -218,15 +219,15 @@ async def attempt(mailer: Mailer, job: OutboundMessage) -> tuple[Outcome, str | 
         except TemporaryFailure as exc:
             if exc.connection_lost and try_number == 1:
                 continue
-            return Outcome(job.delivery_id, job.subscriber_id, "retry", str(exc)), None
+            return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.RETRY, str(exc)), None
         except PermanentFailure as exc:
-            return Outcome(job.delivery_id, job.subscriber_id, "failed", str(exc), bounce=exc.bounce,
+            return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, str(exc), bounce=exc.bounce,
                            hard_bounce=exc.bounce and bool(NO_SUCH_USER.search(str(exc)))), None
         except UnknownOutcome as exc:
-            return Outcome(job.delivery_id, job.subscriber_id, "unknown", str(exc)), None
+            return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.UNKNOWN, str(exc)), None
         except DeliveryError as exc:  # the relay or the outbox went away mid-run: nothing was handed over
-            return Outcome(job.delivery_id, job.subscriber_id, "pending", str(exc)), str(exc)
+            return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, str(exc)), str(exc)
         except Exception as exc:  # a bug in the mailer: whether the message left is unknown (retried once)
-            return Outcome(job.delivery_id, job.subscriber_id, "unknown", one_line(exc)), one_line(exc)
-        return Outcome(job.delivery_id, job.subscriber_id, "sent"), None
+            return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.UNKNOWN, one_line(exc)), one_line(exc)
+        return Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.SENT), None
     raise AssertionError("unreachable")
