@@ -299,6 +299,13 @@ class DaemonProcess:
     def lines(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.strip()]
 
+    def terminate(self) -> tuple[int, float]:
+        """SIGTERM, as systemd stops it; (exit status, seconds it took to exit)."""
+        self.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = self.process.wait(30)
+        return code, time.monotonic() - signalled
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -339,10 +346,7 @@ def test_sigterm_stops_within_10_s_with_messages_in_flight_recorded_and_claims_r
     daemon = DaemonProcess(environ, tmp_path, "daemon")
     try:
         wait_for(lambda: len(sink.received) >= 20, timeout_s=90, process=daemon)
-        daemon.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        code = daemon.process.wait(30)
-        took = time.monotonic() - signalled
+        code, took = daemon.terminate()
     finally:
         daemon.close()
 
@@ -391,10 +395,7 @@ def test_sigterm_exits_within_10_s_even_with_a_message_the_relay_sits_on_and_a_f
     try:
         wait_for(stuck, timeout_s=90, process=daemon)
         time.sleep(0.5)
-        daemon.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        code = daemon.process.wait(30)
-        took = time.monotonic() - signalled
+        code, took = daemon.terminate()
     finally:
         daemon.close()
         controller.stop()

@@ -10,6 +10,7 @@ for it, never the event loop and every other request.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -112,14 +113,18 @@ def create_app(*, settings: Settings, sessions: sessionmaker[Session]) -> Starle
             session.commit()
         return title
 
-    async def confirm(request: Request) -> Response:
-        """GET and HEAD: the paper and a button. Safe to prefetch: it changes nothing."""
+    async def answer(request: Request, work: Callable[[FeedbackLink], str], page: Callable[..., Response]) -> Response:
+        """Check the link, do ``work`` with it off the event loop (a locked SQLite stalls nobody else), show ``page``."""
         try:
             link = read_link(request, secret_key=secret_key, max_age=max_age)
-            title = await run_in_threadpool(look_up, link)
+            title = await run_in_threadpool(work, link)
         except Refused as refused:
             return refused.page()
-        return pages.confirm_feedback(paper_title=title, up=link.up)
+        return page(paper_title=title, up=link.up)
+
+    async def confirm(request: Request) -> Response:
+        """GET and HEAD: the paper and a button. Safe to prefetch: it changes nothing."""
+        return await answer(request, look_up, pages.confirm_feedback)
 
     async def feedback(request: Request) -> Response:
         """POST: store the feedback.
@@ -128,12 +133,7 @@ def create_app(*, settings: Settings, sessions: sessionmaker[Session]) -> Starle
         subscriber has it. A forged cross-site POST needs the URL, and whoever has the URL can
         press the button anyway.
         """
-        try:
-            link = read_link(request, secret_key=secret_key, max_age=max_age)
-            title = await run_in_threadpool(record, link)
-        except Refused as refused:
-            return refused.page()
-        return pages.feedback_recorded(paper_title=title, up=link.up)
+        return await answer(request, record, pages.feedback_recorded)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
