@@ -119,17 +119,15 @@ def ingest(
 ) -> None:
     """Fetch sources and store their papers (one paper per arXiv id, versions merged)."""
     from newsletter.ingest.fetch import Fetcher, make_client
-    from newsletter.ingest.run import ingest_sources
-    from newsletter.ingest.sources import SourceSpec, resolve
+    from newsletter.ingest.run import configured_sources, ingest_sources
+    from newsletter.ingest.sources import resolve
 
     ctx = _ctx(typer_ctx)
     settings = ctx.settings
     if sources:
         specs = [resolve(s, hf_daily_url=settings.hf_daily_url) for s in sources]
     else:
-        with ctx.sessions() as session:
-            specs = [SourceSpec(s.url, s.kind) for s in repo.list_sources(session)]
-        specs += [resolve(s, hf_daily_url=settings.hf_daily_url) for s in settings.sources]
+        specs = [spec for spec, _ in configured_sources(settings, ctx.sessions)]
     if not specs:
         raise NewsletterError("no sources configured: add one with 'newsletter sources add arxiv:cs.LG' or pass a URL")
     with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client, _progress(as_json) as bar:

@@ -42,10 +42,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter import logs
 from newsletter.db import heartbeats
 from newsletter.db.ledger import anything_to_send
-from newsletter.deliver import send_due
+from newsletter.db.models import naive
+from newsletter.deliver import send_due, wall_clock
 from newsletter.errors import NewsletterError
 from newsletter.jobs import cleanup, ingest_configured, job_table, missed_at_start
-from newsletter.plan import naive, plan_due
+from newsletter.plan import plan_due
 from newsletter.runtime import Runtime
 from newsletter.send.dispatch import one_line
 from newsletter.settings import Settings
@@ -82,10 +83,6 @@ class JobState:
 
 def iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds") if moment else None
-
-
-def wall_clock() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Daemon:

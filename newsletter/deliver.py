@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery, Ledger, Outcome, RetryPolicy
-from newsletter.db.models import DeliveryStatus
+from newsletter.db.models import DeliveryStatus, naive
 from newsletter.errors import NewsletterError
 from newsletter.issue import day_renderer, message_for
 from newsletter.records import Paper
@@ -42,10 +42,6 @@ class DeliveryReport:
     recovered: int = 0  # left "sending" by a dead sender, now unknown
     expired: int = 0
     error: str | None = None  # why sending stopped early; the rest stays pending
-
-
-def naive(moment: dt.datetime) -> dt.datetime:
-    return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def wall_clock() -> dt.datetime:

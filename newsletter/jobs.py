@@ -47,11 +47,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session
 
-from newsletter.db import heartbeats, ledger, repo
+from newsletter.db import heartbeats, ledger
 from newsletter.db.models import utcnow
 from newsletter.errors import ConfigError
-from newsletter.ingest.run import SourceReport
-from newsletter.ingest.sources import SourceSpec, resolve
+from newsletter.ingest.run import SourceReport, configured_sources
 from newsletter.runtime import Runtime
 from newsletter.settings import Settings
 
@@ -143,23 +142,12 @@ def last_fire_time(trigger: BaseTrigger, *, now: dt.datetime, within_s: float) -
 # --- the blocking parts, run in worker threads -----------------------------------------------------
 
 
-def configured_sources(runtime: Runtime, *, trending: bool) -> list[tuple[SourceSpec, dt.datetime | None]]:
-    """The database's sources and NEWSLETTER_SOURCES, hf-daily ones or the others, with each one's last successful fetch."""
-    settings = runtime.settings
-    with runtime.sessions() as session:
-        found = {s.url: (SourceSpec(s.url, s.kind), s.last_success_at) for s in repo.list_sources(session)}
-    for text in settings.sources:
-        spec = resolve(text, hf_daily_url=settings.hf_daily_url)
-        found.setdefault(spec.url, (spec, None))  # not in the database: when it was fetched is not known
-    return [(spec, fetched) for spec, fetched in found.values() if (spec.kind == "hf-daily") == trending]
-
-
 def ingest_configured(runtime: Runtime, *, trending: bool, job: str) -> list[SourceReport]:
     """Ingest the configured sources of one kind, logging a line per source (a warning for one that failed)."""
     from newsletter.ingest.fetch import Fetcher, make_client
     from newsletter.ingest.run import ingest_sources
 
-    specs = [spec for spec, _ in configured_sources(runtime, trending=trending)]
+    specs = [spec for spec, _ in configured_sources(runtime.settings, runtime.sessions, trending=trending)]
     if not specs:
         return []
     settings = runtime.settings
@@ -189,11 +177,11 @@ def missed_at_start(runtime: Runtime, specs: list[JobSpec], *, now: dt.datetime)
     for spec in specs:
         if spec.id in ("ingest", "trending"):
             fired = last_fire_time(spec.trigger, now=now, within_s=spec.misfire_grace_s)
-            sources = configured_sources(runtime, trending=spec.id == "trending")
+            sources = configured_sources(runtime.settings, runtime.sessions, trending=spec.id == "trending")
             if fired and any(fetched is None or fetched.replace(tzinfo=dt.UTC) < fired for _, fetched in sources):
                 missed.add(spec.id)
     return missed
 
 
-__all__ = ["JobSpec", "cleanup", "configured_sources", "crontab_weekdays", "ingest_configured", "job_table",
+__all__ = ["JobSpec", "cleanup", "crontab_weekdays", "ingest_configured", "job_table",
            "last_fire_time", "missed_at_start"]

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from newsletter import schedule
 from newsletter.db import ledger, repo
 from newsletter.db.ledger import PlannedDelivery
-from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, aware, naive, utcnow
 from newsletter.errors import NewsletterError
 from newsletter.records import Example, Paper, Profile, RankedPaper
 from newsletter.runtime import Runtime
@@ -57,14 +57,6 @@ class PlanReport:
     missed: int = 0  # issues whose local day ended before they were planned
     candidates: int = 0  # papers in the largest window scored
     picks: list[Pick] = field(default_factory=list)
-
-
-def aware(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(tzinfo=dt.UTC)
-
-
-def naive(moment: dt.datetime) -> dt.datetime:
-    return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) -> PlanReport:
@@ -111,7 +103,7 @@ def schedule_unscheduled(runtime: Runtime, *, now: dt.datetime) -> int:
 def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber], *, now: dt.datetime,
                 report: PlanReport, keep_picks: bool, indexes: dict[Window, tuple[list[Paper], PaperIndex]]) -> None:
     settings = runtime.settings
-    due: list[tuple[Subscriber, schedule.DueIssue]] = []
+    due: list[tuple[Subscriber, schedule.Schedule, schedule.DueIssue]] = []
     planned: list[PlannedDelivery] = []
     for subscriber in subscribers:
         try:
@@ -125,24 +117,24 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
             issue = schedule.issue_for(plan, send_at)
             if now < issue.missed_at:
                 if issue.send_at <= now:
-                    due.append((subscriber, issue))
+                    due.append((subscriber, plan, issue))
                     send_at = schedule.next_send_at(plan, after=issue.send_at)
                 break
             if walked < MAX_MISSED_RECORDED:
                 planned.append(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at)))
             send_at = schedule.next_send_at(plan, after=issue.send_at if walked < MAX_MISSED_RECORDED else now - dt.timedelta(days=1))
         subscriber.next_send_at = naive(send_at)
-    ledger.supersede_unsent(session, issues=[(s.id, issue.issue_date) for s, issue in due], now=utcnow())
-    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s, _ in due])
+    ledger.supersede_unsent(session, issues=[(s.id, issue.issue_date) for s, _, issue in due], now=utcnow())
+    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s, _, _ in due])
     windows = []
-    for subscriber, issue in due:
+    for subscriber, plan, issue in due:
         previous = last.get(subscriber.id)
         windows.append(naive_window(schedule.candidate_window(
-            repo.schedule_of(subscriber), issue.issue_date, daily_days=settings.candidate_window_days,
-            last_sent=aware(previous) if previous else None)))
-    candidates, ranked = score_subscribers(runtime, session, subscribers=[s for s, _ in due], windows=windows, indexes=indexes)
+            plan, issue.issue_date, daily_days=settings.candidate_window_days, last_sent=aware(previous) if previous else None)))
+    candidates, ranked = score_subscribers(runtime, session, subscribers=[s for s, _, _ in due], windows=windows,
+                                           indexes=indexes)
     report.candidates = max(report.candidates, candidates)
-    for (subscriber, issue), picks in zip(due, ranked, strict=True):
+    for (subscriber, _, issue), picks in zip(due, ranked, strict=True):
         status = DeliveryStatus.PENDING if picks or settings.send_empty_digest else DeliveryStatus.EMPTY  # quiet: no email
         planned.append(PlannedDelivery(subscriber.id, issue.issue_date, picks, status, naive(issue.send_at)))
     recorded = ledger.record_deliveries(session, planned=planned, message_domain=settings.from_domain, now=utcnow())

@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 
 from newsletter import records
 from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
+from newsletter.db.repo import IN_CHUNK
 
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry after an unknown outcome
-IN_CHUNK = 5_000  # ids per IN (...) list: PostgreSQL takes at most 65,535 parameters a statement
 
 # The two writes of every message, as plain statements compiled once (the ORM's per-call cost was a
 # third of the sending time). Both only touch a row this sender still holds: one whose lease lapsed

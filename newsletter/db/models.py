@@ -18,7 +18,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-# Datetimes are stored naive in UTC: SQLite has no time zones, and one convention beats two.
+# Datetimes are stored naive in UTC: SQLite has no time zones, and one convention beats two. The
+# scheduling code works in aware UTC; these two cross the line.
+def naive(moment: dt.datetime) -> dt.datetime:
+    """An aware instant as stored: naive UTC."""
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def aware(moment: dt.datetime) -> dt.datetime:
+    """A stored (naive UTC) datetime as an aware instant."""
+    return moment.replace(tzinfo=dt.UTC)
 
 
 class Source(Base):

@@ -22,6 +22,8 @@ from newsletter.db.models import (
     Source,
     Subscriber,
     UpvoteSnapshot,
+    aware,
+    naive,
     utcnow,
 )
 from newsletter.errors import InvalidInput, NotFound
@@ -86,7 +88,7 @@ def first_send_at(plan: schedule.Schedule, *, now: dt.datetime) -> dt.datetime:
     Not today's if it already passed: a subscriber added at noon for 07:00 gets their first digest
     tomorrow at 07:00, with the papers of the last days, rather than one at once outside their hour.
     """
-    return schedule.next_send_at(plan, after=now.replace(tzinfo=dt.UTC)).replace(tzinfo=None)
+    return naive(schedule.next_send_at(plan, after=aware(now)))
 
 
 def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
@@ -346,10 +348,6 @@ def papers_first_seen_between(session: Session, *, start: dt.datetime, end: dt.d
 def deliveries_on(session: Session, *, issue_date: dt.date) -> dict[int, Delivery]:
     rows = session.scalars(select(Delivery).where(Delivery.issue_date == issue_date))
     return {r.subscriber_id: r for r in rows}
-
-
-def subscribers_with_delivery(session: Session, *, issue_date: dt.date) -> set[int]:
-    return set(session.scalars(select(Delivery.subscriber_id).where(Delivery.issue_date == issue_date)))
 
 
 def sent_paper_keys(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, set[str]]:

@@ -35,9 +35,10 @@ from newsletter.db.models import Source
 from newsletter.errors import NewsletterError
 from newsletter.ingest.feeds import ParsedFeed, parse_feed
 from newsletter.ingest.fetch import Fetched, Fetcher
-from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, source_trust, with_query
+from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, resolve, source_trust, with_query
 from newsletter.ingest.trending import looks_like_json, parse_trending
 from newsletter.records import Paper
+from newsletter.settings import Settings
 
 ARXIV_API_INTERVAL_S = 3.0  # arXiv API terms of use: no more than one request every three seconds
 ARXIV_API_MAX_RESULTS = 2000  # per ingest run; a daily query returns far fewer
@@ -193,3 +194,16 @@ def _read_arxiv_api(url: str, fetcher: Fetcher) -> ParsedFeed:
             break
         start += page_size
     return ParsedFeed(title=title, papers=tuple(papers))
+
+
+def configured_sources(
+    settings: Settings, sessions: sessionmaker[Session], *, trending: bool | None = None,
+) -> list[tuple[SourceSpec, dt.datetime | None]]:
+    """The database's sources and NEWSLETTER_SOURCES (each once), with each one's last successful fetch:
+    the hf-daily ones (``trending=True``), the others (``False``) or all of them (``None``)."""
+    with sessions() as session:
+        found = {s.url: (SourceSpec(s.url, s.kind), s.last_success_at) for s in repo.list_sources(session)}
+    for text in settings.sources:
+        spec = resolve(text, hf_daily_url=settings.hf_daily_url)
+        found.setdefault(spec.url, (spec, None))  # not in the database: when it was fetched is not known
+    return [(spec, fetched) for spec, fetched in found.values() if trending is None or (spec.kind == "hf-daily") == trending]
