@@ -476,7 +476,9 @@ def picks_as_data(papers: list) -> list[dict[str, Any]]:
 def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  # run: pipeline.DigestRun
     served = sum(1 for p in run.picks if p.papers)
     missed = f"; {plural(run.missed, 'issue')} missed (not planned before its local day ended)" if run.missed else ""
-    out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {plural(len(run.picks), 'subscriber')} due, scored against "
+    # A dry run scores everyone's next digest, whatever their hour: nobody is "due" in it.
+    who = f"the next digests of {plural(len(run.picks), 'subscriber')}" if dry_run else f"{plural(len(run.picks), 'subscriber')} due"
+    out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {who}, scored against "
               f"{plural(run.candidates, 'candidate paper')}; {served:,} with papers, {len(run.picks) - served:,} quiet{missed}")
     if dry_run:
         out.print(f"dry run: nothing recorded or sent ({seconds:.1f} s)")

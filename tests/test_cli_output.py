@@ -55,6 +55,8 @@ def test_the_daily_command_prints_a_summary_and_the_detail_on_request(cli, ready
     assert len(result.out.splitlines()) <= 3
     verbose = cli("digest", "--dry-run", "--verbose")
     assert verbose.code == 0 and all(f"{n}@example.org" in verbose.out for n in ("ada", "grace", "alan"))
+    [summary] = [line for line in verbose.out.splitlines() if line.startswith("digest at ")]
+    assert "the next digests of 3 subscribers, scored against" in summary and " due" not in summary
 
 
 def test_dry_run_json_is_in_email_order_and_says_why_a_paper_sits_above_better_ones(cli, ready) -> None:
