@@ -89,7 +89,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"  # fuse the MiniLM sentence-embedding ranker in (pip install '.[semantic]')
 
-    @field_validator("smtp_ca_file", "dkim_private_key_path", "smtp_host", "from_address", "secret_key", mode="before")
+    # Subscribing (newsletter serve, newsletter inbound)
+    confirm_link_hours: float = Field(default=72.0, gt=0)  # a confirmation link works this long, and once
+    confirmations_per_address_per_day: int = Field(default=3, ge=1)  # confirmation emails to one address in 24 h
+    subscribe_per_ip_per_hour: int = Field(default=20, ge=1)  # sign-up forms accepted from one IP address per hour
+    # Behind a reverse proxy that sets X-Forwarded-For: its address, so rate limits see the visitor's.
+    trusted_proxy: str | None = None
+    inbound_host: str = "127.0.0.1"  # newsletter inbound: the SMTP listener for email commands
+    inbound_port: int = Field(default=8025, ge=1, le=65535)
+    # The address email commands are sent to (and the List-Unsubscribe mailto:); default: FROM_ADDRESS.
+    commands_address: str | None = None
+
+    @field_validator("smtp_ca_file", "dkim_private_key_path", "smtp_host", "from_address", "secret_key", "commands_address",
+                     "trusted_proxy", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``NAME=`` in .env means "not set", not the current directory or an empty host."""
@@ -117,7 +129,7 @@ class Settings(BaseSettings):
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
 
-    @field_validator("from_address")
+    @field_validator("from_address", "commands_address")
     @classmethod
     def _valid_from_address(cls, value: str | None) -> str | None:
         if value is None:
@@ -147,6 +159,11 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}{name.upper()} is not set; {purpose} needs it. "
                     f"Set it in the environment or in .env{hint}"
                 )
+
+    @property
+    def list_address(self) -> str:
+        """Where email commands go: ``commands_address``, else the From address."""
+        return self.commands_address or self.from_address or ""
 
     @property
     def from_domain(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hmac
+import json
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
@@ -20,6 +21,7 @@ UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
 VIEW = "view"  # "view in browser": the subscriber's digest of a date
 FEEDBACK = "feedback/paper"  # "more / less like this": [subscriber id, paper id], timed
+CONFIRM = "confirm/subscription"  # double opt-in: [subscriber id, nonce], timed, usable once (see subscriptions)
 
 NOT_VALID = "this link is not valid (it may have been cut off); open it again from the email"
 
@@ -107,5 +109,32 @@ def read_feedback_token(token: str, *, secret_key: str, max_age: dt.timedelta) -
     return found[0], found[1]
 
 
-__all__ = ["ExpiredLink", "FeedbackSigner", "PreparedSigner", "feedback_signer", "make_token", "read_feedback_token", "read_token",
-           "FEEDBACK", "PREFERENCES", "UNSUBSCRIBE", "VIEW"]
+def confirm_token(*, secret_key: str, subscriber_id: int, nonce: str, issued_at: dt.datetime) -> str:
+    """A confirmation link's token: ``URLSafeTimedSerializer(secret_key, salt=CONFIRM)`` of ``[id, nonce]``.
+
+    The nonce is the subscriber's ``token_nonce``, replaced when the link is used or a newer one is
+    sent; that, not the token, makes the link work once (``subscriptions.confirm``).
+    """
+    signer = PreparedSigner(URLSafeTimedSerializer(secret_key, salt=CONFIRM))
+    payload = json.dumps([int(subscriber_id), str(nonce)], separators=(",", ":")).encode()
+    return signer.sign(base64_encode(payload) + signer.stamp(issued_at))
+
+
+def read_confirm_token(token: str, *, secret_key: str, max_age: dt.timedelta) -> tuple[int, str]:
+    """``(subscriber id, nonce)``; ``ExpiredLink`` past ``max_age``, ``InvalidInput`` for anything forged or cut."""
+    try:
+        found = URLSafeTimedSerializer(secret_key, salt=CONFIRM).loads(token, max_age=int(max_age.total_seconds()))
+    except SignatureExpired as exc:
+        if exc.date_signed is not None and exc.date_signed > dt.datetime.now(dt.UTC):
+            raise InvalidInput(NOT_VALID) from None
+        hours = round(max_age.total_seconds() / 3600)
+        raise ExpiredLink(f"this confirmation link has expired (links work for {hours} hours); sign up again for a new one") from None
+    except BadSignature:
+        raise InvalidInput(NOT_VALID) from None
+    if not (isinstance(found, list) and len(found) == 2 and type(found[0]) is int and isinstance(found[1], str)):
+        raise InvalidInput(NOT_VALID)
+    return found[0], found[1]
+
+
+__all__ = ["CONFIRM", "FEEDBACK", "PREFERENCES", "UNSUBSCRIBE", "VIEW", "ExpiredLink", "FeedbackSigner", "PreparedSigner",
+           "confirm_token", "feedback_signer", "make_token", "read_confirm_token", "read_feedback_token", "read_token"]

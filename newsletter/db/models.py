@@ -11,7 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, list[dict[str, Any]]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, list[dict[str, Any]]: JSON, list[int]: JSON}
 
 
 def utcnow() -> dt.datetime:
@@ -115,6 +115,12 @@ class Subscriber(Base):
     confirmed_at: Mapped[dt.datetime | None]
     unsubscribed_at: Mapped[dt.datetime | None]
     bounce_count: Mapped[int] = mapped_column(default=0)  # permanent failures; suppressed past a limit
+    # Part of every confirmation token; replaced when one is used or a new one is sent, so a
+    # confirmation link works once, and only the latest one works.
+    token_nonce: Mapped[str | None] = mapped_column(String(32))
+    # A change asked for by someone who has not proved they hold the address yet (a subscribe form
+    # for an address we know, a "topics:" email): applied when its confirmation link is used.
+    pending_change: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     preferences: Mapped[Preferences] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", uselist=False, lazy="joined"
@@ -176,6 +182,45 @@ class DeliveryStatus(enum.StrEnum):
     MISSED = "missed"  # not planned before the end of the subscriber's local day (daemon down); papers roll over
 
 
+class SubscriptionEvent(Base):
+    """What happened to a subscription, when and through what: for ``newsletter stats`` and the
+    per-address limit on confirmation emails. Keeps a keyed hash of the address, never the address,
+    so it outlives ``subscribers forget``."""
+
+    __tablename__ = "subscription_events"
+    __table_args__ = (Index("ix_subscription_events_address_kind_at", "address_hash", "kind", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"), index=True)
+    address_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))  # a SubscriptionEventKind
+    via: Mapped[str] = mapped_column(String(16))  # web | email | cli | one-click | import
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
+class SubscriptionEventKind(enum.StrEnum):
+    REQUESTED = "requested"  # a subscribe form or email for this address
+    CONFIRMATION_SENT = "confirmation-sent"
+    ALREADY_SUBSCRIBED_SENT = "already-subscribed-sent"
+    CONFIRMED = "confirmed"
+    CHANGED = "changed"  # preferences or schedule
+    UNSUBSCRIBED = "unsubscribed"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    FORGOTTEN = "forgotten"
+
+
+class ForgottenAddress(Base):
+    """An address whose personal data was deleted (``subscribers forget``): only a keyed hash is kept,
+    so an import or an admin's ``add`` cannot silently bring it back; only its owner can, by
+    confirming a new subscription."""
+
+    __tablename__ = "forgotten_addresses"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    forgotten_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Delivery(Base):
     """The delivery ledger: one row per subscriber per issue date (their local date), whatever happens to it.
 
@@ -204,6 +249,9 @@ class Delivery(Base):
     send_at: Mapped[dt.datetime | None]  # the send moment it was planned for: its candidates were first seen before it
     leased_by: Mapped[str | None] = mapped_column(String(100))  # "host:pid:random" of the sender holding it
     lease_until: Mapped[dt.datetime | None]  # the holder's claim lapses then, unless it renews it
+    # The "trending today" papers (ids, in order) of the message as it was built for sending, so the
+    # archive ("view in browser") shows the email that was sent, not today's trending.
+    trending_ids: Mapped[list[int] | None] = mapped_column(JSON)
 
     items: Mapped[list[DeliveryItem]] = relationship(
         cascade="all, delete-orphan", order_by="DeliveryItem.rank"

@@ -35,7 +35,7 @@ IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parame
 # --- subscribers -------------------------------------------------------------------------------
 
 
-def _preferences_row(prefs: records.Preferences) -> dict[str, Any]:
+def preferences_row(prefs: records.Preferences) -> dict[str, Any]:
     return {
         "topics": [{"phrase": t.phrase, "weight": t.weight} for t in prefs.topics],
         "exclude": list(prefs.exclude),
@@ -95,7 +95,7 @@ def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscribe
     if session.scalar(select(Subscriber.id).where(Subscriber.email == new.email)) is not None:
         raise InvalidInput(f"{new.email} is already a subscriber: use 'newsletter subscribers show {new.email}'")
     row = Subscriber(**_subscriber_row(new, utcnow()))
-    row.preferences = Preferences(**_preferences_row(new.preferences))
+    row.preferences = Preferences(**preferences_row(new.preferences))
     session.add(row)
     session.flush()
     return row
@@ -119,7 +119,7 @@ def import_subscribers(session: Session, *, subscribers: Sequence[records.NewSub
     ).all()
     session.execute(
         insert(Preferences),
-        [{"subscriber_id": i, **_preferences_row(s.preferences)} for i, s in zip(ids, subscribers, strict=True)],
+        [{"subscriber_id": i, **preferences_row(s.preferences)} for i, s in zip(ids, subscribers, strict=True)],
     )
     return len(ids)
 
