@@ -23,7 +23,7 @@ from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery, Ledger, Outcome, RetryPolicy
 from newsletter.db.models import DeliveryStatus, naive
 from newsletter.errors import NewsletterError
-from newsletter.issue import day_renderer, message_for
+from newsletter.issue import day_renderer, day_trending, message_for
 from newsletter.records import Paper
 from newsletter.render.digest import DigestRenderer
 from newsletter.runtime import Runtime
@@ -150,12 +150,13 @@ async def _claimed_messages(
     it is a bug that hits everyone, and the run stops with all of them still pending.
     """
     renderers: dict[dt.date, DigestRenderer] = {}
+    trending_ids: dict[dt.date, list[int]] = {}
     papers: dict[int, Paper] = {}
     held: list[OutboundMessage] = []  # failures before the first digest that could be built
     built = False
     while stop is None or not stop.is_set():
         batch = await asyncio.to_thread(_claim_and_build, runtime, session, now=clock(), subscriber_id=subscriber_id,
-                                        renderers=renderers, papers=papers)
+                                        renderers=renderers, papers=papers, trending_ids=trending_ids)
         if not batch:
             break
         for message in batch:
@@ -179,7 +180,7 @@ async def _claimed_messages(
 
 def _claim_and_build(
     runtime: Runtime, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
-    renderers: dict[dt.date, DigestRenderer], papers: dict[int, Paper],
+    renderers: dict[dt.date, DigestRenderer], papers: dict[int, Paper], trending_ids: dict[dt.date, list[int]],
 ) -> list[OutboundMessage]:
     settings = runtime.settings
     claimed: list[DueDelivery] = ledger.claim_due(session, now=naive(now), holder=runtime.holder,
@@ -191,8 +192,16 @@ def _claim_and_build(
     missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - papers.keys()
     papers.update(repo.papers_by_id(session, ids=missing))
     for issue_date in {d.issue_date for d in claimed} - renderers.keys():
-        renderers[issue_date] = day_renderer(session, settings=settings, templates=runtime.templates, issue_date=issue_date)
-    session.commit()  # end the read transaction: the next claim starts a fresh write transaction
+        trending = day_trending(session, settings=settings, issue_date=issue_date)
+        renderers[issue_date] = day_renderer(session, settings=settings, templates=runtime.templates, issue_date=issue_date,
+                                             trending=trending)
+        trending_ids[issue_date] = [p.id for p in trending if p.id is not None]
+    session.commit()  # end the read transaction
+    # The archive shows the email as built here: record its trending section on the rows we hold, in a
+    # write transaction of its own (on SQLite a read transaction cannot safely turn into a write one).
+    ledger.begin_write(session)
+    ledger.record_trending(session, holder=runtime.holder, trending={d.id: trending_ids[d.issue_date] for d in claimed})
+    session.commit()
     return [message_for(d, settings=settings, renderer=renderers[d.issue_date], picks=items[d.id], papers=papers,
                         dkim=runtime.dkim) for d in claimed]
 

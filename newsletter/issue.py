@@ -7,16 +7,18 @@ turns it into the bytes handed to the relay, or the reason it cannot be built.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
 import jinja2
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter import tokens
-from newsletter.db import repo
+from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery
-from newsletter.db.models import utcnow
+from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, UpvoteSnapshot, utcnow
 from newsletter.records import Digest, Envelope, Paper, RankedPaper
 from newsletter.render.digest import DigestRenderer
 from newsletter.render.mime import DkimKey, build_message
@@ -45,11 +47,54 @@ def message_for(delivery: DueDelivery, *, settings: Settings, renderer: DigestRe
     return OutboundMessage(delivery.id, delivery.subscriber_id, Envelope(sender, recipient, delivery.message_id, data))
 
 
-def day_renderer(session: Session, *, settings: Settings, templates: jinja2.Environment, issue_date: dt.date) -> DigestRenderer:
-    """The renderer of one issue date, with that day's "trending today" papers."""
-    trending = repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
-                                    limit=settings.trending_count)
+def day_trending(session: Session, *, settings: Settings, issue_date: dt.date) -> list[Paper]:
+    """The "trending today" papers of an issue date, as of now: the most upvoted of its candidate window."""
+    return repo.trending_papers(session, since=day_end(issue_date) - dt.timedelta(days=settings.candidate_window_days),
+                                limit=settings.trending_count)
+
+
+def day_renderer(session: Session, *, settings: Settings, templates: jinja2.Environment, issue_date: dt.date,
+                 trending: Sequence[Paper] | None = None) -> DigestRenderer:
+    """The renderer of one issue date, with that day's "trending today" papers (as of now unless given)."""
+    if trending is None:
+        trending = day_trending(session, settings=settings, issue_date=issue_date)
     return DigestRenderer(env=templates, list_name=settings.list_name, issue_date=issue_date, trending=trending)
+
+
+def archived_html(session: Session, *, settings: Settings, templates: jinja2.Environment, subscriber_id: int,
+                  issue_date: dt.date) -> str | None:
+    """"View in browser": the HTML of the digest sent to this subscriber on this date, or None if none was sent.
+
+    The same picks and reasons (recorded when it was planned), the same "trending today" section
+    (recorded when it was built for sending; a digest sent before that was recorded shows the date's
+    trending as of now) and the same links.
+    """
+    found = session.execute(
+        select(Delivery.id, Delivery.message_id, Delivery.trending_ids, Delivery.sent_at, Subscriber.email)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.issue_date == issue_date,
+               Delivery.status == DeliveryStatus.SENT)).first()
+    if found is None:
+        return None
+    delivery = DueDelivery(found.id, subscriber_id, found.email, found.message_id, issue_date)
+    items = ledger.delivery_items(session, delivery_ids=[delivery.id])[delivery.id]
+    papers = repo.papers_by_id(session, ids={paper_id for paper_id, _, _ in items} | set(found.trending_ids or ()))
+    papers = _upvotes_as_of(session, papers, found.sent_at)
+    trending = None if found.trending_ids is None else [papers[i] for i in found.trending_ids if i in papers]
+    renderer = day_renderer(session, settings=settings, templates=templates, issue_date=issue_date, trending=trending)
+    return renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(items, papers))).html
+
+
+def _upvotes_as_of(session: Session, papers: dict[int, Paper], moment: dt.datetime | None) -> dict[int, Paper]:
+    """The papers with the upvotes they had at ``moment`` (from the upvote history), as the email showed them."""
+    if moment is None or not papers:
+        return papers
+    latest = (select(UpvoteSnapshot.paper_id, func.max(UpvoteSnapshot.observed_at).label("at"))
+              .where(UpvoteSnapshot.paper_id.in_(list(papers)), UpvoteSnapshot.observed_at <= moment)
+              .group_by(UpvoteSnapshot.paper_id).subquery())
+    then = dict(session.execute(select(UpvoteSnapshot.paper_id, UpvoteSnapshot.upvotes).join(
+        latest, (UpvoteSnapshot.paper_id == latest.c.paper_id) & (UpvoteSnapshot.observed_at == latest.c.at))).all())
+    return {paper_id: dataclasses.replace(paper, upvotes=then.get(paper_id)) for paper_id, paper in papers.items()}
 
 
 def recorded_picks(items: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper]) -> tuple[RankedPaper, ...]:
@@ -62,8 +107,10 @@ def digest_for(*, settings: Settings, delivery: DueDelivery, picks: Sequence[Ran
     """One delivery's digest with its signed links.
 
     Each paper's "more / less like this" link names the subscriber and that paper, issued at the
-    start of the issue date (UTC), or at ``now`` (aware UTC) while that is still ahead: every render
-    of a delivery carries the same links, and they expire ``feedback_link_days`` after its date.
+    start (UTC) of the day before the issue date, or at ``now`` (aware UTC) while that is still
+    ahead. A local issue date never starts more than a day after UTC's (UTC+14), so when a digest is
+    sent that moment has passed: the email, a resend and the archive carry the same links, and they
+    expire ``feedback_link_days`` after that.
     """
     secret = settings.secret_key or ""
     base = settings.base_url.rstrip("/")
@@ -71,8 +118,8 @@ def digest_for(*, settings: Settings, delivery: DueDelivery, picks: Sequence[Ran
     def token(purpose: str) -> str:
         return tokens.make_token(secret_key=secret, purpose=purpose, subscriber_id=delivery.subscriber_id)
 
-    day_start = dt.datetime.combine(delivery.issue_date, dt.time(), dt.UTC)
-    feedback = tokens.feedback_signer(secret_key=secret, issued_at=min(day_start, now or dt.datetime.now(dt.UTC)))
+    day_before = dt.datetime.combine(delivery.issue_date - dt.timedelta(days=1), dt.time(), dt.UTC)
+    feedback = tokens.feedback_signer(secret_key=secret, issued_at=min(day_before, now or dt.datetime.now(dt.UTC)))
 
     def feedback_url(paper: Paper) -> str:
         if paper.id is None:  # not stored: nothing a link could name

@@ -300,6 +300,18 @@ def _insert_for(session: Session, table: type) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+def record_trending(session: Session, *, holder: str, trending: dict[int, list[int]]) -> None:
+    """Each held delivery's "trending today" paper ids, as its message was built (for the archive)."""
+    by_list: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for delivery_id, ids in trending.items():
+        by_list[tuple(ids)].append(delivery_id)
+    for ids, delivery_ids in by_list.items():  # one UPDATE per distinct list: usually one per issue date
+        for start in range(0, len(delivery_ids), IN_CHUNK):
+            session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids[start : start + IN_CHUNK]),
+                                                   Delivery.leased_by == holder)
+                            .values(trending_ids=list(ids)).execution_options(synchronize_session=False))
+
+
 def delivery_items(session: Session, *, delivery_ids: Sequence[int]) -> dict[int, list[tuple[int, float, list[str]]]]:
     """Each delivery's (paper id, score, reasons) in rank order."""
     found: dict[int, list[tuple[int, float, list[str]]]] = defaultdict(list)
