@@ -53,11 +53,13 @@ async def send_due(
     *,
     mailers: Sequence[Mailer],
     subscriber_id: int | None = None,
+    delivery_ids: Sequence[int] | None = None,
     stop: asyncio.Event | None = None,
     progress: Progress | None = None,
     clock: Callable[[], dt.datetime] = wall_clock,
 ) -> DeliveryReport:
-    """Send every delivery due now, or only ``subscriber_id``'s, until done or ``stop`` is set.
+    """Send every delivery due now, or only ``subscriber_id``'s, or only those of ``delivery_ids`` (a
+    worker's batch, at most CLAIM_BATCH), until done or ``stop`` is set.
 
     Sending runs on the real clock whatever moment planning was told it is (``digest --at``): leases,
     retry times and the retry window are about time that really passes. ``stop`` (SIGTERM in the
@@ -106,7 +108,8 @@ async def send_due(
             if progress:
                 progress(done)
 
-        messages = _claimed_messages(runtime, reads, clock=clock, subscriber_id=subscriber_id, stop=stop)
+        messages = _claimed_messages(runtime, reads, clock=clock, subscriber_id=subscriber_id, delivery_ids=delivery_ids,
+                                     stop=stop)
         keeper = asyncio.create_task(_keep_leases(renew, every_s=settings.lease_s / 3))
         try:
             result = await dispatch(messages, mailers=mailers, committer=GroupCommitter(write), limiter=limiter,
@@ -140,7 +143,7 @@ async def _keep_leases(renew: Callable[[], None], *, every_s: float) -> None:
 
 async def _claimed_messages(
     runtime: Runtime, session, *, clock: Callable[[], dt.datetime], subscriber_id: int | None,  # noqa: ANN001
-    stop: asyncio.Event | None,
+    delivery_ids: Sequence[int] | None, stop: asyncio.Event | None,
 ) -> AsyncIterator[OutboundMessage]:
     """Claimed deliveries, a batch at a time (claimed and rendered in a thread), as messages.
 
@@ -156,7 +159,8 @@ async def _claimed_messages(
     built = False
     while stop is None or not stop.is_set():
         batch = await asyncio.to_thread(_claim_and_build, runtime, session, now=clock(), subscriber_id=subscriber_id,
-                                        renderers=renderers, papers=papers, trending_ids=trending_ids)
+                                        delivery_ids=delivery_ids, renderers=renderers, papers=papers,
+                                        trending_ids=trending_ids)
         if not batch:
             break
         for message in batch:
@@ -180,12 +184,13 @@ async def _claimed_messages(
 
 def _claim_and_build(
     runtime: Runtime, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
-    renderers: dict[dt.date, DigestRenderer], papers: dict[int, Paper], trending_ids: dict[dt.date, list[int]],
+    delivery_ids: Sequence[int] | None, renderers: dict[dt.date, DigestRenderer], papers: dict[int, Paper],
+    trending_ids: dict[dt.date, list[int]],
 ) -> list[OutboundMessage]:
     settings = runtime.settings
     claimed: list[DueDelivery] = ledger.claim_due(session, now=naive(now), holder=runtime.holder,
                                                   lease=dt.timedelta(seconds=settings.lease_s), limit=CLAIM_BATCH,
-                                                  subscriber_id=subscriber_id)
+                                                  subscriber_id=subscriber_id, delivery_ids=delivery_ids)
     if not claimed:
         return []
     items = ledger.delivery_items(session, delivery_ids=[d.id for d in claimed])

@@ -213,6 +213,7 @@ class DueDelivery:
 
 def claim_due(
     session: Session, *, now: dt.datetime, holder: str, lease: dt.timedelta, limit: int, subscriber_id: int | None = None,
+    delivery_ids: Sequence[int] | None = None,
 ) -> list[DueDelivery]:
     """Claim up to ``limit`` due deliveries of active subscribers for ``holder``, and commit the claim.
 
@@ -230,6 +231,8 @@ def claim_due(
     )
     if subscriber_id is not None:
         query = query.where(Delivery.subscriber_id == subscriber_id)
+    if delivery_ids is not None:  # a batch handed to a worker: only those, if still due and free
+        query = query.where(Delivery.id.in_(list(delivery_ids)))
     ids = list(session.scalars(_skip_locked(session, query, of=Delivery)))
     if not ids:
         session.commit()
@@ -303,8 +306,8 @@ def _insert_for(session: Session, table: type) -> Any:
 def record_trending(session: Session, *, holder: str, trending: dict[int, list[int]]) -> None:
     """Each held delivery's "trending today" paper ids, as its message was built (for the archive)."""
     by_list: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for delivery_id, ids in trending.items():
-        by_list[tuple(ids)].append(delivery_id)
+    for delivery_id, paper_ids in trending.items():
+        by_list[tuple(paper_ids)].append(delivery_id)
     for ids, delivery_ids in by_list.items():  # one UPDATE per distinct list: usually one per issue date
         for start in range(0, len(delivery_ids), IN_CHUNK):
             session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids[start : start + IN_CHUNK]),
