@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,8 +81,16 @@ async def send_due(
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
                                                           bounce_limit=settings.bounce_limit), holder=runtime.holder)
 
+        # The ledger session is used by the group commit (in a worker thread) and by lease renewal (on
+        # the event loop): one at a time.
+        writing = threading.Lock()
+
         def write(started: list[int], finished: list[Outcome]) -> set[int]:
             moment = naive(dt.datetime.now(dt.UTC))
+            with writing:
+                return _write(started, finished, moment)
+
+        def _write(started: list[int], finished: list[Outcome], moment: dt.datetime) -> set[int]:
             try:
                 ours = ledger_writes.started(started, now=moment)
                 if finished:
@@ -93,12 +102,13 @@ async def send_due(
             return ours
 
         def renew() -> None:
-            try:
-                ledger.renew_leases(writes, holder=runtime.holder, until=naive(dt.datetime.now(dt.UTC)) + lease)
-                writes.commit()
-            except Exception:
-                writes.rollback()
-                raise
+            with writing:
+                try:
+                    ledger.renew_leases(writes, holder=runtime.holder, until=naive(dt.datetime.now(dt.UTC)) + lease)
+                    writes.commit()
+                except Exception:
+                    writes.rollback()
+                    raise
 
         done = 0
 
@@ -118,8 +128,9 @@ async def send_due(
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            ledger.release_leases(writes, holder=runtime.holder)
-            writes.commit()
+            with writing:  # a renewal thread the cancel left running finishes first
+                ledger.release_leases(writes, holder=runtime.holder)
+                writes.commit()
     report.outcomes.update(result.outcomes)
     if ledger_writes.expired:  # the outcome was "try again later", but the retry window is over
         report.outcomes[DeliveryStatus.RETRY] -= ledger_writes.expired
@@ -135,7 +146,7 @@ async def _keep_leases(renew: Callable[[], None], *, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            renew()
+            await asyncio.to_thread(renew)  # a busy database must not stall the sending
         except Exception:  # a busy database: the next renewal, well before the lease lapses, tries again
             logger.warning("could not renew the delivery leases of %s; trying again in %.0f s", "this sender", every_s,
                            exc_info=True)

@@ -23,17 +23,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter import schedule
-from newsletter.db import ledger, repo
+from newsletter.db import embeddings, ledger, repo
 from newsletter.db.ledger import PlannedDelivery
 from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, aware, naive, utcnow
 from newsletter.errors import NewsletterError
 from newsletter.records import Example, Paper, Profile, RankedPaper
 from newsletter.runtime import Runtime
-from newsletter.score import PaperIndex, rank_papers
+from newsletter.score import PaperIndex, rank_papers, semantic
 
 logger = logging.getLogger(__name__)
 PLAN_BATCH = 2_000  # due subscribers claimed, scored and recorded per transaction
@@ -249,17 +250,38 @@ def score_subscribers(
             )
             for p in positions
         ]
-        similarity = semantic_similarity(runtime, papers, profiles) if settings.semantic and papers else None
+        similarity = semantic_similarity(runtime, papers, profiles, session=session) if settings.semantic and papers else None
         ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=similarity)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks
 
 
-def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile]):  # noqa: ANN201 - numpy array
-    """profiles × papers cosine similarity from the sentence-embedding model (loaded once per process)."""
+def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile], *,
+                        session: Session | None = None) -> np.ndarray | None:
+    """profiles × papers cosine similarity from the sentence-embedding model (None when it is not installed).
+
+    With a ``session``, papers' vectors are stored once per paper (and model) and interests' once per
+    wording, and only what is new is embedded; without one (a preview that writes nothing) they are
+    only remembered by the process. Seeds and rated papers take part as example vectors (``score.semantic``).
+    """
     model = runtime.semantic_model()
-    return model.embed_profiles([p.preferences for p in profiles]) @ model.embed_papers(papers).T
+    if model is None:
+        return None
+    examples = {e.paper.key: e.paper for p in profiles for e in p.examples}
+    candidates = {p.key for p in papers}
+    everything = [*papers, *(paper for key, paper in examples.items() if key not in candidates)]
+    texts = sorted({t for p in profiles for t in semantic.interest_texts(p.preferences)})
+    if session is None:
+        vectors = model.embed_papers(everything)
+        interests = dict(zip(texts, model.embed(texts), strict=True))
+    else:
+        vectors = embeddings.embed_papers(session, model=model, papers=everything)
+        interests = embeddings.embed_interests(session, model=model, texts=texts)
+    by_key = {paper.key: vector for paper, vector in zip(everything, vectors, strict=True)}
+    profile_vectors = semantic.profile_vectors([p.preferences for p in profiles], interests,
+                                               [[(by_key[e.paper.key], e.weight) for e in p.examples] for p in profiles])
+    return semantic.similarity(profile_vectors, vectors[: len(papers)])
 
 
 def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dict[int, tuple[Example, ...]]:

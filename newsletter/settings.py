@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     trending_weight: float = Field(default=0.3, ge=0)  # score per log(1 + upvotes) among relevant papers
     recency_penalty_per_day: float = Field(default=0.2, ge=0)  # score lost per day since a paper was first seen
     feedback_link_days: int = Field(default=60, ge=1)  # "more / less like this" links expire after this
-    semantic: bool = False
+    semantic: bool = True  # fuse the MiniLM sentence-embedding ranker in (on whenever its model is installed)
 
     # The daemon (newsletter daemon)
     tick_s: float = Field(default=60.0, gt=0)  # how often it plans and sends what is due; 60: to the minute
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     trending_cron: str = "15 * * * *"  # the trending sources (hf-daily): every hour
     cleanup_cron: str = "30 3 * * *"  # expire stale deliveries, forget old heartbeats (UTC)
     log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"  # fuse the MiniLM sentence-embedding ranker in (pip install '.[semantic]')
+    log_level: str = "INFO"
 
     # Subscribing (newsletter serve, newsletter inbound)
     confirm_link_hours: float = Field(default=72.0, gt=0)  # a confirmation link works this long, and once

@@ -197,9 +197,9 @@ def request_subscription(session: Session, settings: Settings, new: records.NewS
     caller answers the same whatever this returns, and sends the notice, if any, after committing."""
     now = now or utcnow()
     email = new.email
-    _event(session, settings, email=email, kind=SubscriptionEventKind.REQUESTED, via=via, subscriber_id=None, now=now)
     if _notes_sent_recently(session, settings, email, now) >= settings.confirmations_per_address_per_day:
-        return None  # no more mail to this address today, whoever is asking
+        return None  # no more mail to this address today, whoever is asking (and no row: a flood must not grow the table)
+    _event(session, settings, email=email, kind=SubscriptionEventKind.REQUESTED, via=via, subscriber_id=None, now=now)
     row = session.scalar(select(Subscriber).where(Subscriber.email == email))
     if row is not None and row.status in ACTIVE_STATUSES:
         _event(session, settings, email=email, kind=SubscriptionEventKind.ALREADY_SUBSCRIBED_SENT, via=via,
@@ -222,9 +222,9 @@ def request_change(session: Session, settings: Settings, new: records.NewSubscri
     row = session.scalar(select(Subscriber).where(Subscriber.email == new.email))
     if row is None or row.status not in ACTIVE_STATUSES:
         return request_subscription(session, settings, new, via=via, now=now)
-    _event(session, settings, email=new.email, kind=SubscriptionEventKind.REQUESTED, via=via, subscriber_id=row.id, now=now)
     if _notes_sent_recently(session, settings, new.email, now) >= settings.confirmations_per_address_per_day:
         return None
+    _event(session, settings, email=new.email, kind=SubscriptionEventKind.REQUESTED, via=via, subscriber_id=row.id, now=now)
     row.pending_change = change_data(new)
     return _confirmation(session, settings, row, via=via, now=now, change=True)
 

@@ -44,6 +44,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("NEWSLETTER_") and name != "NEWSLETTER_TEST_POSTGRES":
             monkeypatch.delenv(name)
+    # The semantic ranker is on by default; it embeds every new paper (a second or so each on a busy
+    # machine). Tests about ranking turn it on; the rest rank lexically and stay fast.
+    monkeypatch.setenv("NEWSLETTER_SEMANTIC", "false")
     monkeypatch.chdir(tmp_path)
 
 

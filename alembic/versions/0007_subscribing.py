@@ -44,6 +44,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.add_column(sa.Column('trending_ids', sa.JSON(), nullable=True))
+        batch_op.create_index('ix_deliveries_message_id', ['message_id'], unique=False)
 
 
 def downgrade() -> None:
@@ -53,6 +54,7 @@ def downgrade() -> None:
 
 def _downgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.drop_index('ix_deliveries_message_id')
         batch_op.drop_column('trending_ids')
 
     with op.batch_alter_table('subscribers', schema=None, table_kwargs={'sqlite_autoincrement': True}) as batch_op:

@@ -233,6 +233,8 @@ class Delivery(Base):
         UniqueConstraint("subscriber_id", "issue_date", name="uq_deliveries_subscriber_date"),
         Index("ix_deliveries_issue_date_status", "issue_date", "status"),
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # A reply to a digest names it by Message-ID (email commands: "unsubscribe").
+        Index("ix_deliveries_message_id", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -284,3 +286,8 @@ class DaemonHeartbeat(Base):
     stopped_at: Mapped[dt.datetime | None]  # a clean shutdown; a crash leaves it empty and the beat old
     # Per job: {"next_run_at", "last_run_at", "last_seconds", "last_result", "last_error"} (ISO strings, UTC).
     jobs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# The embedding tables live with the code that reads them; their models join Base's metadata here, so
+# every reader of the schema (Alembic, the migrations test) sees them.
+from newsletter.db import embeddings as _embeddings  # noqa: E402,F401

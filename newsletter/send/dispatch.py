@@ -77,7 +77,10 @@ class RateLimiter:
 
 @dataclass
 class GroupCommitter:
-    """Collects ledger writes from every connection and commits them together."""
+    """Collects ledger writes from every connection and commits them together, one commit at a time.
+
+    ``write`` runs in a worker thread, never two at once.
+    """
 
     # (started ids, finished outcomes) → committed; returns the started ids that are still this sender's
     # to send (a delivery another sender took over after this one's lease lapsed is not).
@@ -111,7 +114,9 @@ class GroupCommitter:
             started, finished, waiters = self._started, self._finished, self._waiters
             self._started, self._finished, self._waiters = [], [], []
             try:
-                accepted = self.write(started, finished)
+                # In a thread: while the database commits, the event loop keeps moving other messages to
+                # the relay, and the outcomes that arrive meanwhile make the next commit a bigger group.
+                accepted = await asyncio.to_thread(self.write, started, finished)
             except Exception as exc:  # a failed commit must stop every connection waiting on it
                 for waiter in waiters:
                     waiter.set_exception(exc)

@@ -12,9 +12,10 @@ from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.ledger import DueDelivery
 from newsletter.issue import digest_for
 from newsletter.records import Paper, RankedPaper
-from newsletter.web import pages
+from newsletter.render.digest import make_environment
 from newsletter.web.app import create_app
-from newsletter.web.headers import style_hash
+from newsletter.web.headers import content_hash
+from newsletter.web.pages import Pages
 from tests.web.conftest import Site
 
 DAY = dt.timedelta(days=1)
@@ -108,6 +109,8 @@ def test_other_methods_are_refused(client: TestClient, site: Site) -> None:
 
 
 def test_every_response_carries_the_security_headers(client: TestClient, site: Site) -> None:
+    site_pages = Pages(templates=make_environment(), list_name="x")
+    stylesheet, script = site_pages.css, site_pages.script
     link = site.link(site.paper_ids[0])
     answers = [client.get(link), client.head(link), client.post(link), client.get("/feedback/x/1/up"),
                client.get("/nowhere"), client.put(link),
@@ -120,11 +123,13 @@ def test_every_response_carries_the_security_headers(client: TestClient, site: S
         policy = dict(part.strip().split(" ", 1) for part in answer.headers["content-security-policy"].split(";"))
         assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
         assert policy["form-action"] == "'self'" and policy["base-uri"] == "'none'"
-        assert policy["style-src"] == style_hash(pages.CSS), "only the page's own <style> element"
-    assert f"<style>{pages.CSS}</style>" in answers[0].text, "the allowed style is the one the page has"
+        assert policy["style-src"] == content_hash(stylesheet), "only the page's own <style> element"
+        assert policy["script-src"] == content_hash(script), "only the page's own <script> element"
+    assert f"<style>{stylesheet}</style>" in answers[0].text, "the allowed style is the one the page has"
 
 
-@pytest.mark.parametrize(("days_ago", "status"), [(61, 410), (59, 200), (0, 200), (-1, 200)])
+# Links are issued at the start (UTC) of the day before the issue date: a digest 60 days old has dead ones.
+@pytest.mark.parametrize(("days_ago", "status"), [(61, 410), (60, 410), (58, 200), (0, 200), (-1, 200)])
 def test_links_in_a_digest_expire_counting_from_its_issue_date(client: TestClient, site: Site, days_ago: int,
                                                                status: int) -> None:
     """A digest rendered ahead of its date (a subscriber east of UTC) has links that work at once."""

@@ -13,7 +13,7 @@ def test_the_button_records_and_the_policy_blocks_nothing_of_ours(browser: Any, 
     page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
     page.goto(server + site.link(site.paper_ids[0], "down"))
     assert site.feedback() == [], "opening the page records nothing"
-    assert page.evaluate("getComputedStyle(document.body).maxWidth") == "576px", "the page's own style applies"
+    assert page.evaluate("getComputedStyle(document.querySelector('main')).maxWidth") == "640px", "the page's own style applies"
     page.click("button")
     page.wait_for_load_state()
     assert "fewer papers like" in page.content()
