@@ -115,7 +115,8 @@ async def collect(runtime: Runtime, keep: int, stop_after: int | None = None) ->
     papers: dict = {}
     with runtime.sessions() as session:
         while batch := deliver_module._claim_and_build(runtime, session, now=dt.datetime.now(dt.UTC), subscriber_id=None,
-                                                       renderers=renderers, papers=papers):
+                                                       delivery_ids=None, renderers=renderers, papers=papers,
+                                                       trending_ids={}):
             kept += batch[: max(keep - len(kept), 0)]
             if stop_after is not None and len(kept) >= stop_after:
                 break

@@ -1,0 +1,69 @@
+"""The jobs workers run: ``send_batch`` (queue per relay) and ``ingest_source`` (a lock per source).
+
+Both take what the worker process built once at its start from ``context.additional_context``
+(``newsletter.scale.worker``): ``runtime`` (settings, database, templates, mailers) and ``limiter``
+(the relay's shared rate limit, or None). They call the same code as the daemon: ``deliver.send_due``
+(through ``scale.batch``) and ``ingest.run.ingest_one``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from procrastinate import Blueprint, JobContext, RetryStrategy
+
+from newsletter.db.models import Source, utcnow
+from newsletter.ingest.run import SourceReport
+from newsletter.runtime import Runtime
+from newsletter.scale.app import SEND_BATCH
+from newsletter.scale.batch import deliver_batch
+
+# A batch's own failures (the relay, a held delivery, a 4xx) are follow-up jobs, not retries (scale.batch);
+# these retries are for the rest: a database that was briefly unreachable, say.
+SEND_RETRY = RetryStrategy(max_attempts=3, exponential_wait=10)
+INGEST_RETRY = RetryStrategy(max_attempts=2, wait=60)  # a failed fetch already retried 429/5xx itself
+
+
+def blueprint() -> Blueprint:
+    """Our tasks, for an App (``app.make_app``). A new Blueprint per App: adding one to an App renames its tasks."""
+    tasks = Blueprint()
+    tasks.task(name="send_batch", pass_context=True, retry=SEND_RETRY)(send_batch)
+    tasks.task(name="ingest_source", pass_context=True, retry=INGEST_RETRY)(ingest_source)
+    return tasks
+
+
+async def send_batch(context: JobContext, delivery_ids: list[int], relay_failures: int = 0) -> dict[str, Any]:
+    """Send what is due of ``delivery_ids`` (about 500 deliveries of one issue date); hand what is left to a follow-up."""
+    runtime: Runtime = context.additional_context["runtime"]
+    result = await deliver_batch(runtime, delivery_ids, limiter=context.additional_context.get("limiter"),
+                                 relay_failures=relay_failures)
+    if result.remaining:
+        await context.app.configure_task(SEND_BATCH, queue=context.job.queue, schedule_at=result.retry_at).defer_async(
+            delivery_ids=list(result.remaining), relay_failures=result.relay_failures)
+    return {"outcomes": result.outcomes, "remaining": len(result.remaining), "error": result.error}
+
+
+async def ingest_source(context: JobContext, source_id: int) -> dict[str, object]:
+    """Fetch one source and store its papers. Deferred with ``lock=source:<id>``: one ingest of a source at a time."""
+    runtime: Runtime = context.additional_context["runtime"]
+    report = await asyncio.to_thread(ingest_source_now, runtime, source_id)
+    return report.as_dict()
+
+
+def ingest_source_now(runtime: Runtime, source_id: int) -> SourceReport:
+    from newsletter.ingest.fetch import Fetcher, make_client
+    from newsletter.ingest.run import ingest_one
+    from newsletter.ingest.sources import SourceSpec
+
+    with runtime.sessions() as session:
+        source = session.get(Source, source_id)
+        spec = SourceSpec(source.url, source.kind) if source is not None else None
+    if spec is None:  # removed since the job was deferred
+        return SourceReport(f"source {source_id}", note="removed")
+    settings = runtime.settings
+    with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client:
+        return ingest_one(spec, sessions=runtime.sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow())
+
+
+__all__ = ["blueprint", "ingest_source", "ingest_source_now", "send_batch"]
