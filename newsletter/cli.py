@@ -6,12 +6,14 @@ Every command has ``--help``; commands whose output is data take ``--json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,11 +27,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from newsletter import validate
+from newsletter import subscriptions, validate
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
-from newsletter.db.models import utcnow
-from newsletter.errors import NewsletterError, redact
+from newsletter.db.models import Subscriber, utcnow
+from newsletter.errors import InvalidInput, NewsletterError, NotFound, redact
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.settings import Settings, load_settings
 from newsletter.wording import inert, plural, shorten
@@ -50,7 +52,35 @@ err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Also print the per-subscriber detail.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (needed when input is not a terminal).")]
 LIST_TABLE_ROWS = 200  # beyond this a table is not read by a person: a summary, and --json for the data
+
+# What to run next, added here to the errors of the layers below: those name no command, as the web
+# front and the email commands show them too.
+SUBSCRIBERS_HINT = "'newsletter subscribers list' shows who there is"
+SOURCES_HINT = "'newsletter sources list' shows the configured ones"
+PAPER_HINT = "ingest it first (--seed ID on 'newsletter subscribers add' or 'update' fetches it from arXiv)"
+
+
+@contextlib.contextmanager
+def hint(text: str, *, about: str, on: type[NewsletterError] = NotFound) -> Iterator[None]:
+    """Append "; ``text``" to an ``on`` error raised inside whose message starts with ``about``."""
+    try:
+        yield
+    except on as exc:
+        if str(exc).startswith(about):
+            exc.args = (f"{exc}; {text}",)
+        raise
+
+
+def confirm(question: str, *, yes: bool, refused: str) -> None:
+    """Go on when --yes was given or a person at the terminal says yes; else stop, saying ``refused``."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise NewsletterError(f"{refused}: input is not a terminal, so no one can confirm; pass --yes to go ahead")
+    if not typer.confirm(question, default=False, err=True):
+        raise NewsletterError(f"{refused}: not confirmed")
 
 
 @dataclass
@@ -184,7 +214,7 @@ def sources_add(
         with make_client(timeout_s=ctx.settings.fetch_timeout_s, contact_email=ctx.settings.contact_email) as client:
             feed = read_source(resolved, fetcher=Fetcher.from_settings(ctx.settings, client), now=utcnow()).feed
         title, count = (feed.title, len(feed.papers)) if feed else (None, None)
-    with ctx.sessions() as session:
+    with ctx.sessions() as session, hint(SOURCES_HINT, about="source ", on=InvalidInput):
         repo.add_source(session, url=resolved.url, kind=resolved.kind, name=name or title)
         session.commit()
     note = f" ({safe(title)}: {plural(count or 0, 'paper')} now)" if title else ""
@@ -216,7 +246,7 @@ def sources_remove(typer_ctx: typer.Context, ref: Annotated[str, typer.Argument(
     from newsletter.ingest.sources import resolve
 
     ctx = _ctx(typer_ctx)
-    with ctx.sessions() as session:
+    with ctx.sessions() as session, hint(SOURCES_HINT, about="no source "):
         ref = ref if ref.isdigit() else resolve(ref, hf_daily_url=ctx.settings.hf_daily_url).url
         row = repo.remove_source(session, ref=ref)
         session.commit()
@@ -226,41 +256,64 @@ def sources_remove(typer_ctx: typer.Context, ref: Annotated[str, typer.Argument(
 # --- subscribers ---------------------------------------------------------------------------------
 
 
-@subscribers_app.command("add")
-def subscribers_add(
-    typer_ctx: typer.Context,
-    email: str,
-    topic: Annotated[list[str] | None, typer.Option("--topic", "-t", help="A topic phrase; repeat for more.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="A phrase that rules a paper out.")] = None,
-    category: Annotated[list[str] | None, typer.Option("--category", "-c", help="An arXiv category, e.g. cs.LG.")] = None,
-    author: Annotated[list[str] | None, typer.Option("--author", "-a", help="An author whose papers always make the digest.")] = None,
-    describe: Annotated[str, typer.Option(help="One sentence about the subscriber's work.")] = "",
-    timezone: Annotated[str, typer.Option(help="IANA time zone, e.g. Europe/Berlin.")] = "UTC",
-    hour: Annotated[int, typer.Option(help="Local hour to send at (0–23).")] = 7,
-    minute: Annotated[int, typer.Option(help="Minute of that hour (0–59).")] = 0,
-    frequency: Annotated[str, typer.Option(help="daily, weekdays (Monday to Friday) or weekly.")] = "daily",
-    weekday: Annotated[str, typer.Option(help="For weekly: the day, e.g. monday or mon.")] = "monday",
-    max_papers: Annotated[int | None, typer.Option(
-        help="Papers per digest at most, 1 to 100 (default: NEWSLETTER_DEFAULT_MAX_PAPERS).")] = None,
-    seed: Annotated[list[str] | None, typer.Option("--seed", "-s", help="An arXiv id: more papers like this one.")] = None,
-    seed_bibtex: Annotated[Path | None, typer.Option(help="A BibTeX file whose arXiv papers are seeds.")] = None,
-    min_score: Annotated[float | None, typer.Option(
-        help="Lowest score to pick a paper, 0 to 1000 (default: NEWSLETTER_MIN_SCORE).")] = None,
-) -> None:
-    """Add an active subscriber with their interests. A topic may carry a weight: "diffusion models^2"."""
+TopicOption = Annotated[list[str] | None, typer.Option("--topic", "-t", help="A topic phrase; repeat for more.")]
+ExcludeOption = Annotated[list[str] | None, typer.Option("--exclude", "-x", help="A phrase that rules a paper out.")]
+CategoryOption = Annotated[list[str] | None, typer.Option("--category", "-c", help="An arXiv category, e.g. cs.LG.")]
+AuthorOption = Annotated[list[str] | None, typer.Option(
+    "--author", "-a", help="An author whose papers always make the digest.")]
+SeedOption = Annotated[list[str] | None, typer.Option("--seed", "-s", help="An arXiv id: more papers like this one.")]
+SeedBibtexOption = Annotated[Path | None, typer.Option(help="A BibTeX file whose arXiv papers are seeds.")]
+DESCRIBE_HELP = "One sentence about the subscriber's work."
+TIMEZONE_HELP = "IANA time zone, e.g. Europe/Berlin."
+HOUR_HELP = "Local hour to send at (0–23)."
+MINUTE_HELP = "Minute of that hour (0–59)."
+FREQUENCY_HELP = "daily, weekdays (Monday to Friday) or weekly."
+WEEKDAY_HELP = "For weekly: the day, e.g. monday or mon."
+MAX_PAPERS_HELP = "Papers per digest at most, 1 to 100 (default: NEWSLETTER_DEFAULT_MAX_PAPERS)."
+MIN_SCORE_HELP = "Lowest score to pick a paper, 0 to 1000 (default: NEWSLETTER_MIN_SCORE)."
+
+
+def _seed_ids(seed: list[str] | None, seed_bibtex: Path | None) -> list[str]:
     from newsletter.seeds import arxiv_ids_from_bibtex, normalise_ids
 
-    ctx = _ctx(typer_ctx)
     seeds = normalise_ids(seed or [])
     if seed_bibtex is not None:
         if not seed_bibtex.is_file():
             raise NewsletterError(f"{seed_bibtex}: no such file")
         seeds += arxiv_ids_from_bibtex(seed_bibtex.read_text(encoding="utf-8", errors="replace"))
+    return list(dict.fromkeys(seeds))
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    typer_ctx: typer.Context,
+    email: str,
+    topic: TopicOption = None,
+    exclude: ExcludeOption = None,
+    category: CategoryOption = None,
+    author: AuthorOption = None,
+    describe: Annotated[str, typer.Option(help=DESCRIBE_HELP)] = "",
+    timezone: Annotated[str, typer.Option(help=TIMEZONE_HELP)] = "UTC",
+    hour: Annotated[int, typer.Option(help=HOUR_HELP)] = 7,
+    minute: Annotated[int, typer.Option(help=MINUTE_HELP)] = 0,
+    frequency: Annotated[str, typer.Option(help=FREQUENCY_HELP)] = "daily",
+    weekday: Annotated[str, typer.Option(help=WEEKDAY_HELP)] = "monday",
+    max_papers: Annotated[int | None, typer.Option(help=MAX_PAPERS_HELP)] = None,
+    seed: SeedOption = None,
+    seed_bibtex: SeedBibtexOption = None,
+    min_score: Annotated[float | None, typer.Option(help=MIN_SCORE_HELP)] = None,
+) -> None:
+    """Add an active subscriber with their interests. A topic may carry a weight: "diffusion models^2".
+
+    An address that asked to be forgotten ('subscribers forget') is refused: only its owner can
+    subscribe it again.
+    """
+    ctx = _ctx(typer_ctx)
     new = NewSubscriber(
         email=validate.normalize_email(email),
         preferences=Preferences.from_lists(topics=topic or [], exclude=exclude or [],
                                            categories=[validate.check_category(c) for c in category or []],
-                                           authors=author or [], describe=describe, seed_papers=seeds,
+                                           authors=author or [], describe=describe, seed_papers=_seed_ids(seed, seed_bibtex),
                                            min_score=None if min_score is None else validate.check_min_score(min_score)),
         timezone=validate.check_timezone(timezone),
         send_hour=validate.check_hour(hour),
@@ -270,12 +323,107 @@ def subscribers_add(
         max_papers=validate.check_max_papers(ctx.settings.default_max_papers if max_papers is None else max_papers),
     )
     with ctx.sessions() as session:
-        repo.add_subscriber(session, new=new)
+        with hint(f"'newsletter subscribers show {new.email}' shows it", about=f"{new.email} is already", on=InvalidInput):
+            subscriptions.add(session, ctx.settings, new, via=subscriptions.Via.CLI)
         if new.preferences.seed_papers:
             _fetch_seeds(ctx, session, list(new.preferences.seed_papers))
         session.commit()
     seeds_note = f", {plural(len(new.preferences.seed_papers), 'seed paper')}" if new.preferences.seed_papers else ""
     out.print(f"added {new.email} (active{seeds_note})")
+
+
+@subscribers_app.command("update")
+def subscribers_update(
+    typer_ctx: typer.Context,
+    email: str,
+    topic: TopicOption = None,
+    exclude: ExcludeOption = None,
+    category: CategoryOption = None,
+    author: AuthorOption = None,
+    describe: Annotated[str | None, typer.Option(help=DESCRIBE_HELP)] = None,
+    timezone: Annotated[str | None, typer.Option(help=TIMEZONE_HELP)] = None,
+    hour: Annotated[int | None, typer.Option(help=HOUR_HELP)] = None,
+    minute: Annotated[int | None, typer.Option(help=MINUTE_HELP)] = None,
+    frequency: Annotated[str | None, typer.Option(help=FREQUENCY_HELP)] = None,
+    weekday: Annotated[str | None, typer.Option(help=WEEKDAY_HELP)] = None,
+    max_papers: Annotated[int | None, typer.Option(help="Papers per digest at most, 1 to 100.")] = None,
+    seed: SeedOption = None,
+    seed_bibtex: SeedBibtexOption = None,
+    min_score: Annotated[float | None, typer.Option(help="Lowest score to pick a paper, 0 to 1000.")] = None,
+) -> None:
+    """Change a subscriber's interests or schedule: only the options given change, and it prints what changed.
+
+    A list option (--topic, --exclude, --category, --author, --seed/--seed-bibtex) REPLACES the whole
+    list: give every topic they should have; --topic "" empties the list. A new time zone, hour,
+    minute, frequency or weekday moves the next digest to the first send moment of the new schedule.
+    """
+    ctx = _ctx(typer_ctx)
+    with ctx.sessions() as session:
+        with hint(SUBSCRIBERS_HINT, about="no subscriber "):
+            row = repo.get_subscriber(session, email=email)
+        before = subscriptions.as_new_subscriber(row)
+        after = _updated(before, ctx=ctx, topic=topic, exclude=exclude, category=category, author=author, describe=describe,
+                         seed=seed, seed_bibtex=seed_bibtex, min_score=min_score, timezone=timezone, hour=hour, minute=minute,
+                         frequency=frequency, weekday=weekday, max_papers=max_papers)
+        changes = _differences(before, after)
+        if not changes:
+            out.print(f"{before.email}: nothing changed")
+            return
+        moved = subscriptions.update_preferences(session, ctx.settings, row.id, after, via=subscriptions.Via.CLI)
+        if after.preferences.seed_papers != before.preferences.seed_papers and after.preferences.seed_papers:
+            _fetch_seeds(ctx, session, list(after.preferences.seed_papers))
+        session.commit()
+        next_note = f"; next digest {_next_digest(row)}" if moved else ""
+    out.print(f"updated {before.email}{next_note}")
+    for name, (old, new) in changes.items():
+        out.print(f"  {name}: {safe(old)} → {safe(new)}")
+
+
+def _updated(current: NewSubscriber, *, ctx: Context, topic: list[str] | None, exclude: list[str] | None,
+             category: list[str] | None, author: list[str] | None, describe: str | None, seed: list[str] | None,
+             seed_bibtex: Path | None, min_score: float | None, timezone: str | None, hour: int | None, minute: int | None,
+             frequency: str | None, weekday: str | None, max_papers: int | None) -> NewSubscriber:
+    """``current`` with what the options of ``subscribers update`` give, validated; lists replace lists."""
+    given = Preferences.from_lists(topics=topic or [], exclude=exclude or [],
+                                   categories=[validate.check_category(c) for c in category or [] if c.strip()],
+                                   authors=author or [], describe=describe, seed_papers=_seed_ids(seed, seed_bibtex))
+    lists = {"topics": topic, "exclude": exclude, "categories": category, "authors": author, "describe": describe}
+    preferences = replace(current.preferences, **{name: getattr(given, name) for name, value in lists.items() if value is not None})
+    if seed is not None or seed_bibtex is not None:
+        preferences = replace(preferences, seed_papers=given.seed_papers)
+    if min_score is not None:
+        preferences = replace(preferences, min_score=validate.check_min_score(min_score))
+    schedule: dict[str, Any] = {
+        "timezone": None if timezone is None else validate.check_timezone(timezone),
+        "send_hour": None if hour is None else validate.check_hour(hour),
+        "send_minute": None if minute is None else validate.check_minute(minute),
+        "frequency": None if frequency is None else validate.check_frequency(frequency),
+        "send_weekday": None if weekday is None else validate.check_weekday(weekday),
+        "max_papers": None if max_papers is None else validate.check_max_papers(max_papers),
+    }
+    return replace(current, preferences=preferences, **{name: value for name, value in schedule.items() if value is not None})
+
+
+def _differences(before: NewSubscriber, after: NewSubscriber) -> dict[str, tuple[str, str]]:
+    """What changed, field by field, as the export names and writes the fields."""
+    from newsletter.subscribers_csv import LISTS, subscriber_row
+
+    def text(name: str, value: Any) -> str:
+        shown = "; ".join(value) if name in LISTS else "" if value is None else str(value)
+        return shown or "(none)"
+
+    old, new = subscriber_row(before), subscriber_row(after)
+    return {name: (text(name, old[name]), text(name, new[name])) for name in old if old[name] != new[name]}
+
+
+def _next_digest(row: Subscriber) -> str:
+    """``2026-12-02 06:00 UTC (07:00 Europe/Berlin)``."""
+    from zoneinfo import ZoneInfo
+
+    if row.next_send_at is None:
+        return "not scheduled"
+    local = row.next_send_at.replace(tzinfo=dt.UTC).astimezone(ZoneInfo(row.timezone))
+    return f"{row.next_send_at:%Y-%m-%d %H:%M} UTC ({local:%a %H:%M} {row.timezone})"
 
 
 def _fetch_seeds(ctx: Context, session: Session, ids: list[str]) -> None:
@@ -300,9 +448,12 @@ def feedback(
     if direction not in ("up", "down"):
         raise NewsletterError(f"{direction!r}: say up (more like this) or down (less like this)")
     with _ctx(typer_ctx).sessions() as session:
-        subscriber = repo.get_subscriber(session, email=email)
-        row = repo.get_paper(session, ref=paper)
-        repo.record_feedback(session, subscriber_id=subscriber.id, paper_id=row.id, value=1 if direction == "up" else -1)
+        with hint(SUBSCRIBERS_HINT, about="no subscriber "):
+            subscriber = repo.get_subscriber(session, email=email)
+        with hint(PAPER_HINT, about="no paper "):
+            row = repo.get_paper(session, ref=paper)
+        subscriptions.record_feedback(session, subscriber_id=subscriber.id, paper_id=row.id,
+                                      value=1 if direction == "up" else -1)
         session.commit()
         title = row.title
     out.print(f"noted: {'more' if direction == 'up' else 'fewer'} papers like “{safe(title)}” for {email.strip().lower()}")
@@ -311,7 +462,7 @@ def feedback(
 @subscribers_app.command("list")
 def subscribers_list(
     typer_ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="Only this status: pending, active, paused, unsubscribed.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status: pending, active, paused, unsubscribed, bounced.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List subscribers."""
@@ -335,7 +486,7 @@ def subscribers_list(
 @subscribers_app.command("show")
 def subscribers_show(typer_ctx: typer.Context, email: str, as_json: JsonOption = False) -> None:
     """Show a subscriber's status and all preferences."""
-    with _ctx(typer_ctx).sessions() as session:
+    with _ctx(typer_ctx).sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
         view = repo.subscriber_view(repo.get_subscriber(session, email=email))
     if as_json:
         _print_json(view)
@@ -346,46 +497,182 @@ def subscribers_show(typer_ctx: typer.Context, email: str, as_json: JsonOption =
     out.print(table)
 
 
+def _existing_address(ctx: Context, email: str) -> str:
+    """The stored address of ``email``, or NotFound with the hint (before asking anyone anything)."""
+    with ctx.sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
+        return repo.get_subscriber(session, email=email).email
+
+
 @subscribers_app.command("remove")
-def subscribers_remove(typer_ctx: typer.Context, email: str) -> None:
-    """Delete a subscriber with their preferences and delivery history."""
-    with _ctx(typer_ctx).sessions() as session:
-        repo.remove_subscriber(session, email=email)
+def subscribers_remove(typer_ctx: typer.Context, email: str, yes: YesOption = False) -> None:
+    """Delete a subscriber with their preferences and delivery history; asks first unless --yes.
+
+    The address may be added or imported again later; 'subscribers forget' prevents that.
+    """
+    ctx = _ctx(typer_ctx)
+    address = _existing_address(ctx, email)
+    confirm(f"Remove {address} with their preferences and delivery history?", yes=yes, refused=f"{address} was not removed")
+    with ctx.sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
+        repo.remove_subscriber(session, email=address)
         session.commit()
-    out.print(f"removed {email.strip().lower()}")
+    out.print(f"removed {address}")
+
+
+@subscribers_app.command("forget")
+def subscribers_forget(typer_ctx: typer.Context, email: str, yes: YesOption = False) -> None:
+    """Delete everything about an address (subscription, preferences, deliveries, feedback); asks first unless --yes.
+
+    Only a keyed hash of the address is kept (NEWSLETTER_SECRET_KEY keys it: keep the key), so 'subscribers
+    add' and 'subscribers import' refuse it from then on; only its owner can subscribe it again, by
+    confirming a new subscription.
+    """
+    ctx = _ctx(typer_ctx)
+    ctx.settings.require("secret_key", purpose="forgetting an address")
+    address = _existing_address(ctx, email)
+    confirm(f"Forget {address}: delete their subscription, preferences, deliveries and feedback for good?", yes=yes,
+            refused=f"{address} was not forgotten")
+    with ctx.sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
+        subscriptions.forget(session, ctx.settings, address)
+        session.commit()
+    out.print(f"forgot {address}: their data is deleted and only a keyed hash of the address is kept; "
+              "no add or import can bring it back")
+
+
+@subscribers_app.command("pause")
+def subscribers_pause(typer_ctx: typer.Context, email: str) -> None:
+    """Send an active subscriber nothing until 'subscribers resume' (their preferences are kept)."""
+    ctx = _ctx(typer_ctx)
+    with ctx.sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
+        subscriptions.pause(session, ctx.settings, email)
+        session.commit()
+    address = email.strip().lower()
+    out.print(f"paused {address}: no digests until 'newsletter subscribers resume {address}'")
+
+
+@subscribers_app.command("resume")
+def subscribers_resume(typer_ctx: typer.Context, email: str) -> None:
+    """Send a paused subscriber their digests again, from their next send time on."""
+    ctx = _ctx(typer_ctx)
+    with ctx.sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
+        subscriptions.resume(session, ctx.settings, email)
+        session.commit()
+        row = repo.get_subscriber(session, email=email)
+        out.print(f"resumed {row.email}: next digest {_next_digest(row)}")
 
 
 @subscribers_app.command("import")
 def subscribers_import(
     typer_ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="A CSV file with a header row; see the README for the columns.")],
+    file: Annotated[Path, typer.Argument(help="A CSV file with a header row, or a JSON list; see the README for the fields.")],
     skip_invalid: Annotated[bool, typer.Option(help="Import the valid rows even if some are invalid.")] = False,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv or json (default: json for a .json file, else csv).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Import subscribers from CSV; all-or-nothing unless --skip-invalid."""
-    from newsletter.subscribers_csv import read_subscribers_csv_file
+    """Import subscribers from CSV or JSON (what 'subscribers export' writes); all-or-nothing unless --skip-invalid.
+
+    Addresses that asked to be forgotten are skipped and listed (they do not stop the import).
+    """
+    from newsletter.subscribers_csv import FORMATS, read_subscribers_file
 
     ctx = _ctx(typer_ctx)
+    if fmt is not None and fmt not in FORMATS:
+        raise NewsletterError(f"--format {fmt!r}: use csv or json")
     if not file.is_file():
         raise NewsletterError(f"{file}: no such file")
-    parsed = read_subscribers_csv_file(file, default_max_papers=ctx.settings.default_max_papers)
+    parsed = read_subscribers_file(file, fmt=fmt, default_max_papers=ctx.settings.default_max_papers)
     with ctx.sessions() as session:
         parsed.reject_existing(repo.existing_emails(session, emails=parsed.lines))
+        if ctx.settings.secret_key:  # the forgotten are kept as hashes keyed with it; subscriptions.add does the same
+            forgotten = subscriptions.forgotten_among(session, ctx.settings, [s.email for s in parsed.subscribers])
+            parsed.skip(forgotten, why="asked to be forgotten; only its owner can subscribe it again (skipped)")
         imported = 0
         if parsed.subscribers and (skip_invalid or not parsed.errors):
             imported = repo.import_subscribers(session, subscribers=parsed.subscribers)
             session.commit()
     if as_json:
-        _print_json({"imported": imported, "errors": parsed.errors})
+        _print_json({"imported": imported, "errors": parsed.errors, "skipped": parsed.skipped})
     else:
-        for line in parsed.errors[:50]:
+        for line in [*parsed.errors, *parsed.skipped][:50]:
             err.print(safe(line))
-        if len(parsed.errors) > 50:
-            err.print(f"... and {plural(len(parsed.errors) - 50, 'more problem')} (--json lists them all)")
-        out.print(f"imported {plural(imported, 'subscriber')} from {file}")
+        if len(parsed.errors) + len(parsed.skipped) > 50:
+            more = len(parsed.errors) + len(parsed.skipped) - 50
+            err.print(f"... and {plural(more, 'more problem')} (--json lists them all)")
+        skipped = f" ({len(parsed.skipped):,} skipped)" if parsed.skipped else ""
+        out.print(f"imported {plural(imported, 'subscriber')} from {file}{skipped}")
     if parsed.errors and not skip_invalid:
         raise NewsletterError(f"{file}: {plural(parsed.invalid_rows, 'invalid row')}, nothing imported; "
                               "fix them or pass --skip-invalid")
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    typer_ctx: typer.Context,
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write to this file (default: standard output).")] = None,
+) -> None:
+    """Write the active and paused subscribers in the import format, by address: 'subscribers import' reads it back.
+
+    Pending, unsubscribed and bounced addresses are left out: an import subscribes people without
+    asking them, so it must not bring back anyone who did not confirm or who left.
+    """
+    from newsletter.subscribers_csv import FORMATS, IMPORTABLE_STATUSES, write_subscribers
+
+    if fmt not in FORMATS:
+        raise NewsletterError(f"--format {fmt!r}: use csv or json")
+    if out_file is not None and out_file.is_dir():
+        raise NewsletterError(f"--out {out_file} is a folder: give a file name, e.g. {out_file / ('subscribers.' + fmt)}")
+    if out_file is not None and not out_file.parent.is_dir():
+        raise NewsletterError(f"--out {out_file}: the folder {out_file.parent} does not exist; create it or choose another path")
+    with _ctx(typer_ctx).sessions() as session:
+        people = [subscriptions.as_new_subscriber(row) for row in repo.list_subscribers(session)
+                  if row.status in IMPORTABLE_STATUSES]
+    if out_file is None:
+        write_subscribers(people, sys.stdout, fmt=fmt)
+        return
+    try:
+        with out_file.open("w", encoding="utf-8", newline="") as handle:
+            count = write_subscribers(people, handle, fmt=fmt)
+    except OSError as exc:
+        raise NewsletterError(f"--out {out_file}: cannot write it ({exc.strerror}); choose another path") from None
+    out.print(f"exported {plural(count, 'subscriber')} to {out_file}")
+
+
+@app.command()
+def stats(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Subscribers by status; sends, bounces, unsubscribes and confirmations over 7 and 30 days; the top topics."""
+    from newsletter.stats import read_stats
+
+    with _ctx(typer_ctx).sessions() as session:
+        report = read_stats(session, now=utcnow())
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        print_stats(report)
+
+
+def print_stats(report: Any) -> None:  # report: stats.Stats
+    from rich import box
+
+    def table(*columns: str, title: str) -> Table:
+        return Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+    counts = ", ".join(f"{status} {count:,}" for status, count in report.by_status.items())
+    out.print(f"{plural(report.subscribers, 'subscriber')}: {counts}")
+    windows = table("", *(f"last {w.days} days" for w in report.windows), title=f"at {report.now:%Y-%m-%d %H:%M} UTC")
+    for name, label in (("sent", "digests sent"), ("bounces", "bounces"), ("unsubscribes", "unsubscribes"),
+                        ("confirmations", "confirmations"), ("added", "added by the admin")):
+        windows.add_row(label, *(f"{getattr(w, name):,}" for w in report.windows))
+    for column in windows.columns[1:]:
+        column.justify = "right"
+    out.print(windows)
+    if not report.top_topics:
+        out.print("top topics: none (no active subscriber has a topic)")
+        return
+    topics = table("topic", "subscribers", title="top topics (active subscribers)")
+    topics.columns[1].justify = "right"
+    for entry in report.top_topics:
+        topics.add_row(safe(entry.topic), f"{entry.subscribers:,}")
+    out.print(topics)
 
 
 # --- digest --------------------------------------------------------------------------------------
@@ -440,7 +727,7 @@ def digest(
     now = _parse_instant(at)
     runtime = Runtime.build(ctx.settings, engine=ctx.engine, connect=RecordingMailer if dry_run else None)
     started = time.perf_counter()
-    with _progress(as_json) as bar:
+    with _progress(as_json) as bar, hint(SUBSCRIBERS_HINT, about="no subscriber "):
         task = bar.add_task("sending", total=None)
         run = asyncio.run(run_digest(runtime, now=now, only=only, dry_run=dry_run,
                                      progress=lambda done: bar.update(task, completed=done)))
@@ -596,7 +883,8 @@ def preview(
         raise NewsletterError(f"--out {path} is a folder: give a file name, e.g. {path / 'preview.html'}")
     if not path.parent.is_dir():
         raise NewsletterError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
-    email_out = preview_digest(Runtime.build(ctx.settings, engine=ctx.engine), email=email, issue_date=issue_date, now=now)
+    with hint(SUBSCRIBERS_HINT, about="no subscriber "):
+        email_out = preview_digest(Runtime.build(ctx.settings, engine=ctx.engine), email=email, issue_date=issue_date, now=now)
     try:
         path.write_text(email_out.html, encoding="utf-8")
     except OSError as exc:
@@ -632,6 +920,23 @@ def serve(
 
     ctx = _ctx(typer_ctx)
     uvicorn.run(create_app(settings=ctx.settings, sessions=ctx.sessions), host=host, port=port)
+
+
+@app.command()
+def inbound(
+    typer_ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: NEWSLETTER_INBOUND_HOST, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: NEWSLETTER_INBOUND_PORT, 8025).")] = None,
+) -> None:
+    """Receive email commands (subscribe, topics, unsubscribe, help …) over SMTP and answer them by email.
+
+    In production the mail relay forwards the list's own address here.
+    """
+    from newsletter.inbound import run as run_inbound
+
+    settings = _ctx(typer_ctx).settings
+    run_inbound(settings, host=settings.inbound_host if host is None else host,
+                port=settings.inbound_port if port is None else port)
 
 
 @app.command()

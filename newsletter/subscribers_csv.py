@@ -1,64 +1,144 @@
-"""Read a subscribers CSV (the admin's bulk import). Pure: rows in, validated subscribers and errors out.
+"""The subscribers file: what ``subscribers import`` reads and ``subscribers export`` writes, as CSV or
+JSON. Pure: rows in, validated subscribers and errors out; subscribers in, text out.
 
-Header row required. Columns: ``email`` (required), ``topics``, ``exclude``, ``categories``,
-``authors`` (each ``;``-separated), ``describe``, ``timezone``, ``hour``, ``frequency`` (daily,
-weekdays, weekly), ``max_papers``, ``minute``, ``weekday`` (for weekly: monday … sunday). Line
-numbers in errors count the header as line 1. Every problem of a row is reported (not only the
-first); a file that is not UTF-8 text, has no ``email`` column or a field
-over ``MAX_FIELD_CHARS`` is refused as a whole with one line saying what to do.
+CSV: a header row is required. Columns: ``email`` (required), ``topics``, ``exclude``, ``categories``,
+``authors``, ``seeds`` (arXiv ids) (each ``;``-separated), ``describe``, ``timezone``, ``hour``,
+``minute``, ``frequency`` (daily, weekdays, weekly), ``weekday`` (for weekly: monday … sunday),
+``max_papers``, ``min_score`` and ``status`` (active or paused; default active). JSON: a list of
+objects with the same keys, the lists as lists. Line numbers in CSV errors count the header as line 1;
+JSON errors number the items from 1. Every problem of a row is reported (not only the first); a file
+that is not UTF-8 text, has no ``email`` column or a field over ``MAX_FIELD_CHARS`` is refused as a
+whole with one line saying what to do.
+
+What ``write_subscribers`` writes reads back as the same subscribers, so export → import → export
+gives the same bytes (in CSV, a list item that itself holds a ``;`` is the one thing that does not
+survive: it comes back as two items; JSON keeps it).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TextIO, TypeVar
 
 from newsletter import validate
 from newsletter.errors import InvalidInput
-from newsletter.records import NewSubscriber, Preferences
+from newsletter.ingest.arxiv import split_id
+from newsletter.records import NewSubscriber, Preferences, Topic
 
 T = TypeVar("T")
 MAX_FIELD_CHARS = 10_000  # a sentence about one's work fits many times over; a 1 MB cell is a broken file
 COLUMNS = ("email", "topics", "exclude", "categories", "authors", "describe", "timezone", "hour", "frequency", "max_papers",
-           "minute", "weekday")
+           "minute", "weekday", "seeds", "min_score", "status")
+LISTS = ("topics", "exclude", "categories", "authors", "seeds")
+FORMATS = ("csv", "json")
+# An import adds people without asking them: only to the list they were on. Pending, unsubscribed
+# and bounced addresses are not exported, and an import cannot create them.
+IMPORTABLE_STATUSES = ("active", "paused")
 
 
 @dataclass
 class CsvImport:
+    """A read file: its valid subscribers, and one error per invalid row (``unit`` 1-based numbers them)."""
+
     subscribers: list[NewSubscriber] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # "line 7: invalid email address ..."
-    lines: dict[str, int] = field(default_factory=dict)  # email → its line in the file
+    lines: dict[str, int] = field(default_factory=dict)  # email → its line (CSV) or item (JSON) in the file
     invalid_rows: int = 0
+    unit: str = "line"  # "item" for JSON
+    skipped: list[str] = field(default_factory=list)  # rows left out without making the file invalid
 
     def reject_existing(self, existing: set[str]) -> None:
         """Turn rows whose address is already subscribed into errors."""
-        clashes = existing & self.lines.keys()
-        if not clashes:
-            return
-        self.errors += [f"line {self.lines[e]}: {e} is already a subscriber" for e in clashes]
+        clashes = self._remove(existing)
+        self.errors += [f"{self.unit} {self.lines[e]}: {e} is already a subscriber" for e in clashes]
         self.invalid_rows += len(clashes)
-        self.errors.sort(key=lambda e: int(e.split(":")[0].removeprefix("line ")))
-        self.subscribers = [s for s in self.subscribers if s.email not in clashes]
+        self.errors.sort(key=lambda e: int(e.split(":")[0].split()[1]))
+
+    def skip(self, emails: set[str], *, why: str) -> None:
+        """Leave out the rows of ``emails``, saying ``why`` for each; they do not make the file invalid."""
+        self.skipped += [f"{self.unit} {self.lines[e]}: {e} {why}" for e in sorted(self._remove(emails), key=self.lines.__getitem__)]
+
+    def _remove(self, emails: set[str]) -> set[str]:
+        found = emails & self.lines.keys()
+        if found:
+            self.subscribers = [s for s in self.subscribers if s.email not in found]
+        return found
 
 
-def _split(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(";") if part.strip()]
+# --- reading -------------------------------------------------------------------------------------
 
 
-def _int(value: str | None, default: int, name: str) -> int:
-    if value is None or not value.strip():
+def _items(value: Any, name: str) -> list[str]:
+    """A list field: ``a; b`` in CSV (or a JSON string), a list of strings in JSON."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(";")
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput(f"{name} must be a list of text")
+    return [item.strip() for item in value if item.strip()]
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be text")
+    return value.strip()
+
+
+def _int(value: Any, default: int, name: str) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
         return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise InvalidInput(f"{name} {value!r} is not a whole number")
+
+
+def _min_score(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
     try:
-        return int(value)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(value)
+        score = float(value)
     except ValueError:
-        raise InvalidInput(f"{name} {value!r} is not a whole number") from None
+        raise InvalidInput(f"min_score {value!r} is not a number") from None
+    return validate.check_min_score(score)
 
 
-def row_to_subscriber(row: dict[str, str], *, default_max_papers: int) -> NewSubscriber:
-    """The row as a subscriber, or InvalidInput listing every problem of the row ("a; b; c")."""
+def _seeds(values: list[str]) -> list[str]:
+    ids = []
+    for value in values:
+        found = split_id(value)
+        if found is None:
+            raise InvalidInput(f"seed {value!r} is not an arXiv id (use e.g. 2409.01234 or hep-th/9901001)")
+        ids.append(found[0])
+    return ids
+
+
+def _status(value: Any) -> str:
+    status = _text(value, "status").lower() or "active"
+    if status not in IMPORTABLE_STATUSES:
+        raise InvalidInput(f"status {value!r} cannot be imported: use active or paused (an import subscribes people "
+                           "without asking them; anyone else must sign up themselves)")
+    return status
+
+
+def row_to_subscriber(row: Mapping[str, Any], *, default_max_papers: int) -> NewSubscriber:
+    """The row as a subscriber, or InvalidInput listing every problem of the row ("a; b; c").
+
+    Values are CSV's strings or JSON's values (lists, numbers, null); a missing or empty one takes its default.
+    """
     problems: list[str] = []
 
     def check(make: Callable[[], T], fallback: T) -> T:
@@ -68,32 +148,37 @@ def row_to_subscriber(row: dict[str, str], *, default_max_papers: int) -> NewSub
             problems.append(str(exc))
             return fallback
 
+    lists: dict[str, list[str]] = {}
+    for name in LISTS:
+        lists[name] = check(lambda: _items(row.get(name), name), [])  # noqa: B023 - called at once
     categories = []
-    for category in _split(row.get("categories")):
-        try:
-            categories.append(validate.check_category(category))
-        except InvalidInput as exc:
-            problems.append(str(exc))
-    email = check(lambda: validate.normalize_email(row.get("email") or ""), "")
+    for category in lists["categories"]:
+        categories.append(check(lambda: validate.check_category(category), category))  # noqa: B023 - called at once
+    email = check(lambda: validate.normalize_email(_text(row.get("email"), "email")), "")
+    describe = check(lambda: _text(row.get("describe"), "describe"), "")
+    seeds: list[str] = check(lambda: _seeds(lists["seeds"]), [])
+    min_score = check(lambda: _min_score(row.get("min_score")), None)
     preferences = check(lambda: Preferences.from_lists(
-        topics=_split(row.get("topics")), exclude=_split(row.get("exclude")), categories=categories,
-        authors=_split(row.get("authors")), describe=row.get("describe"),
+        topics=lists["topics"], exclude=lists["exclude"], categories=categories, authors=lists["authors"],
+        describe=describe, seed_papers=seeds, min_score=min_score,
     ), Preferences.from_lists())
-    timezone = check(lambda: validate.check_timezone((row.get("timezone") or "").strip() or "UTC"), "UTC")
+    timezone = check(lambda: validate.check_timezone(_text(row.get("timezone"), "timezone") or "UTC"), "UTC")
     hour = check(lambda: validate.check_hour(_int(row.get("hour"), 7, "hour")), 7)
-    frequency = check(lambda: validate.check_frequency((row.get("frequency") or "").strip().lower() or "daily"), "daily")
+    frequency = check(lambda: validate.check_frequency(_text(row.get("frequency"), "frequency").lower() or "daily"), "daily")
     max_papers = check(lambda: validate.check_max_papers(_int(row.get("max_papers"), default_max_papers, "max_papers")),
                        default_max_papers)
     minute = check(lambda: validate.check_minute(_int(row.get("minute"), 0, "minute")), 0)
-    weekday = check(lambda: validate.check_weekday((row.get("weekday") or "").strip() or "monday"), 0)
+    weekday = check(lambda: validate.check_weekday(_text(row.get("weekday"), "weekday") or "monday"), 0)
+    status = check(lambda: _status(row.get("status")), "active")
     if problems:
         raise InvalidInput("; ".join(problems))
     return NewSubscriber(email=email, preferences=preferences, timezone=timezone, send_hour=hour, frequency=frequency,
-                         max_papers=max_papers, send_minute=minute, send_weekday=weekday)
+                         max_papers=max_papers, send_minute=minute, send_weekday=weekday, status=status)
 
 
-def read_subscribers_csv_file(path: Path, *, default_max_papers: int = 10) -> CsvImport:
-    """Read and validate a CSV file; refuse a file that is not UTF-8 or whose fields are absurdly long."""
+def read_subscribers_file(path: Path, *, fmt: str | None = None, default_max_papers: int = 10) -> CsvImport:
+    """Read and validate a CSV or JSON file (``fmt``; default: JSON for a ``.json`` file, else CSV); refuse a
+    file that is not UTF-8 or whose fields are absurdly long."""
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise InvalidInput(f"{path}: the file is UTF-16 text; re-save it as CSV UTF-8 and import it again")
@@ -104,7 +189,13 @@ def read_subscribers_csv_file(path: Path, *, default_max_papers: int = 10) -> Cs
                            "re-save the file as CSV UTF-8 and import it again") from None
     if "\x00" in text:
         raise InvalidInput(f"{path}: holds NUL bytes, so it is not a text CSV (UTF-16?); re-save it as CSV UTF-8")
+    if (fmt or ("json" if path.suffix.lower() == ".json" else "csv")) == "json":
+        return read_subscribers_json(text, default_max_papers=default_max_papers, source=str(path))
     return read_subscribers_csv(text.splitlines(keepends=True), default_max_papers=default_max_papers, source=str(path))
+
+
+def read_subscribers_csv_file(path: Path, *, default_max_papers: int = 10) -> CsvImport:
+    return read_subscribers_file(path, fmt="csv", default_max_papers=default_max_papers)
 
 
 def read_subscribers_csv(lines: Iterable[str], *, default_max_papers: int = 10, source: str = "the CSV") -> CsvImport:
@@ -130,27 +221,102 @@ def _read_rows(reader: csv.DictReader[str], result: CsvImport, *, default_max_pa
     if unknown:
         raise InvalidInput(f"{source}, line 1: unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
     reader.fieldnames = header
-    seen = result.lines
     for row in reader:
         line = reader.line_num
         if None in row:  # more fields than the header has columns
-            result.errors.append(f"line {line}: {len(header) + len(row[None]):,} fields but the header has {len(header)}")
-            result.invalid_rows += 1
+            _invalid(result, line, f"{len(header) + len(row[None]):,} fields but the header has {len(header)}")
             continue
         long = [name for name, value in row.items() if value and len(value) > MAX_FIELD_CHARS]
         if long:
-            result.errors.append(f"line {line}: {', '.join(long)} longer than {MAX_FIELD_CHARS:,} characters")
-            result.invalid_rows += 1
+            _invalid(result, line, f"{', '.join(long)} longer than {MAX_FIELD_CHARS:,} characters")
             continue
-        try:
-            subscriber = row_to_subscriber(row, default_max_papers=default_max_papers)
-        except InvalidInput as exc:
-            result.errors.append(f"line {line}: {exc}")
-            result.invalid_rows += 1
+        _add_row(result, row, line, default_max_papers=default_max_papers)
+
+
+def read_subscribers_json(text: str, *, default_max_papers: int = 10, source: str = "the JSON") -> CsvImport:
+    """Validate every item of a JSON list of subscriber objects, as ``read_subscribers_csv`` does its rows."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{source}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, list):
+        raise InvalidInput(f'{source}: not a list of subscribers (expected [{{"email": …}}, …])')
+    result = CsvImport(unit="item")
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            _invalid(result, number, "not an object with an 'email'")
             continue
-        if subscriber.email in seen:
-            result.errors.append(f"line {line}: {subscriber.email} already appears on line {seen[subscriber.email]}")
-            result.invalid_rows += 1
-            continue
-        seen[subscriber.email] = line
-        result.subscribers.append(subscriber)
+        unknown = [str(key) for key in item if key not in COLUMNS]
+        long = [key for key, value in item.items() if key in COLUMNS and _longest(value) > MAX_FIELD_CHARS]
+        if unknown:
+            _invalid(result, number, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
+        elif long:
+            _invalid(result, number, f"{', '.join(long)} longer than {MAX_FIELD_CHARS:,} characters")
+        else:
+            _add_row(result, item, number, default_max_papers=default_max_papers)
+    return result
+
+
+def _longest(value: Any) -> int:
+    if isinstance(value, list):
+        return max((_longest(item) for item in value), default=0)
+    return len(value) if isinstance(value, str) else 0
+
+
+def _invalid(result: CsvImport, number: int, problem: str) -> None:
+    result.errors.append(f"{result.unit} {number}: {problem}")
+    result.invalid_rows += 1
+
+
+def _add_row(result: CsvImport, row: Mapping[str, Any], number: int, *, default_max_papers: int) -> None:
+    try:
+        subscriber = row_to_subscriber(row, default_max_papers=default_max_papers)
+    except InvalidInput as exc:
+        _invalid(result, number, str(exc))
+        return
+    if subscriber.email in result.lines:
+        _invalid(result, number, f"{subscriber.email} already appears on {result.unit} {result.lines[subscriber.email]}")
+        return
+    result.lines[subscriber.email] = number
+    result.subscribers.append(subscriber)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    """A float as short as it reads back exactly: 2 rather than 2.0, 0.25, 3.3333333333333335."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _topic(topic: Topic) -> str:
+    # A phrase holding "^" always carries its weight, or reading it back would take its tail for one.
+    return topic.phrase if topic.weight == 1 and "^" not in topic.phrase else f"{topic.phrase}^{_number(topic.weight)}"
+
+
+def subscriber_row(subscriber: NewSubscriber) -> dict[str, Any]:
+    """One subscriber as the import reads it, in ``COLUMNS`` order (lists as lists, numbers as numbers)."""
+    prefs = subscriber.preferences
+    return {
+        "email": subscriber.email, "topics": [_topic(t) for t in prefs.topics], "exclude": list(prefs.exclude),
+        "categories": list(prefs.categories), "authors": list(prefs.authors), "describe": prefs.describe,
+        "timezone": subscriber.timezone, "hour": subscriber.send_hour, "frequency": subscriber.frequency,
+        "max_papers": subscriber.max_papers, "minute": subscriber.send_minute,
+        "weekday": validate.WEEKDAYS[subscriber.send_weekday], "seeds": list(prefs.seed_papers),
+        "min_score": prefs.min_score, "status": subscriber.status,
+    }
+
+
+def write_subscribers(subscribers: Iterable[NewSubscriber], out: TextIO, *, fmt: str = "csv") -> int:
+    """Write ``subscribers`` in the import format (``csv`` or ``json``); returns how many."""
+    rows = [subscriber_row(s) for s in subscribers]
+    if fmt == "json":
+        out.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return len(rows)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow(["; ".join(row[name]) if name in LISTS else "" if row[name] is None
+                         else _number(row[name]) if isinstance(row[name], float) else row[name] for name in COLUMNS])
+    return len(rows)

@@ -32,7 +32,10 @@ def test_every_command_has_help(cli) -> None:
     for command in (["--help"], ["init", "--help"], ["ingest", "--help"], ["digest", "--help"], ["demo", "--help"],
                     ["sources", "add", "--help"], ["sources", "list", "--help"], ["sources", "remove", "--help"],
                     ["subscribers", "add", "--help"], ["subscribers", "list", "--help"], ["subscribers", "show", "--help"],
-                    ["subscribers", "remove", "--help"], ["subscribers", "import", "--help"]):
+                    ["subscribers", "remove", "--help"], ["subscribers", "import", "--help"],
+                    ["subscribers", "update", "--help"], ["subscribers", "export", "--help"], ["subscribers", "pause", "--help"],
+                    ["subscribers", "resume", "--help"], ["subscribers", "forget", "--help"], ["stats", "--help"],
+                    ["inbound", "--help"]):
         result = cli(*command)
         assert result.code == 0 and "Usage" in result.out, command
 
@@ -53,7 +56,8 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
     assert [s["email"] for s in listed] == ["ada.lovelace@example.org"]
     duplicate = cli("subscribers", "add", "ADA.LOVELACE@example.org")
     assert duplicate.code == 1 and "already a subscriber" in duplicate.err
-    assert cli("subscribers", "remove", "Ada.Lovelace@example.org").code == 0
+    assert "'newsletter subscribers show ada.lovelace@example.org' shows it" in duplicate.err
+    assert cli("subscribers", "remove", "Ada.Lovelace@example.org", "--yes").code == 0
     assert json.loads(cli("subscribers", "list", "--json").out) == []
 
 
@@ -64,12 +68,13 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
         (["subscribers", "add", "a@example.org", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
         (["subscribers", "add", "a@example.org", "--hour", "25"], "send hour 25 is out of range"),
         (["subscribers", "add", "a@example.org", "--category", "machine learning"], "is not an arXiv category"),
-        (["subscribers", "show", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
-        (["subscribers", "remove", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
-        (["digest", "--only", "ghost@example.org"], "no subscriber 'ghost@example.org'"),
+        (["subscribers", "show", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
+        (["subscribers", "remove", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
+        (["digest", "--only", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
         (["digest", "--at", "28/11/2026"], "is not an instant: use e.g. 2026-12-01T06:00:00Z"),
         (["preview", "kept@example.org", "--date", "28/11/2026"], "is not a date: use YYYY-MM-DD"),
-        (["sources", "remove", "42"], "no source '42'"),
+        (["sources", "remove", "42"], "no source '42'; 'newsletter sources list' shows the configured ones"),
+        (["feedback", "kept@example.org", "2611.99999", "up"], "no paper '2611.99999' has been ingested; ingest it first"),
         (["ingest"], "no sources configured"),
         (["ingest", "/nowhere/feed.xml"], "/nowhere/feed.xml: no such file"),
     ],
@@ -162,7 +167,7 @@ def test_import_reads_every_column(cli, ready, tmp_path) -> None:
                                "Europe/Berlin,6,weekly,7\nbob@example.org,graphs,,,,,,,,\n")
     result = cli("subscribers", "import", str(path), "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out) == {"imported": 2, "errors": []}
+    assert json.loads(result.out) == {"imported": 2, "errors": [], "skipped": []}
     ada = json.loads(cli("subscribers", "show", "ada@example.org", "--json").out)
     assert ada == ada | {"topics": ["diffusion models", "sampling"], "exclude": ["video"], "categories": ["cs.CV", "cs.LG"],
                          "authors": ["Yann LeCun"], "describe": "I make images, fast.", "timezone": "Europe/Berlin",

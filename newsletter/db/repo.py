@@ -1,4 +1,8 @@
-"""All SQL lives here. Keyword-only functions that take the session; callers own the transaction."""
+"""All SQL lives here. Keyword-only functions that take the session; callers own the transaction.
+
+Errors say what is wrong and name no command: the CLI, the web front and the email commands all show
+them, and each adds what to do in its own terms.
+"""
 
 from __future__ import annotations
 
@@ -93,7 +97,7 @@ def first_send_at(plan: schedule.Schedule, *, now: dt.datetime) -> dt.datetime:
 
 def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
     if session.scalar(select(Subscriber.id).where(Subscriber.email == new.email)) is not None:
-        raise InvalidInput(f"{new.email} is already a subscriber: use 'newsletter subscribers show {new.email}'")
+        raise InvalidInput(f"{new.email} is already a subscriber")
     row = Subscriber(**_subscriber_row(new, utcnow()))
     row.preferences = Preferences(**preferences_row(new.preferences))
     session.add(row)
@@ -127,7 +131,7 @@ def import_subscribers(session: Session, *, subscribers: Sequence[records.NewSub
 def get_subscriber(session: Session, *, email: str) -> Subscriber:
     row = session.scalar(select(Subscriber).where(Subscriber.email == email.strip().lower()))
     if row is None:
-        raise NotFound(f"no subscriber {email!r}: 'newsletter subscribers list' shows who there is")
+        raise NotFound(f"no subscriber {email!r}")
     return row
 
 
@@ -171,7 +175,7 @@ def subscriber_view(row: Subscriber) -> dict[str, Any]:
 
 def add_source(session: Session, *, url: str, kind: str, name: str | None = None) -> Source:
     if session.scalar(select(Source.id).where(Source.url == url)) is not None:
-        raise InvalidInput(f"source {url} is already configured: 'newsletter sources list' shows them")
+        raise InvalidInput(f"source {url} is already configured")
     row = Source(url=url, kind=kind, name=name)
     session.add(row)
     session.flush()
@@ -191,7 +195,7 @@ def remove_source(session: Session, *, ref: str) -> Source:
     query = select(Source).where(Source.id == int(ref)) if ref.isdigit() else select(Source).where(Source.url == ref)
     row = session.scalar(query)
     if row is None:
-        raise NotFound(f"no source {ref!r}: 'newsletter sources list' shows the configured ones")
+        raise NotFound(f"no source {ref!r}")
     session.delete(row)
     return row
 
@@ -401,8 +405,7 @@ def get_paper(session: Session, *, ref: str) -> Paper:
     key = found[0] if found else ref.strip()
     row = session.scalar(select(Paper).where(Paper.key == key))
     if row is None:
-        raise NotFound(f"no paper {ref!r} has been ingested: ingest it first "
-                       f"(e.g. 'newsletter subscribers add ... --seed {ref}' fetches seeds)")
+        raise NotFound(f"no paper {ref!r} has been ingested")
     return row
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 
+import pytest
 from sqlalchemy import select
 
 from newsletter.db import repo
 from newsletter.db.models import Paper
+from newsletter.errors import NewsletterError
 from newsletter.ingest.feeds import parse_feed
 from newsletter.ingest.sources import Trust
+from newsletter.records import NewSubscriber
 from tests.conftest import FIXTURES
 
 NOW = dt.datetime(2026, 11, 23, 6, 0)
@@ -81,3 +84,22 @@ def test_the_trending_api_creates_papers_arxiv_has_not_listed_and_arxiv_revises_
         repo.upsert_papers(session, papers=[listed], source_id=None, now=NOW, trust=Trust.ARXIV)
         [row] = session.scalars(select(Paper)).all()
     assert (row.key, row.title, row.version, row.upvotes) == (listed.key, listed.title, 1, 5)
+
+
+def test_the_data_layers_errors_say_what_is_wrong_and_name_no_command(sessions) -> None:
+    """The web front and the email commands show these too; the CLI adds its own commands to try."""
+    with sessions() as session:
+        repo.add_subscriber(session, new=NewSubscriber(email="ada@example.org"))
+        repo.add_source(session, url="https://example.org/feed.xml", kind="feed")
+        failing = {
+            "ada@example.org is already a subscriber": lambda: repo.add_subscriber(session, new=NewSubscriber(email="ada@example.org")),
+            "no subscriber 'ghost@example.org'": lambda: repo.get_subscriber(session, email="ghost@example.org"),
+            "source https://example.org/feed.xml is already configured":
+                lambda: repo.add_source(session, url="https://example.org/feed.xml", kind="feed"),
+            "no source '42'": lambda: repo.remove_source(session, ref="42"),
+            "no paper '2611.99999' has been ingested": lambda: repo.get_paper(session, ref="2611.99999"),
+        }
+        for message, call in failing.items():
+            with pytest.raises(NewsletterError) as caught:
+                call()
+            assert str(caught.value) == message

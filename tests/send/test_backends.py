@@ -52,7 +52,7 @@ def test_the_console_backend_prints_the_messages(cli, env, ready) -> None:
 def test_quiet_days_send_nothing_unless_asked_to(cli, env, ready, tmp_path: Path) -> None:
     cli("digest")
     assert not (tmp_path / "outbox" / "reef_example.org").exists()
-    cli("subscribers", "remove", "reef@example.org")
+    cli("subscribers", "remove", "reef@example.org", "--yes")
     cli("subscribers", "add", "reef2@example.org", "--topic", "coral reef ecology")
     env(send_empty_digest="true")
     cli("digest")
