@@ -770,6 +770,9 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
     if dry_run:
         out.print(f"dry run: nothing recorded or sent ({seconds:.1f} s)")
         return
+    if run.enqueued is not None:
+        out.print(f"queued {plural(run.enqueued, 'send batch', 'send batches')} for the workers (newsletter worker) ({seconds:.1f} s)")
+        return
     sent = run.outcomes.get("sent", 0)
     outcomes = ", ".join(f"{status} {count:,}" for status, count in sorted(run.outcomes.items())) or "nothing to send"
     rate = f", {sent / seconds:,.0f} emails/s" if sent and seconds > 0 else ""
@@ -859,6 +862,12 @@ def print_status(report: Any) -> None:  # report: status.Report
         out.print(sends)
     else:
         out.print("next sends: none scheduled")
+    if report.queue is not None:
+        queue = table("queue", "waiting", "scheduled", "running", "failed", title=f"job queue ({report.queue['workers_seen']} "
+                      "workers seen in the last minute)")
+        for name, counts in sorted(report.queue["queues"].items()):
+            queue.add_row(safe(name), *(f"{counts[k]:,}" for k in ("waiting", "scheduled", "running", "failed")))
+        out.print(queue)
     for warning in report.warnings:
         out.print(Text("warning: ", style="yellow").append(safe(warning)))
 
@@ -913,7 +922,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
-    """Serve the pages behind the links in emails (for now: "more / less like this")."""
+    """Serve the web front: sign-up, confirmation, preferences, unsubscribe (RFC 8058 one-click), the archive and feedback."""
     import uvicorn
 
     from newsletter.web.app import create_app
@@ -937,6 +946,29 @@ def inbound(
     settings = _ctx(typer_ctx).settings
     run_inbound(settings, host=settings.inbound_host if host is None else host,
                 port=settings.inbound_port if port is None else port)
+
+
+@app.command()
+def worker(
+    typer_ctx: typer.Context,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Send batches run at once in this process.")] = 1,
+    queues: Annotated[list[str] | None, typer.Option(
+        "--queues", help="Queues to take jobs from (default: all), e.g. send:smtp.example.org:587, ingest.")] = None,
+) -> None:
+    """Run a worker: take send batches and ingest jobs from PostgreSQL and run them (NEWSLETTER_DISPATCH=procrastinate).
+
+    Needs pip install '.[scale]'. Stops on SIGTERM or Ctrl-C: running batches get 8 s to finish, then what
+    they claimed is released for another worker.
+    """
+    settings = _ctx(typer_ctx).settings
+    if not settings.database_url.startswith("postgresql"):
+        raise NewsletterError("newsletter worker needs PostgreSQL (NEWSLETTER_DATABASE_URL=postgresql://…) and "
+                              "NEWSLETTER_DISPATCH=procrastinate; on SQLite the daemon and `newsletter digest` send themselves")
+    try:
+        from newsletter.scale.worker import run_worker
+    except ImportError:
+        raise NewsletterError("the job queue is not installed: pip install -e '.[scale]', then run newsletter init") from None
+    raise typer.Exit(run_worker(settings, concurrency=concurrency, queues=queues))
 
 
 @app.command()

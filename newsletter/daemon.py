@@ -121,6 +121,7 @@ class Daemon:
             self.scheduler.add_job(self._run, spec.trigger, args=(spec.id, work[spec.id]), id=spec.id, name=spec.id,
                                    misfire_grace_time=spec.misfire_grace_s, coalesce=True, max_instances=1, **start)
         self.scheduler.start()
+        # With the job queue the workers send; this daemon plans, enqueues and ingests.
         sender = asyncio.create_task(self._send_loop(), name="sender")
         log.info("daemon %s started; every %s s a tick, every %s s a retry drain; next %s", self.id, f"{self.runtime.settings.tick_s:g}",
                  f"{self.runtime.settings.retry_drain_s:g}",
@@ -132,16 +133,41 @@ class Daemon:
 
     # --- jobs ------------------------------------------------------------------------------------
 
+    @property
+    def _queued(self) -> bool:
+        """NEWSLETTER_DISPATCH=procrastinate: this daemon plans and enqueues; `newsletter worker`s send."""
+        return self.runtime.settings.dispatch == "procrastinate"
+
     async def _tick(self) -> Done:
-        report = await asyncio.to_thread(plan_due, self.runtime, now=self.clock())
+        enqueue, jobs = None, [0]
+        if self._queued:
+            from newsletter.scale.app import relay_queue
+            from newsletter.scale.enqueue import enqueue_planned
+
+            queue = relay_queue(self.runtime.settings)
+
+            def enqueue(session: Any, recorded: set[tuple[int, dt.date]]) -> None:  # in the planning transaction
+                jobs[0] += enqueue_planned(session, issues=recorded, queue=queue)
+
+        report = await asyncio.to_thread(plan_due, self.runtime, now=self.clock(), after_record=enqueue)
         self._wake.set()
         counts = {"planned": report.due, "quiet": report.empty, "missed": report.missed}
-        return Done(f"planned {report.due:,} ({report.empty:,} quiet, {report.missed:,} missed)", counts,
+        queued = f", {plural(jobs[0], 'send batch', 'send batches')} queued" if self._queued else ""
+        return Done(f"planned {report.due:,} ({report.empty:,} quiet, {report.missed:,} missed){queued}", counts,
                     logging.INFO if report.due or report.missed else logging.DEBUG)
 
     async def _retry(self) -> Done:
+        if self._queued:  # the safety net: due deliveries no job names (retries are their batch job's own)
+            from newsletter.scale.app import relay_queue
+            from newsletter.scale.enqueue import enqueue_unowned
+
+            jobs = await asyncio.to_thread(self._with_session, enqueue_unowned, now=naive(self.clock()),
+                                           queue=relay_queue(self.runtime.settings))
+            return Done(f"{plural(jobs, 'send batch', 'send batches')} queued for deliveries no job named", {"queued": jobs},
+                        logging.INFO if jobs else logging.DEBUG)
         self._wake.set()
         return Done("sender woken for retries and anything else due", level=logging.DEBUG)
+
 
     async def _send(self) -> Done:
         if not await asyncio.to_thread(self._with_session, anything_to_send, now=naive(self.clock())):
@@ -217,6 +243,9 @@ class Daemon:
         await self._beat()
 
     async def _send_loop(self) -> None:
+        if self._queued:  # the workers send (newsletter.scale); this daemon plans, enqueues and ingests
+            await self.stop.wait()
+            return
         while True:
             await self._wake.wait()
             if self.stop.is_set():

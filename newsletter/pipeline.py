@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import Session
+
 from newsletter.db import repo
 from newsletter.db.models import DeliveryStatus
 from newsletter.deliver import send_due
@@ -35,6 +37,7 @@ class DigestRun:
     missed: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # delivery status → count, after sending
     errors: list[str] = field(default_factory=list)
+    enqueued: int | None = None  # NEWSLETTER_DISPATCH=procrastinate: send batches queued for `newsletter worker`
 
 
 async def run_digest(
@@ -56,6 +59,8 @@ async def run_digest(
         run.candidates, run.picks = plan.candidates, plan.picks
         return run
     runtime.settings.require("secret_key", "from_address", purpose="sending digests")
+    if runtime.settings.dispatch == "procrastinate":
+        return await _plan_and_enqueue(runtime, run, only=only)
     async with contextlib.AsyncExitStack() as stack:
         # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
         mailers = [await stack.enter_async_context(m) for m in runtime.mailers()]
@@ -71,6 +76,25 @@ async def run_digest(
         run.outcomes[DeliveryStatus.EXPIRED] += delivered.expired
     if delivered.error:
         run.errors.append(f"{delivered.error}; the remaining digests stay pending for the next run")
+    return run
+
+
+async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | None) -> DigestRun:
+    """Plan, and enqueue the send batches in the same transactions; workers send them (``newsletter.scale``)."""
+    from newsletter.scale.app import relay_queue
+    from newsletter.scale.enqueue import enqueue_planned
+
+    queue, jobs = relay_queue(runtime.settings), 0
+
+    def enqueue(session: Session, recorded: set[tuple[int, dt.date]]) -> None:
+        nonlocal jobs
+        jobs += enqueue_planned(session, issues=recorded, queue=queue)
+
+    if only:
+        plan = await asyncio.to_thread(plan_now, runtime, email=only, now=run.now, after_record=enqueue)
+    else:
+        plan = await asyncio.to_thread(plan_due, runtime, now=run.now, keep_picks=True, after_record=enqueue)
+    run.candidates, run.picks, run.missed, run.enqueued = plan.candidates, plan.picks, plan.missed, jobs
     return run
 
 

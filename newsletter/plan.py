@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy import select
@@ -34,7 +34,7 @@ from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, Subscribe
 from newsletter.errors import NewsletterError
 from newsletter.records import Example, Paper, Profile, RankedPaper
 from newsletter.runtime import Runtime
-from newsletter.score import PaperIndex, rank_papers, semantic
+from newsletter.score import PaperIndex, learn, rank_papers, semantic
 
 logger = logging.getLogger(__name__)
 PLAN_BATCH = 2_000  # due subscribers claimed, scored and recorded per transaction
@@ -60,8 +60,16 @@ class PlanReport:
     picks: list[Pick] = field(default_factory=list)
 
 
-def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) -> PlanReport:
-    """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction."""
+AfterRecord = Callable[[Session, set[tuple[int, dt.date]]], object]
+
+
+def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False,
+             after_record: AfterRecord | None = None) -> PlanReport:
+    """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction.
+
+    ``after_record(session, recorded)`` runs in each batch's transaction with the (subscriber id, issue
+    date) pairs it recorded: the job queue enqueues their send batches there, so rows and jobs commit together.
+    """
     report = PlanReport()
     indexes: dict[Window, tuple[list[Paper], PaperIndex]] = {}  # one per window for the whole pass, not per batch
     schedule_unscheduled(runtime, now=now)
@@ -79,7 +87,10 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False) ->
             if not subscribers:
                 session.commit()
                 return report
-            _plan_batch(runtime, session, subscribers, now=now, report=report, keep_picks=keep_picks, indexes=indexes)
+            recorded = _plan_batch(runtime, session, subscribers, now=now, report=report, keep_picks=keep_picks,
+                                   indexes=indexes)
+            if after_record is not None:
+                after_record(session, recorded)
             session.commit()
 
 
@@ -102,7 +113,8 @@ def schedule_unscheduled(runtime: Runtime, *, now: dt.datetime) -> int:
 
 
 def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber], *, now: dt.datetime,
-                report: PlanReport, keep_picks: bool, indexes: dict[Window, tuple[list[Paper], PaperIndex]]) -> None:
+                report: PlanReport, keep_picks: bool,
+                indexes: dict[Window, tuple[list[Paper], PaperIndex]]) -> set[tuple[int, dt.date]]:
     settings = runtime.settings
     due: list[tuple[Subscriber, schedule.Schedule, schedule.DueIssue]] = []
     planned: list[PlannedDelivery] = []
@@ -150,6 +162,7 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
         report.empty += entry.status == DeliveryStatus.EMPTY
         if keep_picks:
             report.picks.append(Pick(emails[entry.subscriber_id], list(entry.picks), entry.issue_date))
+    return recorded
 
 
 def naive_window(window: tuple[dt.datetime, dt.datetime]) -> Window:
@@ -165,7 +178,7 @@ def window_now(subscriber: Subscriber, *, now: dt.datetime, daily_days: int, las
     return start, naive(now)
 
 
-def plan_now(runtime: Runtime, *, email: str, now: dt.datetime) -> PlanReport:
+def plan_now(runtime: Runtime, *, email: str, now: dt.datetime, after_record: AfterRecord | None = None) -> PlanReport:
     """Plan ``email``'s digest of their local date at ``now``, whatever their hour (at most one per local date)."""
     report = PlanReport()
     with runtime.sessions() as session:
@@ -180,10 +193,13 @@ def plan_now(runtime: Runtime, *, email: str, now: dt.datetime) -> PlanReport:
             window = window_now(subscriber, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last)
             report.candidates, [picks] = score_subscribers(runtime, session, subscribers=[subscriber], windows=[window])
             status = DeliveryStatus.PENDING if picks or runtime.settings.send_empty_digest else DeliveryStatus.EMPTY
-            if ledger.record_deliveries(session, planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))],
-                                        message_domain=runtime.settings.from_domain, now=utcnow()):
+            recorded = ledger.record_deliveries(session, message_domain=runtime.settings.from_domain, now=utcnow(),
+                                                planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))])
+            if recorded:
                 report.due, report.empty = 1, int(status == DeliveryStatus.EMPTY)
                 report.picks.append(Pick(subscriber.email, picks, issue_date))
+                if after_record is not None:
+                    after_record(session, recorded)
         session.commit()
     return report
 
@@ -250,8 +266,11 @@ def score_subscribers(
             )
             for p in positions
         ]
-        similarity = semantic_similarity(runtime, papers, profiles, session=session) if settings.semantic and papers else None
-        ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=similarity)
+        embedded = embed_for_ranking(runtime, papers, profiles, session=session) if settings.semantic and papers else None
+        if embedded is None:
+            ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=None)
+        else:
+            ranked = rank_learned(index, profiles, similarity=embedded[0], vectors=embedded[1], min_score=settings.min_score)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks
@@ -265,6 +284,14 @@ def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Seq
     wording, and only what is new is embedded; without one (a preview that writes nothing) they are
     only remembered by the process. Seeds and rated papers take part as example vectors (``score.semantic``).
     """
+    embedded = embed_for_ranking(runtime, papers, profiles, session=session)
+    return None if embedded is None else embedded[0]
+
+
+def embed_for_ranking(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile], *,
+                      session: Session | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """``semantic_similarity``, and the vectors it used: paper key → vector, for the candidates and the
+    profiles' example papers (what ``score.learn`` fits and predicts on). None without the model."""
     model = runtime.semantic_model()
     if model is None:
         return None
@@ -281,7 +308,32 @@ def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Seq
     by_key = {paper.key: vector for paper, vector in zip(everything, vectors, strict=True)}
     profile_vectors = semantic.profile_vectors([p.preferences for p in profiles], interests,
                                                [[(by_key[e.paper.key], e.weight) for e in p.examples] for p in profiles])
-    return semantic.similarity(profile_vectors, vectors[: len(papers)])
+    return semantic.similarity(profile_vectors, vectors[: len(papers)]), by_key
+
+
+def rank_learned(index: PaperIndex, profiles: Sequence[Profile], *, similarity: np.ndarray,
+                 vectors: Mapping[str, np.ndarray], min_score: float) -> list[list[RankedPaper]]:
+    """``rank_papers`` with the semantic ranker, then each subscriber who has rated enough papers
+    (``score.learn``) gets a wider pool of picks (``learn.POOL``) re-ordered by their own model, and
+    keeps their ``max_papers`` best. Everyone else's picks are exactly ``rank_papers``'.
+
+    The model re-orders the ranker's picks rather than entering the similarity matrix: that matrix is
+    also what makes a paper eligible ("close in meaning", cosine ≥ 0.45) and what the reasons quote,
+    and a blended number there would be neither a cosine nor a reason.
+    """
+    models = {row: model for row, profile in enumerate(profiles)
+              if (model := learn.fit_reader(profile.examples, vectors)) is not None}
+    asked = [replace(p, max_papers=max(p.max_papers, learn.POOL)) if row in models else p for row, p in enumerate(profiles)]
+    ranked = rank_papers(index, asked, min_score=min_score, semantic=similarity)
+    if models:
+        keys = [paper.key for paper in index.papers]
+        candidates = np.stack([vectors[key] for key in keys])
+        boost = dict(zip(keys, index.boost.tolist(), strict=True))
+        for row, model in models.items():
+            learned = dict(zip(keys, learn.zscore(model.logits(candidates)).tolist(), strict=True))
+            ranked[row] = learn.rerank(ranked[row], learned=learned, boost=boost, weight=model.weight,
+                                       limit=profiles[row].max_papers)
+    return ranked
 
 
 def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dict[int, tuple[Example, ...]]:

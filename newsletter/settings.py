@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from newsletter.errors import ConfigError, redact
@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite:///newsletter.db"
+    # inline: each process that plans also sends (the embedded default); procrastinate (PostgreSQL only,
+    # pip install '.[scale]'): planning enqueues send batches in its transaction and `newsletter worker`s send them.
+    dispatch: Literal["inline", "procrastinate"] = "inline"
 
     email_backend: Literal["smtp", "file", "console"] = "file"
     outbox_dir: Path = Path("outbox")
@@ -127,6 +130,13 @@ class Settings(BaseSettings):
         if url.drivername == "postgresql":
             # psycopg 3 is the driver we ship; say so once here instead of at every connect.
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("dispatch")
+    @classmethod
+    def _dispatch_needs_postgres(cls, value: str, info: ValidationInfo) -> str:
+        if value == "procrastinate" and not str(info.data.get("database_url", "")).startswith("postgresql"):
+            raise ValueError("procrastinate needs PostgreSQL (NEWSLETTER_DATABASE_URL=postgresql://…); on SQLite use inline")
         return value
 
     @field_validator("from_address", "commands_address")

@@ -148,6 +148,8 @@ class Report:
     next_sends: tuple[NextSend, ...]
     needs_a_person: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # The job queue (NEWSLETTER_DISPATCH=procrastinate): jobs per queue and workers seen; None without one.
+    queue: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -169,6 +171,7 @@ class Report:
             "sources": [{"label": s.label, **asdict(s)} for s in self.sources],
             "deliveries": asdict(self.deliveries),
             "next_sends": [{"email": n.email, "at": n.at, "local": n.local} for n in self.next_sends],
+            "queue": self.queue,
         })
 
 
@@ -190,7 +193,10 @@ def read_status(session: Session, *, now: dt.datetime) -> Report:
         .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at.is_not(None))
         .order_by(Subscriber.next_send_at, Subscriber.id).limit(NEXT_SENDS)
     ) if at is not None)
-    report = Report(now, daemon_state(heartbeats, now=now), sources, _deliveries(session, now=now), next_sends)
+    from newsletter.scale.status import queue_status  # SQL only: no procrastinate needed to read its tables
+
+    report = Report(now, daemon_state(heartbeats, now=now), sources, _deliveries(session, now=now), next_sends,
+                    queue=queue_status(session))
     problems, warnings = assess(report)
     return replace(report, needs_a_person=problems, warnings=warnings)
 
@@ -254,6 +260,13 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
                         f"{span(RECENT)} (not sent within the retry window)")
     if deliveries.oldest_unsent_at is not None and now - deliveries.oldest_unsent_at > STUCK_AFTER:
         warnings.append(f"a delivery has waited {span(now - deliveries.oldest_unsent_at)} unsent")
+    if report.queue is not None:
+        queues = report.queue["queues"]
+        waiting = sum(q["waiting"] for name, q in queues.items() if name.startswith("send:"))
+        if waiting and not report.queue["workers_seen"]:
+            problems.append(f"{plural(waiting, 'send batch', 'send batches')} waiting and no worker seen in the last minute")
+        if failed := sum(q["failed"] for q in queues.values()):
+            warnings.append(f"{plural(failed, 'queued job')} failed (see the queue section)")
     return tuple(problems), tuple(warnings)
 
 

@@ -50,7 +50,7 @@ def start_worker(values: dict[str, object], log: Path) -> subprocess.Popen[bytes
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     environ.update({f"NEWSLETTER_{k.upper()}": str(v) for k, v in values.items()})
     with log.open("wb") as stderr:  # a file, not a pipe: a full pipe would stall the worker
-        return subprocess.Popen([sys.executable, "-m", "tests.scale.worker_process", "--concurrency", "1"], cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "newsletter", "worker", "--concurrency", "1"], cwd=REPO,
                                 env=environ, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
