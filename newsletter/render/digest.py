@@ -3,8 +3,10 @@
 A day's digests share almost everything: the page around the papers, each paper's card, the
 "trending today" section. ``DigestRenderer`` renders those once per issue date with Jinja2 and inlines
 their CSS once with css-inline (email clients ignore most ``<style>`` rules); what differs per
-subscriber (their papers' order, the reasons, their links) is filled into named slots. A slot is an
-unguessable marker made per renderer, so no paper title can forge one.
+subscriber (their papers' order, the reasons, their links, which trending papers are not already
+among their picks) is filled into named slots. A slot is an unguessable marker made per renderer, so
+no paper title can forge one. The plain-text part is wrapped at ``TEXT_COLUMNS`` (links are never
+broken) and its footer follows the ``-- `` signature separator.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import datetime as dt
 import re
 import secrets
+import textwrap
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -24,12 +27,12 @@ from markupsafe import Markup
 
 from newsletter.paths import resource_dir
 from newsletter.records import Digest, OutgoingEmail, Paper
+from newsletter.render.tldr import tldr_of
 
 MAX_AUTHORS = 5  # past five, "et al."
-TLDR_CHARS = 300  # about three lines in a phone's mail app
 SUBJECT_TITLE_CHARS = 90  # phones show ~40–90 characters of a subject
-# A sentence ends at . ! or ? and a space, but not after "e.g.", "i.e.", "et al.", "etc.", "vs.", "Fig.".
-SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)(?<! al\.)(?<!etc\.)(?<! vs\.)(?<!Fig\.)\s")
+TEXT_COLUMNS = 76  # plain text wrapped as mail readers expect (RFC 3676 suggests 72–78)
+TEXT_INDENT = "  "  # a card's lines under its "* title"
 # Control characters (terminal escapes, NUL, CR) and bidi overrides: text from outside keeps none of them.
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 WEB_SCHEMES = ("https://", "http://")  # the only links an email may carry
@@ -61,24 +64,37 @@ def short_authors(authors: Sequence[str]) -> str:
 
 
 def tldr(paper: Paper) -> str:
-    """The trending API's AI summary when there is one, else the abstract's first sentence."""
-    if paper.tldr:
-        return paper.tldr
-    match = SENTENCE_END.search(paper.abstract)
-    first = paper.abstract[: match.start()] if match else paper.abstract
-    if len(first) > TLDR_CHARS:
-        first = first[:TLDR_CHARS].rsplit(" ", 1)[0] + " …"
-    return first
+    """The trending API's AI summary when there is one, else the abstract's sentence that says what is new."""
+    return tldr_of(paper.abstract, paper.tldr)
+
+
+def listing(paper: Paper) -> str:
+    """``arXiv:2611.10001 · listed 23 Nov 2026``: what a reader cites and when it was announced."""
+    listed = paper.published_at or paper.first_seen_at
+    parts = ([f"arXiv:{paper.arxiv_id}"] if paper.arxiv_id else []) + ([f"listed {listed:%d %b %Y}"] if listed else [])
+    return " · ".join(parts)
+
+
+def wrapped(text: str, first: str = TEXT_INDENT, rest: str | None = None, *, width: int = TEXT_COLUMNS) -> str:
+    """``text`` as lines of at most ``width`` columns, the first starting with ``first``, the others with ``rest``
+    (``first``'s width in spaces by default). Words longer than a line (links) are kept whole."""
+    rest = " " * len(first) if rest is None else rest
+    if len(first) + len(text) <= width and "\n" not in text:
+        return first + text  # most lines: no need for textwrap's work
+    return textwrap.fill(text, width, initial_indent=first, subsequent_indent=rest, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir or resource_dir("templates")),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=True),
         undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not as an empty string
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["wrapped"] = wrapped
+    return env
 
 
 def subject_for(digest: Digest, *, list_name: str) -> str:
@@ -133,8 +149,9 @@ class DigestRenderer:
         self.slots = _Slots()
         self.css = self._source("email/digest.css")
         context = {"slot": self.slots, "list_name": list_name, "date_text": issue_date.strftime("%A, %d %B %Y"),
-                   "trending": [outside_text_made_inert(p) for p in trending],
                    "dark_css": Markup(self._source("email/dark.css"))}
+        self.trending = [outside_text_made_inert(p) for p in trending]
+        self._trending: dict[tuple[str, ...], tuple[str, str]] = {}
         html = env.get_template("email/shell.html.j2").render(context)
         inliner = css_inline.CSSInliner(extra_css=self.css, keep_style_tags=True, load_remote_stylesheets=False)
         self.shell_html = _Filled(inliner.inline(html), self.slots)
@@ -159,11 +176,24 @@ class DigestRenderer:
             paper = outside_text_made_inert(paper)
             links = [(label, url) for label, url in (("PDF", paper.pdf_url), ("Code", paper.code_url),
                                                      ("Project page", paper.project_url)) if url]
-            context = {"paper": paper, "authors": short_authors(paper.authors), "tldr": tldr(paper), "links": links}
+            context = {"paper": paper, "authors": short_authors(paper.authors), "tldr": tldr(paper), "links": links,
+                       "listing": listing(paper)}
             text = self.env.get_template("email/paper.txt.j2").render(slot=self.slots, **context)
             card = self._cards[paper.key] = _Card(_Filled(self._fragment("email/paper.html.j2", context), self.slots),
                                                   _Filled(text, self.slots), paper.title)
         return card
+
+    def _trending_section(self, picked: set[str]) -> tuple[str, str]:
+        """The "trending today" section (HTML, text) without the reader's own picks: those are above it already.
+        Rendered once per distinct set of papers shown (a handful a day)."""
+        shown = [p for p in self.trending if p.key not in picked]
+        key = tuple(p.key for p in shown)
+        section = self._trending.get(key)
+        if section is None:
+            html = self._fragment("email/trending.html.j2", {"trending": shown}) if shown else ""
+            text = self.env.get_template("email/trending.txt.j2").render(trending=shown).rstrip("\n") if shown else ""
+            section = self._trending[key] = (html, text)
+        return section
 
     def render(self, digest: Digest) -> OutgoingEmail:
         html_cards, text_cards, titles = [], [], []
@@ -178,14 +208,18 @@ class DigestRenderer:
                 text_feedback = self.feedback_text.fill(more_url=more, less_url=less)
             html_cards.append(card.html.fill(reasons="".join(self.reason_html.fill(reason=escape(r)) for r in reasons),
                                              feedback=html_feedback))
-            text_cards.append(card.text.fill(reasons="; ".join(reasons), feedback=text_feedback))
+            text_cards.append(card.text.fill(reasons=wrapped("Why: " + "; ".join(reasons), rest=TEXT_INDENT * 2) if reasons
+                                             else "", feedback=text_feedback))
         count = f"{len(digest.papers)} paper{'s' if len(digest.papers) != 1 else ''} picked for you"
         preheader = " · ".join(titles[:3])
-        common = {"count": count, "email": digest.email, "preferences_url": digest.preferences_url,
+        common = {"count": count, "preferences_url": digest.preferences_url,
                   "unsubscribe_url": digest.unsubscribe_url, "view_url": digest.view_url}
-        html = self.shell_html.fill(papers="".join(html_cards), preheader=escape(preheader),
-                                    **{k: escape(v) for k, v in common.items()})
-        text = self.shell_text.fill(papers="\n\n".join(text_cards), preheader=preheader, **common)
+        trending_html, trending_text = self._trending_section({p.paper.key for p in digest.papers})
+        html = self.shell_html.fill(papers="".join(html_cards), preheader=escape(preheader), trending=trending_html,
+                                    email=escape(digest.email), **{k: escape(v) for k, v in common.items()})
+        subscribed = wrapped(f"You get this because you subscribed as {digest.email}.", first="", rest="")
+        text = self.shell_text.fill(papers="\n\n".join(text_cards), preheader=preheader, trending=trending_text,
+                                    subscribed=subscribed, **common)
         return OutgoingEmail(to=digest.email, subject=subject_for(digest, list_name=self.list_name), html=html,
                              text=text, message_id=digest.message_id, unsubscribe_url=digest.unsubscribe_url)
 
@@ -196,4 +230,5 @@ def render_digest(digest: Digest, *, env: jinja2.Environment, list_name: str,
     return DigestRenderer(env=env, list_name=list_name, issue_date=digest.issue_date, trending=trending).render(digest)
 
 
-__all__ = ["DigestRenderer", "make_environment", "render_digest", "short_authors", "subject_for", "tldr"]
+__all__ = ["DigestRenderer", "listing", "make_environment", "render_digest", "short_authors", "subject_for", "tldr",
+           "wrapped"]

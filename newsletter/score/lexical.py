@@ -13,7 +13,8 @@ The score of a paper for a subscriber is
 with w_t the topic's weight divided by its number of terms for topic terms, and DESCRIBE_WEIGHT
 for words of the sentence about their work. Title words count TITLE_REPEAT times. A paper with an excluded phrase, outside the
 subscriber's categories (when they chose any) or already sent to them is never picked; a paper by
-a followed author is always picked, first.
+a followed author is always picked, first. ``rank_papers`` adds each pick's reasons with
+``score.reasons``, from the same interned matrices (``_Queries``) and for every pick at once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import scipy.sparse as sp
 
 from newsletter.records import Paper, Profile, RankedPaper
 from newsletter.score import text
-from newsletter.wording import shorten
+from newsletter.score.reasons import build_reasons
 
 K1 = 1.2  # BM25 term-frequency saturation (the usual 1.2–2.0)
 B = 0.75  # BM25 length normalisation
@@ -45,8 +46,8 @@ NEAR_DUPLICATE_SIMILARITY = 0.85  # cosine of two papers' BM25 vectors above whi
 EXTRA_CANDIDATES = 5  # looked at beyond max_papers, to replace near-duplicates
 EXAMPLE_TERMS = 15  # an example paper stands for its 15 most telling words (tf·idf over the day's papers)
 EXAMPLE_WEIGHT = 3.0  # the weight those words share: an example counts about as much as a three-word topic
-EXAMPLE_REASON_OVERLAP = 4  # shared telling words for "similar to your seed paper …"
 SCORING_THREADS = 2  # the machines this runs on have two cores
+FOLLOWED_PLACEMENT = "followed author: always placed first"
 CHUNK_SUBSCRIBERS = 2048  # profiles per dense block: 2048 × 2000 papers × 4 B = 16 MB an array
 
 
@@ -67,14 +68,8 @@ class PaperIndex:
     trending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # the trending part of boost
     duplicate_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # row of the first of its near-duplicates
     _phrase_rows: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
-    _term_sets: dict[int, frozenset[str]] = field(default_factory=dict)
-
-    def term_set(self, row: int) -> frozenset[str]:
-        """The paper's distinct stemmed terms (reasons check many subscribers' words against the same papers)."""
-        found = self._term_sets.get(row)
-        if found is None:
-            found = self._term_sets[row] = frozenset(self.sequences[row])
-        return found
+    # What ``score.reasons`` works out once per index: generic words, each paper's words and phrases.
+    reason_cache: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def build(cls, papers: Sequence[Paper], *, now: dt.datetime | None = None, trending_weight: float = TRENDING_WEIGHT,
@@ -229,6 +224,17 @@ class _Queries:
     author_papers: sp.csr_matrix
     already_sent: sp.csr_matrix  # profiles × papers
     thresholds: np.ndarray  # profiles: their minimum score
+    # What reasons name: the distinct topic phrases and sentences, and which profile holds which.
+    topic_texts: list[str] = field(default_factory=list)
+    topic_terms: sp.csr_matrix = field(default_factory=lambda: sp.csr_matrix((0, 0)))  # distinct topics × vocabulary
+    by_sentence: sp.csr_matrix = field(default_factory=lambda: sp.csr_matrix((0, 0)))
+    sentence_terms: sp.csr_matrix = field(default_factory=lambda: sp.csr_matrix((0, 0)))  # distinct sentences × vocabulary
+    sentence_texts: list[str] = field(default_factory=list)
+
+    def sentence_of(self, profile: int) -> str:
+        """The profile's sentence about their work, "" when none."""
+        start, end = self.by_sentence.indptr[profile], self.by_sentence.indptr[profile + 1]
+        return self.sentence_texts[self.by_sentence.indices[start]] if end > start else ""
 
     @classmethod
     def build(cls, index: PaperIndex, profiles: Sequence[Profile], *, min_score: float) -> _Queries:
@@ -274,7 +280,8 @@ class _Queries:
         for author_name in authors.ids:
             keys = text.name_keys(str(author_name))
             author_rows.append(index.authors.get(keys[0], empty) if keys else empty)
-        terms = by_topic @ topic_terms + sentences.by_profile(n) @ _sentence_matrix(list(sentences.ids), index.vocabulary)
+        by_sentence, sentence_terms = sentences.by_profile(n), _sentence_matrix(list(sentences.ids), index.vocabulary)
+        terms = by_topic @ topic_terms + by_sentence @ sentence_terms
         if examples.ids:
             terms = terms + examples.by_profile(n) @ _example_matrix(index, [example_papers[str(k)] for k in examples.ids])
         return cls(
@@ -291,6 +298,11 @@ class _Queries:
             already_sent=sp.csr_matrix((np.ones(len(sent_rows), dtype=np.float32), (sent_rows, sent_papers)),
                                        shape=(n, max(n_papers, 1))),
             thresholds=thresholds,
+            topic_texts=[str(t) for t in topics.ids],
+            topic_terms=topic_terms,
+            by_sentence=by_sentence,
+            sentence_terms=sentence_terms,
+            sentence_texts=[str(x) for x in sentences.ids],
         )
 
 
@@ -353,6 +365,7 @@ class TopPicks:
     scores: np.ndarray  # profiles × k
     followed: np.ndarray  # profiles × k, bool
     similarity: np.ndarray | None  # profiles × k cosine, when the semantic ranker took part
+    queries: _Queries | None = None  # the profiles as the scorer saw them: reasons reuse its interning
 
 
 def select_top(
@@ -414,7 +427,7 @@ def select_top(
     out_rows, out_scores, out_followed, similarities = zip(*results, strict=True)
     out_similarity = [s for s in similarities if s is not None]
     return TopPicks(np.vstack(out_rows), np.vstack(out_scores), np.vstack(out_followed),
-                    np.vstack(out_similarity) if out_similarity else None)
+                    np.vstack(out_similarity) if out_similarity else None, q)
 
 
 def _drop_near_duplicates(best: np.ndarray, usable: np.ndarray, duplicate_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -453,44 +466,31 @@ def rank_papers(
     above ``SEMANTIC_MIN_SIMILARITY`` in meaning.
     """
     top = select_top(index, profiles, min_score=min_score, semantic=semantic)
-    picks = []
-    for i, profile in enumerate(profiles):
-        chosen = []
-        words = _ProfileWords.of(profile) if top.rows[i, 0] >= 0 else None
-        for j, row in enumerate(top.rows[i]):
-            if row < 0:
-                break
-            similarity = None if top.similarity is None else float(top.similarity[i, j])
-            followed = bool(top.followed[i, j])
-            chosen.append(RankedPaper(paper=index.papers[row], score=float(top.scores[i, j]),
-                                      reasons=explain(index, profile, int(row), followed, similarity, words=words),
-                                      placement=placement(index, int(row), followed)))
-        picks.append(chosen)
+    if top.queries is None:  # no papers or no profiles: nothing picked
+        return [[] for _ in profiles]
+    reasons, counts = build_reasons(index, profiles, top, top.queries, semantic_min_similarity=SEMANTIC_MIN_SIMILARITY)
+    valid = np.arange(top.rows.shape[1]) < counts[:, None]  # a profile's picks are its leading rows
+    papers, placements = index.papers, _placements(index)
+    flat = [RankedPaper(papers[row], score, why, FOLLOWED_PLACEMENT if by_followed else placements[row])
+            for row, score, why, by_followed in zip(top.rows[valid].tolist(), top.scores[valid].tolist(), reasons,
+                                                    top.followed[valid].tolist(), strict=True)]
+    ends = np.cumsum(counts).tolist()
+    picks = [flat[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
     return picks
 
 
-@dataclass(frozen=True, slots=True)
-class _ProfileWords:
-    """What ``explain`` needs of a profile's own words, worked out once per profile, not once per pick."""
-
-    phrases: tuple[tuple[str, tuple[str, ...]], ...]  # (topic phrase, its terms)
-    own_words: dict[str, str]  # stem → the word as the subscriber typed it
-
-    @classmethod
-    def of(cls, profile: Profile) -> _ProfileWords:
-        prefs = profile.preferences
-        typed = [w for topic in prefs.topics for w in text.words(topic.phrase)] + text.words(prefs.describe)
-        own_words: dict[str, str] = {}
-        for word in typed:
-            if word not in text.STOP_WORDS and len(word) > 1:
-                own_words.setdefault(text.stem(word), word)
-        return cls(tuple((topic.phrase, text.phrase_terms(topic.phrase)) for topic in prefs.topics), own_words)
+def _placements(index: PaperIndex) -> list[str]:
+    """Each paper's placement when it is not by a followed author (the same for every subscriber)."""
+    found = index.reason_cache.get("placements")
+    if not isinstance(found, list):
+        found = index.reason_cache["placements"] = [placement(index, row, False) for row in range(len(index.papers))]
+    return found
 
 
 def placement(index: PaperIndex, row: int, followed: bool) -> str:
     """What besides relevance set the paper's place in the digest ("" when nothing did)."""
     if followed:
-        return "followed author: always placed first"
+        return FOLLOWED_PLACEMENT
     trending, age = float(index.trending[row]), float(index.trending[row] - index.boost[row])
     parts = ([f"trending +{trending:.2f}"] if trending >= 0.005 else []) + ([f"age −{age:.2f}"] if age >= 0.005 else [])
     return ", ".join(parts)
@@ -499,43 +499,3 @@ def placement(index: PaperIndex, row: int, followed: bool) -> str:
 def _zscore(values: np.ndarray) -> np.ndarray:
     spread = values.std(axis=1, keepdims=True)
     return (values - values.mean(axis=1, keepdims=True)) / np.where(spread == 0, 1, spread)
-
-
-def explain(index: PaperIndex, profile: Profile, row: int, followed: bool,
-            similarity: float | None = None, *, words: _ProfileWords | None = None) -> tuple[str, ...]:
-    """Why this paper was picked, in words a subscriber reads at a glance."""
-    prefs = profile.preferences
-    words = words or _ProfileWords.of(profile)
-    paper_terms = index.term_set(row)
-    reasons: list[str] = []
-    if followed:
-        names = index.author_names[row]
-        by = [names[text.name_keys(a)[0]] for a in prefs.authors if text.name_keys(a) and text.name_keys(a)[0] in names]
-        reasons.append("by " + ", ".join(dict.fromkeys(by)) + " (followed author)")
-    phrases_matched: list[str] = []
-    covered: set[str] = set()
-    for topic_phrase, phrase in words.phrases:
-        if phrase and paper_terms.issuperset(phrase) and (len(phrase) == 1 or row in index.phrase_rows(phrase)):
-            phrases_matched.append(topic_phrase)
-            covered.update(phrase)
-    if phrases_matched:
-        reasons.append("topic: " + ", ".join(f"“{p}”" for p in phrases_matched))
-    # Say it in the subscriber's own words: "mentions generation", not the stem "generat".
-    other = [word for term, word in words.own_words.items() if term in paper_terms and term not in covered]
-    if other:
-        reasons.append("mentions " + ", ".join(other[:6]))
-    for example in profile.examples:
-        columns = {index.vocabulary[t] for t in index.sequences[row]}
-        if example.weight > 0 and len(columns & example_terms(index, example.paper).keys()) >= EXAMPLE_REASON_OVERLAP:
-            what = "your seed paper" if example.kind == "seed" else "a paper you liked"
-            reasons.append(f"similar to {what} “{shorten(example.paper.title, 60)}”")
-            break
-    if index.papers[row].upvotes:
-        reasons.append(f"trending: {index.papers[row].upvotes} upvotes")
-    if similarity is not None and similarity >= SEMANTIC_MIN_SIMILARITY:
-        reasons.append(f"close in meaning to your interests ({similarity:.2f})")
-    if prefs.categories:
-        inside = [c for c in index.papers[row].categories if c.lower() in {x.lower() for x in prefs.categories}]
-        if inside:
-            reasons.append("in " + ", ".join(inside))
-    return tuple(reasons)

@@ -28,7 +28,7 @@ def digest_html(tmp_path_factory) -> Path:
     picks = [RankedPaper(votes.get(p.key, p), 9.0 - i, ("topic: “diffusion models”", "in cs.LG"))
              for i, p in enumerate(papers[3:9])]
     long_word = replace(papers[10], title="Supercalifragilistic" * 8 + " with an unbreakable title")
-    picks.append(RankedPaper(long_word, 1.0, ("mentions " + "x" * 120,)))
+    picks.append(RankedPaper(long_word, 1.0, ("matches “" + "x" * 120 + "”: “" + "y" * 40 + "”",)))
     digest = Digest(email="ada@example.org", issue_date=dt.date(2026, 11, 23), papers=tuple(picks),
                     unsubscribe_url="https://digest.example.org/unsubscribe/t", preferences_url="https://digest.example.org/preferences/t",
                     view_url="https://digest.example.org/digest/2026-11-23/t", message_id="<m@example.org>",

@@ -61,7 +61,7 @@ def test_every_part_of_a_paper_and_of_the_page_is_in_both_versions() -> None:
                          "https://digest.example.org/digest/2026-11-23/tok", "https://digest.example.org/feedback/fb2/2/up",
                          "https://digest.example.org/feedback/fb2/2/down", "More like this", "Less like this"):
             assert expected in body.replace("&amp;", "&"), expected
-    assert "Then we prove it works" not in email.html, "the TL;DR is the first sentence only"
+    assert "Then we prove it works" not in email.html, "the TL;DR is one sentence, not the abstract"
     assert email.subject == "Paper digest · 23 Nov: Fast Sampling for Diffusion Models 1 (+1 more)"
     assert "Trending today" in email.html and "TRENDING TODAY" in email.text
 
@@ -159,7 +159,46 @@ def test_short_authors_and_tldr_fallback() -> None:
     assert short_authors(("A", "B", "C", "D", "E")) == "A, B, C, D, E"
     assert short_authors(("A", "B", "C", "D", "E", "F")) == "A, B, C, D, E et al."
     assert tldr(paper(tldr="Given.")) == "Given."
-    assert tldr(paper(abstract="Results hold, i.e. always. More text.")) == "Results hold, i.e. always."
+    background_first = "Sampling is slow in practice today. We propose a solver, i.e. a faster one, for diffusion models."
+    assert tldr(paper(abstract=background_first)) == "We propose a solver, i.e. a faster one, for diffusion models."
+
+
+def test_each_card_names_its_arxiv_id_and_listing_date() -> None:
+    listed = paper(1, published_at=dt.datetime(2026, 11, 20, 5))
+    unlisted = paper(2, arxiv_id=None, key="https://blog.example.org/post", published_at=None, first_seen_at=None)
+    email = render_digest(digest(listed, unlisted), env=ENV, list_name="Paper digest")
+    for body, marker in ((email.html, 'class="paper-title"'), (email.text, "\n* ")):
+        first, second = cards(body, marker)
+        assert "arXiv:2611.10001 · listed 20 Nov 2026" in first
+        assert "arXiv:" not in second and "listed" not in second, "no id, no date: no empty line either"
+
+
+def test_a_trending_paper_already_picked_is_not_repeated() -> None:
+    picked, other = paper(1, upvotes=80), paper(3, title="Everyone Reads This", upvotes=99)
+    renderer = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE, trending=[other, picked])
+    email = renderer.render(digest(picked))
+    for body, heading in ((email.html, "Trending today"), (email.text, "TRENDING TODAY")):
+        trending = body.split(heading, 1)[1]
+        assert "Everyone Reads This" in trending and "Diffusion Models 1" not in trending
+    only_picked = renderer.render(digest(picked, other))
+    assert "Trending today" not in only_picked.html and "TRENDING TODAY" not in only_picked.text
+    assert "Trending today" in renderer.render(digest(paper(2))).html, "someone else still sees both"
+
+
+def test_the_plain_text_is_wrapped_and_signed_off_like_a_letter() -> None:
+    long_title = "A Very Long Title About Diffusion Models That Goes On " * 3
+    long_reasons = ("topic: “diffusion models”, “score-based generative models”, “consistency distillation”",
+                    "matches “sampling”: “few-step sampling”", "trending: 1,204 upvotes", "in cs.LG, cs.CV")
+    email = render_digest(digest(paper(1, title=long_title.strip(), abstract="We propose " + "a fast solver " * 30 + "."),
+                                 reasons=long_reasons),
+                          env=ENV, list_name="Paper digest", trending=[paper(3, title=long_title.strip(), upvotes=5)])
+    lines = email.text.split("\n")
+    assert all(len(line) <= 78 for line in lines if "://" not in line), [line for line in lines if len(line) > 78]
+    assert max(len(line) for line in lines if "://" not in line) >= 60, "wrapped, not chopped into stubs"
+    assert "-- " in lines and lines.index("-- ") > lines.index("TRENDING TODAY"), "the signature separator before the footer"
+    why = email.text.split("Why: ", 1)[1].split("More like this")[0]
+    assert " ".join(why.split()) == "; ".join(long_reasons), "reasons wrap between words, none is cut"
+    assert "few-step sampling" in email.html and "consistency distillation" in email.html
 
 
 def test_the_message_reads_back_as_multipart_alternative_with_list_headers() -> None:
