@@ -40,6 +40,7 @@ def message_for(delivery: DueDelivery, *, settings: Settings, renderer: DigestRe
         email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(picks, papers)))
         address, smtputf8 = wire_address(recipient)  # an IDN domain as xn--…; UTF-8 only before the @
         data = build_message(email, from_address=sender, list_name=settings.list_name, list_id=f"digest.{settings.from_domain}",
+                             commands_address=settings.list_address,
                              date=utcnow(), to=recipient if smtputf8 else address, dkim_key=dkim)
     except Exception as exc:  # this digest fails alone, with the reason; the others go on
         return OutboundMessage(delivery.id, delivery.subscriber_id, Envelope(sender, recipient, delivery.message_id, b""),

@@ -355,3 +355,28 @@ def test_run_serves_until_sigterm(sqlite_url: str, smtp_server: SmtpSink, tmp_pa
     assert len(smtp_server.received) == 1
     assert "listening on 127.0.0.1" in err and "ada@example.org: help" in err and "stopping" in err
     assert "secret-marker" not in err and "subject-marker" not in err  # neither body nor subject is logged
+
+
+def test_the_mailto_a_real_digest_carries_unsubscribes(listener: Listener) -> None:
+    """The List-Unsubscribe mailto as render/mime.py writes it, used as a mail client would: To and Subject from it."""
+    import re as _re
+    import urllib.parse
+    from email import message_from_bytes
+    from email.policy import default
+
+    from newsletter.records import OutgoingEmail
+    from newsletter.render.mime import build_message
+
+    subscriber_id = add_active(listener, "ada@example.org")
+    settings = listener.runtime.settings
+    email = OutgoingEmail(to="ada@example.org", subject="Your papers", html="<p>x</p>", text="x", message_id="<d.1@example.org>",
+                          unsubscribe_url=subscriptions.unsubscribe_url(settings, subscriber_id))
+    raw = build_message(email, from_address=LIST, list_name="Paper digest", list_id="digest.example.org",
+                        date=dt.datetime(2026, 12, 1, 7), commands_address=settings.list_address)
+    header = message_from_bytes(raw, policy=default)["List-Unsubscribe"]
+    mailto = _re.search(r"<mailto:([^?>]+)\?([^>]+)>", str(header))
+    assert mailto, header
+    to, query = mailto.group(1), urllib.parse.parse_qs(mailto.group(2))
+    listener.send("", subject=query["subject"][0], to=to)
+    row = listener.subscriber("ada@example.org")
+    assert row is not None and row.status == "unsubscribed"

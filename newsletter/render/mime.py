@@ -24,7 +24,7 @@ from newsletter.records import OutgoingEmail
 CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 MAX_DISPLAY_CHARS = 64  # of the list name in From and List-Id; the Subject carries it whole
 SIGNED_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"list-id", b"list-unsubscribe",
-                  b"list-unsubscribe-post", b"mime-version", b"content-type")
+                  b"list-unsubscribe-post", b"mime-version", b"content-type", b"reply-to")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +112,17 @@ def build_message(
     date: dt.datetime,
     to: str | None = None,
     dkim_key: DkimKey | None = None,
+    commands_address: str | None = None,
 ) -> bytes:
-    """The message as bytes ready for SMTP; ``to`` overrides the recipient (the dev redirect)."""
+    """The message as bytes ready for SMTP; ``to`` overrides the recipient (the dev redirect).
+
+    ``commands_address`` (default: the From address) is where email commands go (``newsletter
+    inbound``): the ``List-Unsubscribe`` mailto names it with the subscriber's unsubscribe token in
+    the subject, so that mail proves who sent it; when it differs from the From address it is also
+    the ``Reply-To``, so a reply of "unsubscribe" to a digest reaches it.
+    """
+    commands = commands_address or from_address
+    token = email.unsubscribe_url.rstrip("/").rsplit("/", 1)[-1]
     boundary = "=_d" + hashlib.sha1(email.message_id.encode()).hexdigest()[:20]  # same bytes on a resend
     headers = [
         with_phrase("From", list_name, from_address),
@@ -122,7 +131,8 @@ def build_message(
         "Date: " + format_datetime(date if date.tzinfo else date.replace(tzinfo=dt.UTC)),
         f"Message-ID: {header_text(email.message_id)}",
         with_phrase("List-Id", list_name, list_id),
-        encode_header("List-Unsubscribe", f"<{email.unsubscribe_url}>, <mailto:{from_address}?subject=unsubscribe>"),
+        encode_header("List-Unsubscribe", f"<{email.unsubscribe_url}>, <mailto:{commands}?subject=unsubscribe%20{token}>"),
+        *([f"Reply-To: {header_text(commands)}"] if commands != from_address else []),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',

@@ -213,7 +213,9 @@ def test_the_message_reads_back_as_multipart_alternative_with_list_headers() -> 
     assert message["Message-ID"] == "<digest.20261123.1.abc@example.org>"
     assert message["List-Id"] == "Paper digest <digest.example.org>"
     assert message["List-Unsubscribe"] == ("<https://digest.example.org/unsubscribe/tok>, "
-                                           "<mailto:digest@example.org?subject=unsubscribe>")
+                                           "<mailto:digest@example.org?subject=unsubscribe%20tok>"), \
+        "the mailto carries the unsubscribe token: email commands act on it (newsletter inbound)"
+    assert message["Reply-To"] is None, "replies go to the From address when it is also the commands address"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message["Date"] == "Mon, 23 Nov 2026 07:00:00 +0000"
     assert raw == message_bytes(email), "a resend carries the same bytes"
