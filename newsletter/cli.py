@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import sys
 import time
@@ -117,7 +118,10 @@ def _ctx(typer_ctx: typer.Context) -> Context:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    # Indented for a person at a terminal; compact into a pipe or file, where the indenting encoder (pure
+    # Python) cost more than scoring 100,000 subscribers (C encoder: 4 s instead of 10 s).
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
 
 
 @app.callback()
@@ -749,11 +753,14 @@ def digest(
 def picks_as_data(papers: list) -> list[dict[str, Any]]:
     """A subscriber's picks in the email's order; ``order`` says why a paper sits above better-scored ones."""
     data = []
+    # Out of order: a better score below it, or a worse one above it (suffix maxima, prefix minima: one pass each).
+    scores = [r.score for r in papers]
+    best_below = list(itertools.accumulate(reversed(scores[1:] + [float("-inf")]), max))[::-1]
+    worst_above = list(itertools.accumulate([float("inf")] + scores[:-1], min))
     for position, ranked in enumerate(papers):
         entry = {"arxiv_id": ranked.paper.arxiv_id, "key": ranked.paper.key, "title": ranked.paper.title,
                  "score": round(ranked.score, 4), "reasons": list(ranked.reasons)}
-        later, earlier = papers[position + 1:], papers[:position]
-        out_of_order = any(r.score > ranked.score for r in later) or any(r.score < ranked.score for r in earlier)
+        out_of_order = best_below[position] > ranked.score or worst_above[position] < ranked.score
         if out_of_order and ranked.placement:
             entry["order"] = ranked.placement
         data.append(entry)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select
@@ -214,15 +214,18 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
         windows = [window_now(s, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last.get(s.id))
                    for s in subscribers]
         report.candidates, ranked = score_subscribers(runtime, session, subscribers=subscribers, windows=windows)
+        issue_dates: dict[schedule.Schedule, dt.date] = {}  # subscribers share a few schedules: each worked out once
         for subscriber, picks in zip(subscribers, ranked, strict=True):
-            report.picks.append(Pick(subscriber.email, picks, next_issue_date(subscriber, now=now)))
+            plan = repo.schedule_of(subscriber)
+            if plan not in issue_dates:
+                issue_dates[plan] = next_issue_date(plan, now=now)
+            report.picks.append(Pick(subscriber.email, picks, issue_dates[plan]))
     report.due = len(report.picks)
     return report
 
 
-def next_issue_date(subscriber: Subscriber, *, now: dt.datetime) -> dt.date:
-    """The local date of the subscriber's next digest: today's if it is due now, else the next send day's."""
-    plan = repo.schedule_of(subscriber)
+def next_issue_date(plan: schedule.Schedule, *, now: dt.datetime) -> dt.date:
+    """The local date of a schedule's next digest: today's if it is due now, else the next send day's."""
     due = schedule.due_issue(plan, now)
     if due is not None:
         return due.issue_date
@@ -270,7 +273,8 @@ def score_subscribers(
         if embedded is None:
             ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=None)
         else:
-            ranked = rank_learned(index, profiles, similarity=embedded[0], vectors=embedded[1], min_score=settings.min_score)
+            ranked = rank_learned(index, profiles, similarity=embedded.similarity, vectors=embedded.vectors,
+                                  min_score=settings.min_score)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks
@@ -285,13 +289,28 @@ def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Seq
     only remembered by the process. Seeds and rated papers take part as example vectors (``score.semantic``).
     """
     embedded = embed_for_ranking(runtime, papers, profiles, session=session)
-    return None if embedded is None else embedded[0]
+    return None if embedded is None else embedded.similarity(profiles)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The vectors of a window's candidates, of the profiles' example papers and of their interests."""
+
+    papers: Sequence[Paper]  # the candidates, in the index's order
+    vectors: dict[str, np.ndarray]  # paper key → vector, candidates and example papers
+    interests: dict[str, np.ndarray]  # interest text → vector
+
+    def similarity(self, profiles: Sequence[Profile]) -> np.ndarray:
+        """profiles × candidates cosine similarity (``score.semantic``): interests, examples, a feedback round."""
+        profile_vectors = semantic.profile_vectors(
+            [p.preferences for p in profiles], self.interests,
+            [[(self.vectors[e.paper.key], e.weight) for e in p.examples] for p in profiles])
+        return semantic.similarity(profile_vectors, np.stack([self.vectors[p.key] for p in self.papers]))
 
 
 def embed_for_ranking(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile], *,
-                      session: Session | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """``semantic_similarity``, and the vectors it used: paper key → vector, for the candidates and the
-    profiles' example papers (what ``score.learn`` fits and predicts on). None without the model."""
+                      session: Session | None = None) -> Embedded | None:
+    """The vectors ``semantic_similarity`` and ``score.learn`` work from; None without the model."""
     model = runtime.semantic_model()
     if model is None:
         return None
@@ -305,35 +324,26 @@ def embed_for_ranking(runtime: Runtime, papers: Sequence[Paper], profiles: Seque
     else:
         vectors = embeddings.embed_papers(session, model=model, papers=everything)
         interests = embeddings.embed_interests(session, model=model, texts=texts)
-    by_key = {paper.key: vector for paper, vector in zip(everything, vectors, strict=True)}
-    profile_vectors = semantic.profile_vectors([p.preferences for p in profiles], interests,
-                                               [[(by_key[e.paper.key], e.weight) for e in p.examples] for p in profiles])
-    return semantic.similarity(profile_vectors, vectors[: len(papers)]), by_key
+    return Embedded(papers, {paper.key: vector for paper, vector in zip(everything, vectors, strict=True)}, interests)
 
 
-def rank_learned(index: PaperIndex, profiles: Sequence[Profile], *, similarity: np.ndarray,
+def rank_learned(index: PaperIndex, profiles: Sequence[Profile], *, similarity: Callable[[Sequence[Profile]], np.ndarray],
                  vectors: Mapping[str, np.ndarray], min_score: float) -> list[list[RankedPaper]]:
-    """``rank_papers`` with the semantic ranker, then each subscriber who has rated enough papers
-    (``score.learn``) gets a wider pool of picks (``learn.POOL``) re-ordered by their own model, and
-    keeps their ``max_papers`` best. Everyone else's picks are exactly ``rank_papers``'.
+    """``rank_papers`` with the semantic ranker (``similarity(profiles)``), where each subscriber who has
+    rated enough papers both ways gets their picks re-ordered by their own model (``score.learn``).
+    Everyone else's picks are exactly ``rank_papers``'.
 
-    The model re-orders the ranker's picks rather than entering the similarity matrix: that matrix is
-    also what makes a paper eligible ("close in meaning", cosine ≥ 0.45) and what the reasons quote,
-    and a blended number there would be neither a cosine nor a reason.
+    The model re-orders a wider pool of the ranker's picks rather than entering the similarity
+    matrix: that matrix also makes a paper eligible ("close in meaning", cosine ≥ 0.45) and is what
+    the reasons quote, and a blended number there would be neither a cosine nor a reason.
     """
-    models = {row: model for row, profile in enumerate(profiles)
-              if (model := learn.fit_reader(profile.examples, vectors)) is not None}
-    asked = [replace(p, max_papers=max(p.max_papers, learn.POOL)) if row in models else p for row, p in enumerate(profiles)]
-    ranked = rank_papers(index, asked, min_score=min_score, semantic=similarity)
-    if models:
-        keys = [paper.key for paper in index.papers]
-        candidates = np.stack([vectors[key] for key in keys])
-        boost = dict(zip(keys, index.boost.tolist(), strict=True))
-        for row, model in models.items():
-            learned = dict(zip(keys, learn.zscore(model.logits(candidates)).tolist(), strict=True))
-            ranked[row] = learn.rerank(ranked[row], learned=learned, boost=boost, weight=model.weight,
-                                       limit=profiles[row].max_papers)
-    return ranked
+    models, asked = learn.prepare(profiles, vectors)
+    ranked = rank_papers(index, asked, min_score=min_score, semantic=similarity(asked))
+    if not models:
+        return ranked
+    keys = [paper.key for paper in index.papers]
+    return learn.apply(ranked, profiles, models, keys=keys, candidates=np.stack([vectors[key] for key in keys]),
+                       boost=index.boost)
 
 
 def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dict[int, tuple[Example, ...]]:
