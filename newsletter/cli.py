@@ -517,7 +517,7 @@ def subscribers_remove(typer_ctx: typer.Context, email: str, yes: YesOption = Fa
     address = _existing_address(ctx, email)
     confirm(f"Remove {address} with their preferences and delivery history?", yes=yes, refused=f"{address} was not removed")
     with ctx.sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
-        repo.remove_subscriber(session, email=address)
+        subscriptions.remove(session, address)
         session.commit()
     out.print(f"removed {address}")
 
@@ -591,7 +591,7 @@ def subscribers_import(
             parsed.skip(forgotten, why="asked to be forgotten; only its owner can subscribe it again (skipped)")
         imported = 0
         if parsed.subscribers and (skip_invalid or not parsed.errors):
-            imported = repo.import_subscribers(session, subscribers=parsed.subscribers)
+            imported = subscriptions.import_subscribers(session, ctx.settings, parsed.subscribers)
             session.commit()
     if as_json:
         _print_json({"imported": imported, "errors": parsed.errors, "skipped": parsed.skipped})

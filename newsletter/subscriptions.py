@@ -304,6 +304,30 @@ def add(session: Session, settings: Settings, new: records.NewSubscriber, *, via
     return row
 
 
+def import_subscribers(session: Session, settings: Settings, subscribers: list[records.NewSubscriber], *,
+                       now: dt.datetime | None = None) -> int:
+    """The admin's bulk import (active or paused, no confirmation), with one event each (via import).
+
+    The caller has dropped forgotten addresses (``forgotten_among``) and reported them: an import
+    never brings one back.
+    """
+    now = now or utcnow()
+    imported = repo.import_subscribers(session, subscribers=subscribers)
+    if settings.secret_key:  # keyed by address hash, like every event (stats count them; no row id needed)
+        session.add_all([SubscriptionEvent(subscriber_id=None, address_hash=address_hash(settings, s.email),
+                                           kind=SubscriptionEventKind.CONFIRMED.value, via=Via.IMPORT.value, at=now)
+                         for s in subscribers])
+    return imported
+
+
+def remove(session: Session, email: str) -> str:
+    """Delete a subscriber with their preferences and history (the address may come back later; see ``forget``)."""
+    row = repo.get_subscriber(session, email=email)
+    session.delete(row)
+    session.flush()
+    return row.email
+
+
 # --- tuning ------------------------------------------------------------------------------------
 
 

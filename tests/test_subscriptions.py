@@ -142,3 +142,18 @@ def test_forget_keeps_only_a_hash_and_refuses_an_admin_re_add(sessions) -> None:
         assert notice is not None
         subscriptions.confirm(session, SETTINGS, token_of(notice.url), now=NOON)
         assert not subscriptions.is_forgotten(session, SETTINGS, "gus@example.org")
+
+
+def test_an_import_records_one_event_per_address_and_keeps_no_address(sessions) -> None:
+    people = [records.NewSubscriber(email=f"p{n}@example.org") for n in range(3)]
+    with sessions.begin() as session:
+        assert subscriptions.import_subscribers(session, SETTINGS, people, now=NOON) == 3
+    with sessions() as session:
+        events = session.scalars(select(SubscriptionEvent)).all()
+        assert [(e.kind, e.via) for e in events] == [("confirmed", "import")] * 3
+        assert {e.address_hash for e in events} == {subscriptions.address_hash(SETTINGS, p.email) for p in people}
+        assert session.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.status == "active")) == 3
+    with sessions.begin() as session:
+        assert subscriptions.remove(session, "P1@example.org") == "p1@example.org"
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Subscriber)) == 2
