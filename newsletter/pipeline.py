@@ -29,7 +29,9 @@ from newsletter.runtime import Runtime
 Progress = Callable[[int], None]  # messages done so far
 
 
-@dataclass
+# repr=False: asyncio.run() reprs the finished main task, result included (CPython 3.11), and the default
+# repr of 100,000 subscribers' picks took longer than scoring them. A summary is what a log wants anyway.
+@dataclass(repr=False)
 class DigestRun:
     now: dt.datetime
     candidates: int = 0
@@ -38,6 +40,10 @@ class DigestRun:
     outcomes: Counter[str] = field(default_factory=Counter)  # delivery status → count, after sending
     errors: list[str] = field(default_factory=list)
     enqueued: int | None = None  # NEWSLETTER_DISPATCH=procrastinate: send batches queued for `newsletter worker`
+
+    def __repr__(self) -> str:
+        return (f"DigestRun(now={self.now.isoformat()}, candidates={self.candidates}, picks={len(self.picks)}, "
+                f"missed={self.missed}, outcomes={dict(self.outcomes)}, errors={len(self.errors)})")
 
 
 async def run_digest(

@@ -79,3 +79,16 @@ def test_wording_helpers() -> None:
     assert cut == "Attention is all you need for…" and len(cut) <= 30
     assert shorten("short", 30) == "short"
     assert inert("a\x1b]0;pwned\x07b\u202ec\u200bd\ne") == "a]0;pwnedbcd e"
+
+
+def test_a_digest_run_reprs_as_a_summary_not_its_picks() -> None:
+    """asyncio.run() reprs the main task's result (CPython 3.11): a full repr of 100,000 subscribers' picks
+    once cost more than scoring them."""
+    import datetime as dt
+
+    from newsletter.pipeline import DigestRun, Pick
+
+    run = DigestRun(dt.datetime(2026, 12, 1, 7, tzinfo=dt.UTC), candidates=211,
+                    picks=[Pick(f"r{n}@example.org", [], dt.date(2026, 12, 1)) for n in range(10_000)])
+    assert repr(run) == ("DigestRun(now=2026-12-01T07:00:00+00:00, candidates=211, picks=10000, missed=0, outcomes={}, "
+                         "errors=0)")
