@@ -363,4 +363,5 @@ def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dic
     return found
 
 
-__all__ = ["Pick", "PlanReport", "load_examples", "plan_due", "plan_now", "preview_next", "score_subscribers"]
+__all__ = ["Pick", "PlanReport", "load_examples", "plan_due", "plan_now", "preview_next", "rank_learned", "score_subscribers",
+           "semantic_similarity"]
