@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from relevance import KINDS, K, Labelled, cached_embeddings, models, ndcg  # noqa: E402 - the sibling benchmark's set
 
+from newsletter import plan  # noqa: E402
 from newsletter.plan import rank_learned  # noqa: E402
 from newsletter.records import Example, Profile  # noqa: E402
 from newsletter.score import PaperIndex, learn, rank_papers  # noqa: E402
@@ -72,7 +73,8 @@ class Simulation:
     def profile(self, i: int, ratings: list[tuple[int, bool]], hidden: set[int]) -> Profile:
         """Profile i with its ratings as examples and the ``hidden`` rows as already sent."""
         base = self.base[i]
-        rated = tuple(Example(self.data.papers[r], 1.0 if liked else -1.0, "liked" if liked else "disliked") for r, liked in ratings)
+        rated = tuple(Example(self.data.papers[r], 1.0 if liked else -plan.DISLIKE_WEIGHT, "liked" if liked else "disliked")
+                      for r, liked in ratings)
         return dataclasses.replace(base, examples=base.examples + rated,
                                    already_sent=frozenset(self.data.papers[r].key for r in hidden))
 
