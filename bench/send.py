@@ -113,10 +113,11 @@ async def collect(runtime: Runtime, keep: int, stop_after: int | None = None) ->
     kept, started = [], time.perf_counter()
     renderers: dict = {}
     papers: dict = {}
+    trending_ids: dict = {}  # kept with ``renderers``: a renderer built for one batch serves the next ones
     with runtime.sessions() as session:
         while batch := deliver_module._claim_and_build(runtime, session, now=dt.datetime.now(dt.UTC), subscriber_id=None,
                                                        delivery_ids=None, renderers=renderers, papers=papers,
-                                                       trending_ids={}):
+                                                       trending_ids=trending_ids):
             kept += batch[: max(keep - len(kept), 0)]
             if stop_after is not None and len(kept) >= stop_after:
                 break

@@ -168,25 +168,43 @@ async def _claimed_messages(
     papers: dict[int, Paper] = {}
     held: list[OutboundMessage] = []  # failures before the first digest that could be built
     built = False
-    while stop is None or not stop.is_set():
-        batch = await asyncio.to_thread(_claim_and_build, runtime, session, now=clock(), subscriber_id=subscriber_id,
-                                        delivery_ids=delivery_ids, renderers=renderers, papers=papers,
-                                        trending_ids=trending_ids)
-        if not batch:
-            break
-        for message in batch:
-            if stop is not None and stop.is_set():
-                return
-            if message.failure is not None and not built:
-                held.append(message)
-                if len(held) >= BUILD_FAILURES_TO_STOP:
-                    raise _no_digest_builds(held)
-                continue
-            built = True
-            for failed in held:
-                yield failed
-            held = []
-            yield message
+
+    def claim() -> asyncio.Future[list[OutboundMessage]]:
+        return asyncio.ensure_future(asyncio.to_thread(
+            _claim_and_build, runtime, session, now=clock(), subscriber_id=subscriber_id, delivery_ids=delivery_ids,
+            renderers=renderers, papers=papers, trending_ids=trending_ids))
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    upcoming = None if stopped() else claim()
+    try:
+        while upcoming is not None:
+            batch = await upcoming
+            # A full batch: the next one is claimed and rendered while this one is sent, so the connections
+            # never stand idle waiting for a render. After a shorter one, only once it is sent (as a
+            # last look for deliveries planned meanwhile).
+            upcoming = claim() if len(batch) == CLAIM_BATCH and not stopped() else None
+            for message in batch:
+                if stopped():
+                    return
+                if message.failure is not None and not built:
+                    held.append(message)
+                    if len(held) >= BUILD_FAILURES_TO_STOP:
+                        raise _no_digest_builds(held)
+                    continue
+                built = True
+                for failed in held:
+                    yield failed
+                held = []
+                yield message
+            if upcoming is None and batch and not stopped():
+                upcoming = claim()
+    finally:
+        if upcoming is not None:  # its thread uses ``session``: let it finish before the caller closes that
+            await asyncio.wait([upcoming])
+            if not upcoming.cancelled():
+                upcoming.exception()  # retrieved: what it claimed is released with the rest of the leases
     if len(held) > 1:
         raise _no_digest_builds(held)
     for failed in held:

@@ -1,7 +1,8 @@
 """Sending many messages: a pool of connections, a rate limit, and the ledger written around each one.
 
 Each connection takes a message, waits for the rate limit, has the delivery marked ``sending``,
-sends, and has the outcome recorded, before it takes the next. The ledger writes of all
+sends, and has the outcome recorded, before it takes the next. The commit of a message's start
+overlaps the envelope's round trips to the relay (MAIL, RCPT); the message itself waits for it. The ledger writes of all
 connections are grouped into one commit (``GroupCommitter``), and each connection waits for its
 own write to be committed: so after a crash at most one message per open connection was handed
 to the relay without its ``sent`` being recorded (it becomes ``unknown``, retried once with the
@@ -15,17 +16,18 @@ hangs it: see ``dispatch``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from newsletter.db.ledger import Outcome
 from newsletter.db.models import DeliveryStatus
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.records import Envelope
-from newsletter.send.mailer import Mailer, PermanentFailure, TemporaryFailure, UnknownOutcome
+from newsletter.send.mailer import AnnouncingMailer, Mailer, PermanentFailure, TemporaryFailure, UnknownOutcome
 
 NO_SUCH_USER = re.compile(r"\b5\.1\.1\b|no such user|user unknown|unknown user|does not exist|mailbox unavailable", re.I)
 
@@ -163,6 +165,11 @@ async def dispatch(
             if on_outcome:
                 on_outcome(outcome)
 
+    async def cleared(commit: asyncio.Future[bool]) -> bool:
+        """May the message go: its start committed, still ours, and the run not stopped meanwhile?"""
+        await asyncio.wait([commit])  # a failed commit is raised by the worker, not here (nothing was handed over)
+        return not commit.cancelled() and commit.exception() is None and commit.result() and result.error is None
+
     async def work(mailer: Mailer) -> None:
         finished: list[Outcome] = []  # outcomes not committed yet
         try:
@@ -171,19 +178,19 @@ async def dispatch(
                     finished.append(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, job.failure, bounce=False))
                     report(finished[-1])
                     continue
-                # One commit records the previous outcomes and this message's start.
-                ours = await committer.record(finished=finished, started=job.delivery_id)
+                # One commit records the previous outcomes and this message's start; while it runs, the
+                # message's envelope goes to the relay (MAIL, RCPT). The message itself waits for the commit.
+                commit = asyncio.ensure_future(committer.record(finished=finished, started=job.delivery_id))
                 finished = []
-                if not ours:  # our lease lapsed and another sender took it over: theirs to send now
-                    continue
-                await limiter.acquire()  # after the commit, right before the send
+                await limiter.acquire()
                 try:
-                    if result.error is None:
-                        outcome, stop = await attempt(mailer, job)
-                    else:  # another connection stopped the run while this one waited for its turn
-                        outcome, stop = Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, "the run stopped"), None
+                    outcome, stop = await attempt(mailer, job, ready=functools.partial(cleared, commit))
                 finally:
                     limiter.release()
+                if not await commit:  # our lease lapsed and another sender took it over: theirs to send now
+                    continue
+                if outcome is None:  # another connection stopped the run while this one waited for its commit
+                    outcome = Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, "the run stopped")
                 finished.append(outcome)
                 if stop:
                     halt(stop)
@@ -212,14 +219,27 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def attempt(mailer: Mailer, job: OutboundMessage) -> tuple[Outcome, str | None]:
+async def attempt(
+    mailer: Mailer, job: OutboundMessage, *, ready: Callable[[], Awaitable[bool]],
+) -> tuple[Outcome | None, str | None]:
     """One delivery, classified, and why the run must stop (None: go on with the next message).
+
+    The message is handed over only once ``ready()`` says so (its ``sending`` is committed); an
+    ``AnnouncingMailer`` opens the transaction before asking, so the commit and the envelope's round
+    trips overlap. When ``ready()`` says no, nothing is sent and the outcome is None.
 
     A connection lost before the message was handed over gets one more try at once, on a fresh
     connection; a 4xx reply is retried later, by the schedule in the ledger.
     """
+    announcing = mailer if isinstance(mailer, AnnouncingMailer) else None
     for try_number in (1, 2):
         try:
+            if announcing:
+                await announcing.announce(job.envelope)
+            if not await ready():
+                if announcing:
+                    await announcing.withdraw()
+                return None, None
             await mailer.send(job.envelope)
         except TemporaryFailure as exc:
             if exc.connection_lost and try_number == 1:

@@ -2,7 +2,9 @@
 
 Implementations: ``SmtpMailer`` (aiosmtplib, one connection reused for many messages),
 ``FileMailer`` (one ``.eml`` per message), ``ConsoleMailer`` and ``RecordingMailer`` (tests and
-``--dry-run``). Each ``send`` either returns (the relay took the message) or raises one of:
+``--dry-run``). ``SmtpMailer`` can also ``announce`` a message (MAIL and RCPT) before ``send`` hands it
+over, so the sender commits the delivery's ``sending`` while those round trips run. Each ``send``
+either returns (the relay took the message) or raises one of:
 
 - ``TemporaryFailure``: 4xx, or 552 in answer to RCPT (RFC 5321 §4.5.3.1.10); retry later;
 - ``PermanentFailure``: any other 5xx, or an address this relay cannot take; never retry;
@@ -21,7 +23,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
@@ -57,6 +59,16 @@ class Mailer(Protocol):
     async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def send(self, envelope: Envelope) -> None: ...
+
+
+@runtime_checkable
+class AnnouncingMailer(Mailer, Protocol):
+    """A mailer that can open a message's transaction before it hands the message over (``SmtpMailer``):
+    the envelope's round trips to the relay then overlap the ledger's commit of the delivery's start."""
+
+    async def announce(self, envelope: Envelope) -> None: ...
+
+    async def withdraw(self) -> None: ...
 
 
 def wire_address(address: str) -> tuple[str, bool]:
@@ -99,6 +111,7 @@ class SmtpMailer:
         self.username, self.password, self.timeout_s = username, password, timeout_s
         self.tls_context = tls_context
         self._smtp: aiosmtplib.SMTP | None = None
+        self._announced: tuple[Envelope, aiosmtplib.SMTP] | None = None  # MAIL and RCPT done, the message not sent yet
 
     async def __aenter__(self) -> Self:
         await self._connect()
@@ -140,9 +153,16 @@ class SmtpMailer:
         self._smtp = smtp
         return smtp
 
-    async def send(self, envelope: Envelope) -> None:
-        recipient, smtputf8 = wire_address(envelope.recipient)
+    async def announce(self, envelope: Envelope) -> None:
+        """Open the message's transaction (MAIL and RCPT) without handing the message over.
+
+        The caller records the delivery ``sending`` meanwhile, then calls ``send`` (the message itself),
+        or ``withdraw`` when it must not be sent after all. Raises as ``send`` does for a refusal or a
+        lost connection; either way nothing is open afterwards, and ``send`` starts afresh.
+        """
+        self._announced = None
         smtp = self._smtp if self._smtp is not None and self._smtp.is_connected else await self._connect()
+        recipient, smtputf8 = wire_address(envelope.recipient)
         try:
             if smtputf8:
                 await self._require_smtputf8(smtp, envelope.recipient)
@@ -157,6 +177,22 @@ class SmtpMailer:
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             self._drop()
             raise TemporaryFailure(f"connection lost before the message was sent ({exc})", connection_lost=True) from None
+        self._announced = (envelope, smtp)
+
+    async def withdraw(self) -> None:
+        """Close an announced transaction without sending its message (RSET)."""
+        if self._announced is not None:
+            _, smtp = self._announced
+            self._announced = None
+            await self._reset(smtp)
+
+    async def send(self, envelope: Envelope) -> None:
+        if self._announced is None or self._announced[0] is not envelope or self._announced[1] is not self._smtp:
+            await self.withdraw()
+            await self.announce(envelope)
+        assert self._announced is not None
+        _, smtp = self._announced
+        self._announced = None
         try:
             await smtp.data(envelope.data)
         except aiosmtplib.SMTPResponseException as exc:
@@ -181,6 +217,7 @@ class SmtpMailer:
             self._drop()
 
     def _drop(self) -> None:
+        self._announced = None
         if self._smtp is not None:
             self._smtp.close()
         self._smtp = None
