@@ -159,6 +159,9 @@ def parse_line(line: str) -> Command:
     return Command(verb)
 
 
+MAX_SUBJECT_CHARS = 1_000  # a command or a token fits; "Re: " × 100,000 would cost a pass per prefix
+
+
 def clean_subject(subject: str) -> str:
     """The subject without its "Re:", "Fwd:" and "[list]" prefixes."""
     previous = None
@@ -253,7 +256,8 @@ def body_text(message: Message) -> str:
             html = part
     if plain is not None:
         return _part_text(plain)
-    return html_to_text(_part_text(html)) if html is not None else ""
+    # Capped before parsing: HTMLParser is quadratic on some inputs (a megabyte of "<" took 16 s).
+    return html_to_text(_part_text(html)[: 4 * MAX_TEXT_CHARS]) if html is not None else ""
 
 
 def _stops_reading(line: str) -> bool:
@@ -283,7 +287,7 @@ def parse(message: Message) -> Commands:
             truncated = True
         return True
 
-    subject = clean_subject(_header(message, "Subject"))
+    subject = clean_subject(_header(message, "Subject")[:MAX_SUBJECT_CHARS])
     if subject:
         take(subject)
     full = body_text(message)

@@ -174,12 +174,17 @@ def _wanted(settings: Settings, row: Subscriber | None, sender: str, commands: C
         if command.verb == Verb.TOPICS:
             preferences = dataclasses.replace(preferences, topics=command.topics)
         elif command.verb == Verb.ADD:
-            categories = tuple(dict.fromkeys(preferences.categories + command.categories))
+            # At most as many as the preferences page takes (web.forms.MAX_ITEMS): 20 "add" lines of 50
+            # would otherwise store 1,000, and every later "Save" of that page would be refused.
+            categories = tuple(dict.fromkeys(preferences.categories + command.categories))[:MAX_CATEGORIES]
             preferences = dataclasses.replace(preferences, categories=categories)
         elif command.verb == Verb.DELETE:
             categories = tuple(c for c in preferences.categories if c not in command.categories)
             preferences = dataclasses.replace(preferences, categories=categories)
     return dataclasses.replace(new, preferences=preferences)
+
+
+MAX_CATEGORIES = 30
 
 
 def _unsubscribe(session: Session, settings: Settings, *, sender: str, commands: Commands,

@@ -230,7 +230,20 @@ def _read_rows(reader: csv.DictReader[str], result: CsvImport, *, default_max_pa
         if long:
             _invalid(result, line, f"{', '.join(long)} longer than {MAX_FIELD_CHARS:,} characters")
             continue
-        _add_row(result, row, line, default_max_papers=default_max_papers)
+        _add_row(result, {name: unguarded(value) for name, value in row.items()}, line, default_max_papers=default_max_papers)
+
+
+# A cell a spreadsheet would run as a formula (=HYPERLINK(…) typed into the public sign-up form): the
+# export writes it behind a ' (OWASP's CSV-injection advice) and the import takes the ' off again.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def guarded(value: object) -> object:
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def unguarded(value: str | None) -> str | None:
+    return value[1:] if value and value.startswith("'") and value[1:].startswith(FORMULA_START) else value
 
 
 def read_subscribers_json(text: str, *, default_max_papers: int = 10, source: str = "the JSON") -> CsvImport:
@@ -317,6 +330,6 @@ def write_subscribers(subscribers: Iterable[NewSubscriber], out: TextIO, *, fmt:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow(["; ".join(row[name]) if name in LISTS else "" if row[name] is None
-                         else _number(row[name]) if isinstance(row[name], float) else row[name] for name in COLUMNS])
+        writer.writerow([guarded("; ".join(row[name]) if name in LISTS else "" if row[name] is None
+                                 else _number(row[name]) if isinstance(row[name], float) else row[name]) for name in COLUMNS])
     return len(rows)

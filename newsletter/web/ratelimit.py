@@ -41,7 +41,9 @@ def client_key(request: Request, *, trusted_proxy: str | None) -> str:
     peer = request.client.host if request.client else "unknown"
     address = peer
     if trusted_proxy is not None and peer == trusted_proxy:
-        forwarded = request.headers.get("x-forwarded-for", "").split(",")[-1].strip()
+        # Every X-Forwarded-For line, joined: a proxy may add its own line after the client's (HAProxy's
+        # forwardfor), and the last entry is the one our proxy saw.
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")).split(",")[-1].strip()
         address = forwarded or peer
     try:
         ip = ipaddress.ip_address(address)

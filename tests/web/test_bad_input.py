@@ -180,3 +180,17 @@ def test_html_in_every_field_is_never_reflected_as_markup(front: Front) -> None:
     page = front.client.get(link)
     assert "<script>alert" not in page.text and "<img" not in page.text and "&lt;img src=x onerror=alert(1)&gt;" in page.text
     assert not re.search(r"<script>(?!\(function)", page.text)
+
+
+def test_every_forwarded_for_line_counts_the_last_entry_wins(front: Front, sqlite_url: str, tmp_path: Path) -> None:
+    """A proxy that adds its own X-Forwarded-For line after the client's forged one: the limit sees the proxy's entry."""
+    settings = front_settings(sqlite_url, tmp_path / "outbox", subscribe_per_ip_per_hour=2, trusted_proxy="198.51.100.7")
+    with TestClient(create_app(settings=settings, sessions=front.sessions), client=("198.51.100.7", 40000)) as client:
+        token = CSRF_FIELD.search(client.get("/subscribe").text)
+        assert token
+        statuses = []
+        for n in range(4):
+            headers = [("x-forwarded-for", f"10.9.9.{n}"), ("x-forwarded-for", "203.0.113.50")]  # forged, then the proxy's
+            statuses.append(client.post("/subscribe", data={**SIGN_UP, "email": f"m{n}@example.org", "csrf_token": token.group(1)},
+                                        headers=headers).status_code)
+    assert statuses == [200, 200, 429, 429]
