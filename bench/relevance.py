@@ -115,7 +115,7 @@ def models() -> dict[str, MiniLM]:
 
 
 def default_similarity(data: Labelled, model: MiniLM, profiles: list[Profile]) -> np.ndarray:
-    """What plan.semantic_similarity computes, over this set: interests and seeds embedded, feedback round."""
+    """What plan.embed_for_ranking's similarity computes, over this set: interests and seeds embedded, feedback round."""
     semantic = sem.SemanticModel(model)
     papers = cached_embeddings(model, "papers|" + "|".join(data.texts), lambda: semantic.embed_papers(data.papers))
     texts = sorted({t for p in profiles for t in sem.interest_texts(p.preferences)})

@@ -35,6 +35,7 @@ from newsletter.errors import NewsletterError
 from newsletter.records import Example, Paper, Profile, RankedPaper
 from newsletter.runtime import Runtime
 from newsletter.score import PaperIndex, learn, rank_papers, semantic
+from newsletter.settings import Settings
 
 logger = logging.getLogger(__name__)
 PLAN_BATCH = 2_000  # due subscribers claimed, scored and recorded per transaction
@@ -254,8 +255,7 @@ def score_subscribers(
     for (start, end), positions in by_window.items():
         if (start, end) not in indexes:
             papers = repo.papers_first_seen_between(session, start=start, end=end)
-            indexes[(start, end)] = papers, PaperIndex.build(papers, now=end, trending_weight=settings.trending_weight,
-                                                             recency_penalty_per_day=settings.recency_penalty_per_day)
+            indexes[(start, end)] = papers, window_index(settings, papers, end=end)
         papers, index = indexes[(start, end)]
         candidates = max(candidates, len(papers))
         profiles = [
@@ -269,27 +269,28 @@ def score_subscribers(
             )
             for p in positions
         ]
-        embedded = embed_for_ranking(runtime, papers, profiles, session=session) if settings.semantic and papers else None
-        if embedded is None:
-            ranked = rank_papers(index, profiles, min_score=settings.min_score, semantic=None)
-        else:
-            ranked = rank_learned(index, profiles, similarity=embedded.similarity, vectors=embedded.vectors,
-                                  min_score=settings.min_score)
+        ranked = rank_window(runtime, papers, index, profiles, session=session)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks
 
 
-def semantic_similarity(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile], *,
-                        session: Session | None = None) -> np.ndarray | None:
-    """profiles × papers cosine similarity from the sentence-embedding model (None when it is not installed).
+def window_index(settings: Settings, papers: Sequence[Paper], *, end: dt.datetime) -> PaperIndex:
+    """The index of a window's candidates, with its trending boost and age penalty as of ``end`` (naive UTC)."""
+    return PaperIndex.build(papers, now=end, trending_weight=settings.trending_weight,
+                            recency_penalty_per_day=settings.recency_penalty_per_day)
 
-    With a ``session``, papers' vectors are stored once per paper (and model) and interests' once per
-    wording, and only what is new is embedded; without one (a preview that writes nothing) they are
-    only remembered by the process. Seeds and rated papers take part as example vectors (``score.semantic``).
-    """
-    embedded = embed_for_ranking(runtime, papers, profiles, session=session)
-    return None if embedded is None else embedded.similarity(profiles)
+
+def rank_window(runtime: Runtime, papers: Sequence[Paper], index: PaperIndex, profiles: Sequence[Profile], *,
+                session: Session | None) -> list[list[RankedPaper]]:
+    """The profiles' picks among one window's papers, as a digest ranks them: lexical, fused with meaning
+    when the model is on, re-ordered by a reader's own model (``score.learn``). Without a ``session``
+    (a preview) new embeddings are not stored."""
+    settings = runtime.settings
+    embedded = embed_for_ranking(runtime, papers, profiles, session=session) if settings.semantic and papers else None
+    if embedded is None:
+        return rank_papers(index, profiles, min_score=settings.min_score, semantic=None)
+    return rank_learned(index, profiles, similarity=embedded.similarity, vectors=embedded.vectors, min_score=settings.min_score)
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ class Embedded:
 
 def embed_for_ranking(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile], *,
                       session: Session | None = None) -> Embedded | None:
-    """The vectors ``semantic_similarity`` and ``score.learn`` work from; None without the model."""
+    """The vectors the semantic similarity and ``score.learn`` work from; None without the model."""
     model = runtime.semantic_model()
     if model is None:
         return None
@@ -371,4 +372,4 @@ def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dic
 
 
 __all__ = ["Pick", "PlanReport", "load_examples", "plan_due", "plan_now", "preview_next", "rank_learned", "score_subscribers",
-           "semantic_similarity"]
+           "window_index", "rank_window"]

@@ -15,10 +15,9 @@ from sqlalchemy.orm import Session
 from newsletter import schedule
 from newsletter.db import ledger, repo
 from newsletter.db.models import Subscriber, aware, naive
-from newsletter.plan import load_examples, semantic_similarity
+from newsletter.plan import load_examples, rank_window, window_index
 from newsletter.records import NewSubscriber, Profile, RankedPaper
 from newsletter.runtime import Runtime
-from newsletter.score import PaperIndex, rank_papers
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +50,6 @@ def preview(runtime: Runtime, session: Session, *, row: Subscriber, wanted: NewS
     sent = repo.sent_paper_keys(session, subscriber_ids=[row.id]).get(row.id, set())
     profile = Profile(subscriber_id=row.id, email=row.email, preferences=wanted.preferences, max_papers=wanted.max_papers,
                       already_sent=frozenset(sent), examples=load_examples(session, subscribers=[row]).get(row.id, ()))
-    index = PaperIndex.build(papers, now=naive(end), trending_weight=settings.trending_weight,
-                             recency_penalty_per_day=settings.recency_penalty_per_day)
-    similarity = semantic_similarity(runtime, papers, [profile]) if settings.semantic else None
-    [picks] = rank_papers(index, [profile], min_score=settings.min_score, semantic=similarity)
+    # Ranked as the digest ranks (the reader's own model included); a preview stores no embeddings.
+    [picks] = rank_window(runtime, papers, window_index(settings, papers, end=naive(end)), [profile], session=None)
     return Preview(issue.issue_date, issue.send_at, len(papers), tuple(picks))
