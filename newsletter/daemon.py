@@ -139,20 +139,16 @@ class Daemon:
         return self.runtime.settings.dispatch == "procrastinate"
 
     async def _tick(self) -> Done:
-        enqueue, jobs = None, [0]
+        enqueue = None
         if self._queued:
             from newsletter.scale.app import relay_queue
-            from newsletter.scale.enqueue import enqueue_planned
+            from newsletter.scale.enqueue import PlannedBatches
 
-            queue = relay_queue(self.runtime.settings)
-
-            def enqueue(session: Any, recorded: set[tuple[int, dt.date]]) -> None:  # in the planning transaction
-                jobs[0] += enqueue_planned(session, issues=recorded, queue=queue)
-
+            enqueue = PlannedBatches(relay_queue(self.runtime.settings))
         report = await asyncio.to_thread(plan_due, self.runtime, now=self.clock(), after_record=enqueue)
         self._wake.set()
         counts = {"planned": report.due, "quiet": report.empty, "missed": report.missed}
-        queued = f", {plural(jobs[0], 'send batch', 'send batches')} queued" if self._queued else ""
+        queued = f", {plural(enqueue.jobs, 'send batch', 'send batches')} queued" if enqueue is not None else ""
         return Done(f"planned {report.due:,} ({report.empty:,} quiet, {report.missed:,} missed){queued}", counts,
                     logging.INFO if report.due or report.missed else logging.DEBUG)
 

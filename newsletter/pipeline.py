@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
-
 from newsletter.db import repo
 from newsletter.db.models import DeliveryStatus
 from newsletter.deliver import send_due
@@ -88,19 +86,14 @@ async def run_digest(
 async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | None) -> DigestRun:
     """Plan, and enqueue the send batches in the same transactions; workers send them (``newsletter.scale``)."""
     from newsletter.scale.app import relay_queue
-    from newsletter.scale.enqueue import enqueue_planned
+    from newsletter.scale.enqueue import PlannedBatches
 
-    queue, jobs = relay_queue(runtime.settings), 0
-
-    def enqueue(session: Session, recorded: set[tuple[int, dt.date]]) -> None:
-        nonlocal jobs
-        jobs += enqueue_planned(session, issues=recorded, queue=queue)
-
+    enqueue = PlannedBatches(relay_queue(runtime.settings))
     if only:
         plan = await asyncio.to_thread(plan_now, runtime, email=only, now=run.now, after_record=enqueue)
     else:
         plan = await asyncio.to_thread(plan_due, runtime, now=run.now, keep_picks=True, after_record=enqueue)
-    run.candidates, run.picks, run.missed, run.enqueued = plan.candidates, plan.picks, plan.missed, jobs
+    run.candidates, run.picks, run.missed, run.enqueued = plan.candidates, plan.picks, plan.missed, enqueue.jobs
     return run
 
 

@@ -26,7 +26,7 @@ QUEUE_NAME_CHARS = 128  # procrastinate_jobs.queue_name is varchar(128)
 
 def dispatch_of(settings: Settings) -> str:
     """``NEWSLETTER_DISPATCH``: ``inline`` (the default: send in the planning process) or ``procrastinate``."""
-    return str(getattr(settings, "dispatch", "inline"))
+    return settings.dispatch
 
 
 def check_dispatch(settings: Settings) -> None:

@@ -88,6 +88,17 @@ def enqueue_planned(session: Session, *, issues: Collection[tuple[int, dt.date]]
     return enqueue_due_batches(session, deliveries=found, queue=queue)
 
 
+class PlannedBatches:
+    """``plan_due``/``plan_now``'s ``after_record`` for the job queue: enqueues the send batches of what each
+    planning transaction recorded, in that transaction, onto the relay's queue; ``jobs`` counts them."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue, self.jobs = queue, 0
+
+    def __call__(self, session: Session, recorded: set[tuple[int, dt.date]]) -> None:
+        self.jobs += enqueue_planned(session, issues=recorded, queue=self.queue)
+
+
 def enqueue_unowned(session: Session, *, now: dt.datetime, queue: str) -> int:
     """Enqueue every delivery due now (``now`` naive UTC) and free that no waiting or running ``send_batch`` job
     names: the safety net (a job deleted by hand, rows planned before dispatch was procrastinate). Run it
@@ -109,4 +120,4 @@ def enqueue_ingest(session: Session, *, source_ids: Iterable[int]) -> int:
     return len(session.execute(DEFER_INGEST, {"queue": INGEST_QUEUE, "task": INGEST_SOURCE, "source_ids": ids}).all())
 
 
-__all__ = ["SEND_BATCH_SIZE", "defer_jobs", "enqueue_due_batches", "enqueue_ingest", "enqueue_planned", "enqueue_unowned"]
+__all__ = ["SEND_BATCH_SIZE", "defer_jobs", "enqueue_due_batches", "enqueue_ingest", "PlannedBatches", "enqueue_planned", "enqueue_unowned"]
