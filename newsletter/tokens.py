@@ -92,18 +92,24 @@ def feedback_signer(*, secret_key: str, issued_at: dt.datetime) -> FeedbackSigne
     return FeedbackSigner(secret_key=secret_key, issued_at=issued_at)
 
 
-def read_feedback_token(token: str, *, secret_key: str, max_age: dt.timedelta) -> tuple[int, int]:
-    """``(subscriber id, paper id)`` from a feedback token; ``ExpiredLink`` past ``max_age``."""
-    serializer = URLSafeTimedSerializer(secret_key, salt=FEEDBACK)
+def _load_timed(token: str, *, secret_key: str, purpose: str, max_age: dt.timedelta, expired: str) -> object:
+    """A timed token's value; ``ExpiredLink(expired)`` past ``max_age``, ``InvalidInput`` for anything forged,
+    cut, or signed in the future (not one we made)."""
     try:
-        found = serializer.loads(token, max_age=int(max_age.total_seconds()))
+        return URLSafeTimedSerializer(secret_key, salt=purpose).loads(token, max_age=int(max_age.total_seconds()))
     except SignatureExpired as exc:
         if exc.date_signed is not None and exc.date_signed > dt.datetime.now(dt.UTC):
-            raise InvalidInput(NOT_VALID) from None  # from the future: not one we made
-        days = max_age.days
-        raise ExpiredLink(f"this link has expired (links work for {days} days); use the links in a newer digest") from None
+            raise InvalidInput(NOT_VALID) from None
+        raise ExpiredLink(expired) from None
     except BadSignature:
         raise InvalidInput(NOT_VALID) from None
+
+
+def read_feedback_token(token: str, *, secret_key: str, max_age: dt.timedelta) -> tuple[int, int]:
+    """``(subscriber id, paper id)`` from a feedback token; ``ExpiredLink`` past ``max_age``."""
+    days = max_age.days
+    found = _load_timed(token, secret_key=secret_key, purpose=FEEDBACK, max_age=max_age,
+                        expired=f"this link has expired (links work for {days} days); use the links in a newer digest")
     if not (isinstance(found, list) and len(found) == 2 and all(type(n) is int for n in found)):  # not bool
         raise InvalidInput(NOT_VALID)
     return found[0], found[1]
@@ -122,15 +128,9 @@ def confirm_token(*, secret_key: str, subscriber_id: int, nonce: str, issued_at:
 
 def read_confirm_token(token: str, *, secret_key: str, max_age: dt.timedelta) -> tuple[int, str]:
     """``(subscriber id, nonce)``; ``ExpiredLink`` past ``max_age``, ``InvalidInput`` for anything forged or cut."""
-    try:
-        found = URLSafeTimedSerializer(secret_key, salt=CONFIRM).loads(token, max_age=int(max_age.total_seconds()))
-    except SignatureExpired as exc:
-        if exc.date_signed is not None and exc.date_signed > dt.datetime.now(dt.UTC):
-            raise InvalidInput(NOT_VALID) from None
-        hours = round(max_age.total_seconds() / 3600)
-        raise ExpiredLink(f"this confirmation link has expired (links work for {hours} hours); sign up again for a new one") from None
-    except BadSignature:
-        raise InvalidInput(NOT_VALID) from None
+    hours = round(max_age.total_seconds() / 3600)
+    found = _load_timed(token, secret_key=secret_key, purpose=CONFIRM, max_age=max_age,
+                        expired=f"this confirmation link has expired (links work for {hours} hours); sign up again for a new one")
     if not (isinstance(found, list) and len(found) == 2 and type(found[0]) is int and isinstance(found[1], str)):
         raise InvalidInput(NOT_VALID)
     return found[0], found[1]
