@@ -51,12 +51,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter import email_commands, logs, notices, records, subscriptions, tokens
-from newsletter.db import repo
-from newsletter.db.models import Delivery, Subscriber, SubscriberStatus
+from newsletter.db import ledger, repo
+from newsletter.db.models import Subscriber, SubscriberStatus
 from newsletter.email_commands import Commands, Verb
 from newsletter.errors import ConfigError, InvalidInput, NotFound
 from newsletter.runtime import Runtime
@@ -151,8 +150,7 @@ def _proven_subscriber(session: Session, settings: Settings, *, sender: str, com
     referenced = email_commands.message_ids(message)
     if not referenced:
         return None
-    return session.scalar(select(Delivery.subscriber_id).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                          .where(Delivery.message_id.in_(referenced), Subscriber.email == sender).limit(1))
+    return ledger.subscriber_of_message(session, message_ids=referenced, email=sender)
 
 
 def _find(session: Session, email: str) -> Subscriber | None:

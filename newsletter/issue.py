@@ -12,13 +12,12 @@ import datetime as dt
 from collections.abc import Sequence
 
 import jinja2
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter import tokens
 from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery
-from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, UpvoteSnapshot, utcnow
+from newsletter.db.models import utcnow
 from newsletter.records import Digest, Envelope, Paper, RankedPaper
 from newsletter.render.digest import DigestRenderer
 from newsletter.render.mime import DkimKey, build_message
@@ -70,32 +69,18 @@ def archived_html(session: Session, *, settings: Settings, templates: jinja2.Env
     (recorded when it was built for sending; a digest sent before that was recorded shows the date's
     trending as of now) and the same links.
     """
-    found = session.execute(
-        select(Delivery.id, Delivery.message_id, Delivery.trending_ids, Delivery.sent_at, Subscriber.email)
-        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.issue_date == issue_date,
-               Delivery.status == DeliveryStatus.SENT)).first()
-    if found is None:
+    sent = ledger.sent_delivery(session, subscriber_id=subscriber_id, issue_date=issue_date)
+    if sent is None:
         return None
-    delivery = DueDelivery(found.id, subscriber_id, found.email, found.message_id, issue_date)
+    delivery = sent.delivery
     items = ledger.delivery_items(session, delivery_ids=[delivery.id])[delivery.id]
-    papers = repo.papers_by_id(session, ids={paper_id for paper_id, _, _ in items} | set(found.trending_ids or ()))
-    papers = _upvotes_as_of(session, papers, found.sent_at)
-    trending = None if found.trending_ids is None else [papers[i] for i in found.trending_ids if i in papers]
+    papers = repo.papers_by_id(session, ids={paper_id for paper_id, _, _ in items} | set(sent.trending_ids or ()))
+    if sent.sent_at is not None and papers:  # the upvotes the email showed, not today's
+        then = repo.upvotes_as_of(session, paper_ids=papers, moment=sent.sent_at)
+        papers = {paper_id: dataclasses.replace(paper, upvotes=then.get(paper_id)) for paper_id, paper in papers.items()}
+    trending = None if sent.trending_ids is None else [papers[i] for i in sent.trending_ids if i in papers]
     renderer = day_renderer(session, settings=settings, templates=templates, issue_date=issue_date, trending=trending)
     return renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(items, papers))).html
-
-
-def _upvotes_as_of(session: Session, papers: dict[int, Paper], moment: dt.datetime | None) -> dict[int, Paper]:
-    """The papers with the upvotes they had at ``moment`` (from the upvote history), as the email showed them."""
-    if moment is None or not papers:
-        return papers
-    latest = (select(UpvoteSnapshot.paper_id, func.max(UpvoteSnapshot.observed_at).label("at"))
-              .where(UpvoteSnapshot.paper_id.in_(list(papers)), UpvoteSnapshot.observed_at <= moment)
-              .group_by(UpvoteSnapshot.paper_id).subquery())
-    then = dict(session.execute(select(UpvoteSnapshot.paper_id, UpvoteSnapshot.upvotes).join(
-        latest, (UpvoteSnapshot.paper_id == latest.c.paper_id) & (UpvoteSnapshot.observed_at == latest.c.at))).all())
-    return {paper_id: dataclasses.replace(paper, upvotes=then.get(paper_id)) for paper_id, paper in papers.items()}
 
 
 def recorded_picks(items: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper]) -> tuple[RankedPaper, ...]:

@@ -305,6 +305,35 @@ def _insert_for(session: Session, table: type) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+@dataclass(frozen=True, slots=True)
+class SentDelivery:
+    """A digest that went out, as the archive needs it."""
+
+    delivery: DueDelivery
+    trending_ids: list[int] | None  # its "trending today" section as built (None: sent before that was recorded)
+    sent_at: dt.datetime | None
+
+
+def sent_delivery(session: Session, *, subscriber_id: int, issue_date: dt.date) -> SentDelivery | None:
+    """The subscriber's digest of ``issue_date`` if it was sent."""
+    found = session.execute(
+        select(Delivery.id, Delivery.message_id, Delivery.trending_ids, Delivery.sent_at, Subscriber.email)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.issue_date == issue_date,
+               Delivery.status == DeliveryStatus.SENT)).first()
+    if found is None:
+        return None
+    return SentDelivery(DueDelivery(found.id, subscriber_id, found.email, found.message_id, issue_date),
+                        found.trending_ids, found.sent_at)
+
+
+def subscriber_of_message(session: Session, *, message_ids: Sequence[str], email: str) -> int | None:
+    """The subscriber with address ``email`` to whom one of ``message_ids`` (a reply's In-Reply-To and
+    References) was sent as a digest, if any: proof that a reply comes from that digest's reader."""
+    return session.scalar(select(Delivery.subscriber_id).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                          .where(Delivery.message_id.in_(list(message_ids)), Subscriber.email == email).limit(1))
+
+
 def record_trending(session: Session, *, holder: str, trending: dict[int, list[int]]) -> None:
     """Each held delivery's "trending today" paper ids, as its message was built (for the archive)."""
     by_list: dict[tuple[int, ...], list[int]] = defaultdict(list)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import records, schedule
@@ -315,6 +315,16 @@ def upsert_papers(
     for value in outcome.values():
         setattr(counts, value, getattr(counts, value) + 1)
     return counts
+
+
+def upvotes_as_of(session: Session, *, paper_ids: Iterable[int], moment: dt.datetime) -> dict[int, int]:
+    """Each paper's upvotes as last seen at or before ``moment`` (naive UTC); papers with none then are absent."""
+    latest = (select(UpvoteSnapshot.paper_id, func.max(UpvoteSnapshot.observed_at).label("at"))
+              .where(UpvoteSnapshot.paper_id.in_(list(paper_ids)), UpvoteSnapshot.observed_at <= moment)
+              .group_by(UpvoteSnapshot.paper_id).subquery())
+    return {paper_id: upvotes for paper_id, upvotes in session.execute(
+        select(UpvoteSnapshot.paper_id, UpvoteSnapshot.upvotes)
+        .join(latest, (UpvoteSnapshot.paper_id == latest.c.paper_id) & (UpvoteSnapshot.observed_at == latest.c.at)))}
 
 
 def upvote_history(session: Session, *, key: str) -> list[tuple[dt.datetime, int]]:
