@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'; python bench/learning.py [--split tune|heldout|all] [--json]
 
-Each of the 33 profiles of bench/data/relevance_labels.json becomes a reader of the 211 sample
+Each profile of bench/data/relevance_labels.json becomes a reader of the 211 sample
 papers, twice: the papers are split in two halves with as many relevant papers each; the reader
 browses one half and the other is the test set, then the other way round. The reader is shown
 their top 10 of the browsed half (the default configuration: int8 MiniLM fused with the lexical

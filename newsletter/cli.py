@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-import json
 import sys
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -118,10 +118,17 @@ def _ctx(typer_ctx: typer.Context) -> Context:
 
 
 def _print_json(data: Any) -> None:
-    # Indented for a person at a terminal; compact into a pipe or file, where the indenting encoder (pure
-    # Python) cost more than scoring 100,000 subscribers (C encoder: 4 s instead of 10 s).
-    indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
+    # orjson: a dry run's picks for 100,000 subscribers are ~300 MB of JSON, 1 s to encode here where the
+    # standard library's C encoder took 6 s (and its indenting one, pure Python, 22 s). Indented for a person
+    # at a terminal, compact into a pipe or a file. Dates and times as ISO 8601; anything else as str().
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0)
+    encoded = orjson.dumps(data, default=str, option=option) + b"\n"
+    sys.stdout.flush()  # what was printed before goes first
+    if hasattr(sys.stdout, "buffer"):
+        sys.stdout.buffer.write(encoded)
+        sys.stdout.buffer.flush()
+    else:  # a text-only stream (an embedding caller's)
+        sys.stdout.write(encoded.decode())
 
 
 @app.callback()
@@ -751,19 +758,22 @@ def digest(
 
 
 def picks_as_data(papers: list) -> list[dict[str, Any]]:
-    """A subscriber's picks in the email's order; ``order`` says why a paper sits above better-scored ones."""
-    data = []
-    # Out of order: a better score below it, or a worse one above it (suffix maxima, prefix minima: one pass each).
+    """A subscriber's picks in the email's order; ``order`` says why a paper sits above better-scored ones.
+
+    Called once per subscriber of a dry run (100,000 of them): the common case, picks in score order,
+    takes one comparison per pick, and the reasons stay tuples (JSON writes them as arrays)."""
+    data = [{"arxiv_id": r.paper.arxiv_id, "key": r.paper.key, "title": r.paper.title, "score": round(r.score, 4),
+             "reasons": r.reasons} for r in papers]
     scores = [r.score for r in papers]
+    if all(a >= b for a, b in itertools.pairwise(scores)):
+        return data
+    # Out of order: a better score below it, or a worse one above it (suffix maxima, prefix minima: one pass each).
     best_below = list(itertools.accumulate(reversed(scores[1:] + [float("-inf")]), max))[::-1]
     worst_above = list(itertools.accumulate([float("inf")] + scores[:-1], min))
-    for position, ranked in enumerate(papers):
-        entry = {"arxiv_id": ranked.paper.arxiv_id, "key": ranked.paper.key, "title": ranked.paper.title,
-                 "score": round(ranked.score, 4), "reasons": list(ranked.reasons)}
+    for position, (entry, ranked) in enumerate(zip(data, papers, strict=True)):
         out_of_order = best_below[position] > ranked.score or worst_above[position] < ranked.score
         if out_of_order and ranked.placement:
             entry["order"] = ranked.placement
-        data.append(entry)
     return data
 
 

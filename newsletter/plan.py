@@ -145,7 +145,7 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
         previous = last.get(subscriber.id)
         windows.append(naive_window(schedule.candidate_window(
             plan, issue.issue_date, daily_days=settings.candidate_window_days, last_sent=aware(previous) if previous else None)))
-    candidates, ranked = score_subscribers(runtime, session, subscribers=[s for s, _, _ in due], windows=windows,
+    candidates, ranked = score_subscribers(runtime, session, subscribers=[repo.reader_of(s) for s, _, _ in due], windows=windows,
                                            indexes=indexes)
     report.candidates = max(report.candidates, candidates)
     for (subscriber, _, issue), picks in zip(due, ranked, strict=True):
@@ -170,7 +170,7 @@ def naive_window(window: tuple[dt.datetime, dt.datetime]) -> Window:
     return naive(window[0]), naive(window[1])
 
 
-def window_now(subscriber: Subscriber, *, now: dt.datetime, daily_days: int, last_sent: dt.datetime | None) -> Window:
+def window_now(subscriber: repo.Reader, *, now: dt.datetime, daily_days: int, last_sent: dt.datetime | None) -> Window:
     """Candidates of a digest made now, off schedule (``--only``, a dry run): the usual days back, or back to the last digest."""
     days = max(daily_days, 7) if subscriber.frequency == schedule.Frequency.WEEKLY else daily_days
     start = naive(now) - dt.timedelta(days=days)
@@ -191,8 +191,9 @@ def plan_now(runtime: Runtime, *, email: str, now: dt.datetime, after_record: Af
         exists = session.scalar(select(Delivery.id).where(Delivery.subscriber_id == subscriber.id, Delivery.issue_date == issue_date))
         if exists is None:
             last = ledger.last_planned_send(session, subscriber_ids=[subscriber.id]).get(subscriber.id)
-            window = window_now(subscriber, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last)
-            report.candidates, [picks] = score_subscribers(runtime, session, subscribers=[subscriber], windows=[window])
+            reader = repo.reader_of(subscriber)
+            window = window_now(reader, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last)
+            report.candidates, [picks] = score_subscribers(runtime, session, subscribers=[reader], windows=[window])
             status = DeliveryStatus.PENDING if picks or runtime.settings.send_empty_digest else DeliveryStatus.EMPTY
             recorded = ledger.record_deliveries(session, message_domain=runtime.settings.from_domain, now=utcnow(),
                                                 planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))])
@@ -209,18 +210,18 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
     """Every active subscriber's next digest (or ``email``'s), scored now, whatever their hour; nothing recorded."""
     report = PlanReport()
     with runtime.sessions() as session:
-        subscribers = ([repo.get_subscriber(session, email=email)] if email
-                       else repo.list_subscribers(session, status=SubscriberStatus.ACTIVE))
+        subscribers = [repo.reader_of(repo.get_subscriber(session, email=email))] if email else repo.active_readers(session)
         last = ledger.last_planned_send(session, subscriber_ids=[s.id for s in subscribers])
         windows = [window_now(s, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last.get(s.id))
                    for s in subscribers]
         report.candidates, ranked = score_subscribers(runtime, session, subscribers=subscribers, windows=windows)
-        issue_dates: dict[schedule.Schedule, dt.date] = {}  # subscribers share a few schedules: each worked out once
+        issue_dates: dict[tuple[str, int, int, str, int], dt.date] = {}  # subscribers share a few schedules
         for subscriber, picks in zip(subscribers, ranked, strict=True):
-            plan = repo.schedule_of(subscriber)
-            if plan not in issue_dates:
-                issue_dates[plan] = next_issue_date(plan, now=now)
-            report.picks.append(Pick(subscriber.email, picks, issue_dates[plan]))
+            key = (subscriber.timezone, subscriber.send_hour, subscriber.send_minute, subscriber.frequency,
+                   subscriber.send_weekday)
+            if key not in issue_dates:  # each worked out once (a Schedule checks its fields as it is made)
+                issue_dates[key] = next_issue_date(repo.schedule_of(subscriber), now=now)
+            report.picks.append(Pick(subscriber.email, picks, issue_dates[key]))
     report.due = len(report.picks)
     return report
 
@@ -234,7 +235,7 @@ def next_issue_date(plan: schedule.Schedule, *, now: dt.datetime) -> dt.date:
 
 
 def score_subscribers(
-    runtime: Runtime, session: Session, *, subscribers: Sequence[Subscriber], windows: Sequence[Window],
+    runtime: Runtime, session: Session, *, subscribers: Sequence[repo.Reader], windows: Sequence[Window],
     indexes: dict[Window, tuple[list[Paper], PaperIndex]] | None = None,
 ) -> tuple[int, list[list[RankedPaper]]]:
     """Rank the papers first seen in each subscriber's window (subscribers sharing a window are scored together).
@@ -262,7 +263,7 @@ def score_subscribers(
             Profile(
                 subscriber_id=subscribers[p].id,
                 email=subscribers[p].email,
-                preferences=repo.preferences_record(subscribers[p].preferences),
+                preferences=subscribers[p].preferences,
                 max_papers=subscribers[p].max_papers,
                 already_sent=frozenset(sent.get(subscribers[p].id, ())),
                 examples=examples.get(subscribers[p].id, ()),
@@ -354,16 +355,15 @@ def rank_learned(index: PaperIndex, profiles: Sequence[Profile], *, similarity: 
 DISLIKE_WEIGHT = 0.25
 
 
-def load_examples(session: Session, *, subscribers: Sequence[Subscriber]) -> dict[int, tuple[Example, ...]]:
+def load_examples(session: Session, *, subscribers: Sequence[repo.Reader]) -> dict[int, tuple[Example, ...]]:
     """Each subscriber's seed papers (+1) and feedback ("more like this" +1, "less like this" -1)."""
     feedback = repo.feedback_for(session, subscriber_ids=[s.id for s in subscribers])
-    seed_ids = {i for s in subscribers if s.preferences for i in s.preferences.seed_papers}
+    seed_ids = {i for s in subscribers for i in s.preferences.seed_papers}
     seeds = repo.papers_by_arxiv_ids(session, ids=seed_ids)
     rated = repo.papers_by_id(session, ids={paper_id for rows in feedback.values() for paper_id, _ in rows})
     found: dict[int, tuple[Example, ...]] = {}
     for subscriber in subscribers:
-        chosen = [Example(seeds[i], 1.0, "seed") for i in (subscriber.preferences.seed_papers if subscriber.preferences else [])
-                  if i in seeds]
+        chosen = [Example(seeds[i], 1.0, "seed") for i in subscriber.preferences.seed_papers if i in seeds]
         chosen += [Example(rated[paper_id], 1.0 if value > 0 else -DISLIKE_WEIGHT, "liked" if value > 0 else "disliked")
                    for paper_id, value in feedback.get(subscriber.id, ()) if paper_id in rated]
         if chosen:

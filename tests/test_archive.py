@@ -45,7 +45,9 @@ def test_the_archive_is_the_sent_email_even_after_trending_moved_on(cli, configu
                                 issue_date=issue_date - dt.timedelta(days=1))
         assert session.scalar(select(Subscriber.email)) == "ada@example.org"
     engine.dispose()
-    assert archived is not None and archived.replace("\r\n", "\n") == sent_html.replace("\r\n", "\n")
+    # The email carries its HTML as 7bit, other characters as character references (render.mime.html_part).
+    assert archived is not None
+    assert archived.encode("ascii", "xmlcharrefreplace").decode().replace("\r\n", "\n") == sent_html.replace("\r\n", "\n")
     assert any(title[:40] in archived for title in trending_titles)
     assert newcomer.title[:40] not in archived or newcomer.title[:40] in sent_html
     assert nothing is None

@@ -7,12 +7,13 @@ them, and each adds what to do in its own terms.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import String, func, insert, select, type_coerce
 from sqlalchemy.orm import Session
 
 from newsletter import records, schedule
@@ -25,6 +26,7 @@ from newsletter.db.models import (
     Preferences,
     Source,
     Subscriber,
+    SubscriberStatus,
     UpvoteSnapshot,
     aware,
     naive,
@@ -54,15 +56,71 @@ def preferences_row(prefs: records.Preferences) -> dict[str, Any]:
 def preferences_record(row: Preferences | None) -> records.Preferences:
     if row is None:
         return records.Preferences()
+    return _preferences(row.topics, row.exclude, row.categories, row.authors, row.describe, row.seed_papers, row.min_score)
+
+
+def _preferences(topics: list[dict[str, Any]] | None, exclude: list[str] | None, categories: list[str] | None,
+                 authors: list[str] | None, describe: str | None, seed_papers: list[str] | None,
+                 min_score: float | None) -> records.Preferences:
     return records.Preferences(
-        topics=tuple(records.Topic(t["phrase"], float(t.get("weight", 1.0))) for t in row.topics),
-        exclude=tuple(row.exclude),
-        categories=tuple(row.categories),
-        authors=tuple(row.authors),
-        describe=row.describe or "",
-        seed_papers=tuple(row.seed_papers or ()),
-        min_score=row.min_score,
+        topics=tuple(records.Topic(t["phrase"], float(t.get("weight", 1.0))) for t in topics or ()),
+        exclude=tuple(exclude or ()),
+        categories=tuple(categories or ()),
+        authors=tuple(authors or ()),
+        describe=describe or "",
+        seed_papers=tuple(seed_papers or ()),
+        min_score=min_score,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A subscriber as scoring reads them: schedule, limit and preferences, without the ORM's state.
+
+    Loading 100,000 subscribers as ORM rows with their preferences was half of a dry run's time; as
+    plain rows it is a tenth of that."""
+
+    id: int
+    email: str
+    timezone: str
+    send_hour: int
+    send_minute: int
+    frequency: str
+    send_weekday: int
+    max_papers: int
+    preferences: records.Preferences
+
+
+def reader_of(row: Subscriber) -> Reader:
+    return Reader(row.id, row.email, row.timezone, row.send_hour, row.send_minute, row.frequency, row.send_weekday,
+                  row.max_papers, preferences_record(row.preferences))
+
+
+def active_readers(session: Session) -> list[Reader]:
+    """Every active subscriber, by address.
+
+    Core rows, and the preferences' JSON read here from its text: most lists are empty, and SQLAlchemy's
+    per-value JSON decoding was a third of the load."""
+    lists = [type_coerce(column, String) for column in (Preferences.topics, Preferences.exclude, Preferences.categories,
+                                                         Preferences.authors, Preferences.seed_papers)]
+    rows = session.connection().execute(
+        select(Subscriber.id, Subscriber.email, Subscriber.timezone, Subscriber.send_hour, Subscriber.send_minute,
+               Subscriber.frequency, Subscriber.send_weekday, Subscriber.max_papers, *lists,
+               Preferences.describe, Preferences.min_score)
+        .outerjoin(Preferences, Preferences.subscriber_id == Subscriber.id)
+        .where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(Subscriber.email))
+    return [Reader(id_, email, timezone, hour, minute, frequency, weekday, max_papers,
+                   _preferences(_json(topics), _json(exclude), _json(categories), _json(authors), describe, _json(seeds),
+                                min_score))
+            for (id_, email, timezone, hour, minute, frequency, weekday, max_papers, topics, exclude, categories, authors,
+                 seeds, describe, min_score) in rows]
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value from its text (SQLite), or as the driver already decoded it (psycopg)."""
+    if isinstance(value, str):
+        return None if value == "[]" else json.loads(value)
+    return value
 
 
 def _subscriber_row(new: records.NewSubscriber, now: dt.datetime) -> dict[str, Any]:
@@ -81,7 +139,7 @@ def _subscriber_row(new: records.NewSubscriber, now: dt.datetime) -> dict[str, A
     }
 
 
-def schedule_of(subscriber: records.NewSubscriber | Subscriber) -> schedule.Schedule:
+def schedule_of(subscriber: records.NewSubscriber | Subscriber | Reader) -> schedule.Schedule:
     return schedule.Schedule(subscriber.timezone, subscriber.send_hour, subscriber.send_minute,
                              schedule.Frequency(subscriber.frequency), subscriber.send_weekday)
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.special import erf
 from threadpoolctl import ThreadpoolController
 
 DIMENSIONS = 384
@@ -152,6 +151,8 @@ class MiniLM:
         attended = _linear(context, w[f"{p}attention.output.dense.weight"], w[f"{p}attention.output.dense.bias"])
         x = _layer_norm(attended + x, w[f"{p}attention.output.LayerNorm.weight"], w[f"{p}attention.output.LayerNorm.bias"])
         hidden = _linear(x, w[f"{p}intermediate.dense.weight"], w[f"{p}intermediate.dense.bias"])
+        from scipy.special import erf  # here, not at the top: importing it slowed every command's start
+
         hidden *= (erf(hidden * np.float32(1 / np.sqrt(2.0))) + np.float32(1.0)) * np.float32(0.5)  # BERT's exact GELU
         out = _linear(hidden, w[f"{p}output.dense.weight"], w[f"{p}output.dense.bias"])
         return _layer_norm(out + x, w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"])

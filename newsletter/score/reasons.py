@@ -271,6 +271,7 @@ def build_reasons(index: PaperIndex, profiles: Sequence[Profile], top: TopPicks,
         _followed_reasons(index, profiles, top, picks)
         _example_reasons(index, words, profiles, picks)
         _semantic_reasons(queries, top, picks, topic_strength, strongest_topic, describe_strength, semantic_min_similarity)
+        _semantic_example_reasons(index, words, profiles, top, picks, semantic_min_similarity)
         _fallback_reasons(queries, picks, topic_strength, strongest_topic, describe_strength)
         _trending_reasons(index, picks)
         _category_reasons(index, profiles, picks)
@@ -497,6 +498,33 @@ def _semantic_reasons(queries: _Queries, top: TopPicks, picks: _Picks, topic_str
         named = [picks.strings.values[i] for i in picks.ids[pick, [_TOPICS, _PARTIAL_1, _PARTIAL_2]].tolist() if i >= 0]
         if name and not any(quoted(name) in reason for reason in named):
             picks.ids[pick, _SEMANTIC] = picks.strings.id(f"close in meaning to {quoted(name)}")
+
+
+def _semantic_example_reasons(index: PaperIndex, words: IndexWords, profiles: Sequence[Profile], top: TopPicks,
+                              picks: _Picks, threshold: float) -> None:
+    """``close in meaning to your seed paper “Title”`` for a pick the semantic ranker found close when the
+    reader's only interests are example papers (seeds, "more like this"): no topic or sentence to name,
+    and too few shared words for "similar to". The example named is the one sharing most telling words."""
+    from newsletter.score.lexical import example_terms
+
+    if top.similarity is None:
+        return
+    close = top.similarity[picks.profile, picks.slot] >= threshold
+    unnamed = ~(picks.ids[:, _NAMED] >= 0).any(axis=1)
+    telling: dict[str, set[int]] = {}
+    for pick in np.flatnonzero(close & unnamed).tolist():
+        liked = [e for e in profiles[picks.profile[pick]].examples if e.weight > 0]
+        if not liked:
+            continue
+        columns = words.weights(int(picks.row[pick])).keys()
+        for example in liked:
+            if example.paper.key not in telling:
+                telling[example.paper.key] = set(example_terms(index, example.paper))
+        shared = [len(telling[e.paper.key] & columns) for e in liked]
+        example = liked[shared.index(max(shared))]  # the first of equals: seeds come before liked papers
+        what = "your seed paper" if example.kind == "seed" else "a paper you liked"
+        picks.ids[pick, _SEMANTIC] = picks.strings.id(
+            f"close in meaning to {what} {quoted(clip(example.paper.title, SEED_TITLE_CHARS))}")
 
 
 def _fallback_reasons(queries: _Queries, picks: _Picks, topic_strength: np.ndarray, strongest_topic: np.ndarray,

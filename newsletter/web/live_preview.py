@@ -49,7 +49,7 @@ def preview(runtime: Runtime, session: Session, *, row: Subscriber, wanted: NewS
         return Preview(issue.issue_date, issue.send_at, 0, ())
     sent = repo.sent_paper_keys(session, subscriber_ids=[row.id]).get(row.id, set())
     profile = Profile(subscriber_id=row.id, email=row.email, preferences=wanted.preferences, max_papers=wanted.max_papers,
-                      already_sent=frozenset(sent), examples=load_examples(session, subscribers=[row]).get(row.id, ()))
+                      already_sent=frozenset(sent), examples=load_examples(session, subscribers=[repo.reader_of(row)]).get(row.id, ()))
     # Ranked as the digest ranks (the reader's own model included); a preview stores no embeddings.
     [picks] = rank_window(runtime, papers, window_index(settings, papers, end=naive(end)), [profile], session=None)
     return Preview(issue.issue_date, issue.send_at, len(papers), tuple(picks))

@@ -103,3 +103,30 @@ def test_the_data_layers_errors_say_what_is_wrong_and_name_no_command(sessions) 
             with pytest.raises(NewsletterError) as caught:
                 call()
             assert str(caught.value) == message
+
+
+def test_active_readers_read_preferences_as_the_orm_does_on_both_databases(database_url: str) -> None:
+    from newsletter.db.engine import make_engine, make_sessionmaker
+    from newsletter.db.models import Subscriber
+    from newsletter.records import Preferences
+
+    full = Preferences.from_lists(topics=["diffusion models^2", "Übersetzung"], exclude=["medical"], categories=["cs.LG"],
+                                  authors=["Yann LeCun"], describe="I work on making LLM inference cheaper.",
+                                  seed_papers=["2611.10001"], min_score=0.4)
+    people = [NewSubscriber(email="full@example.org", preferences=full, max_papers=7, timezone="Asia/Tokyo", send_hour=9),
+              NewSubscriber(email="bare@example.org", preferences=Preferences()),
+              NewSubscriber(email="paused@example.org", preferences=full, status="paused")]
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            repo.import_subscribers(session, subscribers=people)
+            session.commit()
+            readers = repo.active_readers(session)
+            expected = [repo.reader_of(row) for row in session.scalars(select(Subscriber).order_by(Subscriber.email)).unique()
+                        if row.status == "active"]
+    finally:
+        engine.dispose()
+    assert [r.email for r in readers] == ["bare@example.org", "full@example.org"], "active only, by address"
+    assert readers == expected
+    assert readers[1].preferences == full and readers[1].max_papers == 7 and readers[1].timezone == "Asia/Tokyo"
+    assert readers[0].preferences == Preferences()

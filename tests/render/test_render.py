@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import re
 from dataclasses import replace
 from email import message_from_bytes
@@ -67,11 +68,11 @@ def test_every_part_of_a_paper_and_of_the_page_is_in_both_versions() -> None:
 
 
 def test_css_is_inlined_and_dark_mode_rules_kept() -> None:
-    html = render_digest(digest(), env=ENV, list_name="Paper digest").html
-    card = re.search(r'<td class="card" style="([^"]+)"', html)
+    page = render_digest(digest(), env=ENV, list_name="Paper digest").html
+    card = re.search(r'<td class="card" style="([^"]+)"', page)
     assert card and "background-color: #ffffff" in card.group(1)
-    assert "prefers-color-scheme: dark" in html
-    assert 'class="preheader"' in html and "display: none" in html
+    assert "prefers-color-scheme: dark" in page
+    assert 'class="preheader"' in page and "display: none" in page
 
 
 def test_titles_and_reasons_are_escaped_and_cannot_forge_a_slot() -> None:
@@ -209,7 +210,10 @@ def test_the_message_reads_back_as_multipart_alternative_with_list_headers() -> 
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
     assert message.get_body(("plain",)).get_content() == email.text.replace("\n", "\r\n") or \
         message.get_body(("plain",)).get_content().replace("\r\n", "\n") == email.text
-    assert message.get_body(("html",)).get_content().replace("\r\n", "\n") == email.html
+    received_html = message.get_body(("html",)).get_content().replace("\r\n", "\n")
+    assert received_html.isascii() and "&#183;" in received_html, "7bit: other characters travel as character references"
+    assert html.unescape(received_html) == html.unescape(email.html), "which HTML reads as the characters themselves"
+    assert message.get_body(("html",))["Content-Transfer-Encoding"] == "7bit"
     assert message["Message-ID"] == "<digest.20261123.1.abc@example.org>"
     assert message["List-Id"] == "Paper digest <digest.example.org>"
     assert message["List-Unsubscribe"] == ("<https://digest.example.org/unsubscribe/tok>, "
@@ -221,8 +225,19 @@ def test_the_message_reads_back_as_multipart_alternative_with_list_headers() -> 
     assert raw == message_bytes(email), "a resend carries the same bytes"
     head, body = raw.split(b"\r\n\r\n", 1)
     assert all(len(line) <= 78 for line in head.split(b"\r\n")), "headers are folded"
-    assert all(len(line) <= 76 for line in body.split(b"\r\n")), "quoted-printable keeps every body line short"
+    assert all(len(line) <= 998 for line in body.split(b"\r\n")), "no body line too long for SMTP"
     assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_a_part_that_cannot_travel_as_7bit_is_quoted_printable() -> None:
+    one_long_line = "<p>" + "ünïcödé and a very long paragraph " * 40 + "</p>"  # one 1,300-character line
+    email = replace(render_digest(digest(), env=ENV, list_name="Paper digest"), html=one_long_line, text="Grüße\n")
+    message = message_from_bytes(message_bytes(email), policy=default)
+    for subtype, sent in (("html", one_long_line), ("plain", "Grüße\n")):
+        part = message.get_body((subtype,))
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        assert part.get_content().replace("\r\n", "\n") == sent
+    assert all(len(line) <= 76 for line in message_bytes(email).split(b"\r\n\r\n", 1)[1].split(b"\r\n"))
 
 
 def test_non_ascii_subjects_and_names_are_rfc2047_encoded() -> None:

@@ -110,6 +110,24 @@ def test_a_semantic_pick_names_the_interest_closest_to_it(papers, index) -> None
     assert "close in meaning to “Keeping LLMs up to date”" in reasons[nothing], reasons[nothing]
 
 
+def test_a_semantic_pick_of_a_reader_with_only_seed_papers_names_the_closest_seed(papers, index) -> None:
+    forecasting, recommending = papers[73], papers[87]  # Autoformer; Mamba4Rec
+    reader = Profile(1, "s@x", Preferences(), 10, examples=(Example(forecasting, 1.0, "seed"), Example(recommending, 1.0, "seed")))
+    rows = {"forecast": next(i for i, p in enumerate(papers) if i != 73 and "time series forecasting" in p.title.lower()),
+            "recommend": next(i for i, p in enumerate(papers) if i != 87 and "sequential recommendation" in p.title.lower()),
+            "none": next(i for i, p in enumerate(papers) if "sat solv" in p.title.lower())}
+    similarity = np.zeros((1, len(papers)), dtype=np.float32)
+    similarity[0, list(rows.values())] = 0.9  # the semantic ranker finds all three close
+    [picks] = rank_papers(index, [reader], min_score=100.0, semantic=similarity)
+    reasons = {p.paper.key: p.reasons for p in picks}
+    assert all(reasons[papers[row].key] for row in rows.values()), "every pick says why"
+    named = {name: [r for r in reasons[papers[row].key] if r.startswith(("similar to", "close in meaning"))]
+             for name, row in rows.items()}
+    assert all(len(found) == 1 for found in named.values()), named
+    assert "“Autoformer" in named["forecast"][0] and "“Mamba4Rec" in named["recommend"][0], named
+    assert named["none"][0].startswith("close in meaning to your seed paper “"), named
+
+
 def test_followed_authors_seeds_trending_and_categories_keep_their_reasons(papers, index) -> None:
     author = papers[100].authors[0]
     [followed] = rank_papers(index, [profile(topics=["protein folding"], authors=[author], max_papers=3)], min_score=MIN_SCORE)
