@@ -35,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).parent))
 from score import make_profiles  # noqa: E402 - the scoring benchmark's subscriber generator
 
@@ -139,11 +141,11 @@ def time_stages(url: str) -> None:
     data = [{"email": p.email, "issue_date": p.issue_date, "papers": picks_as_data(p.papers)} for p in plan.picks]
     spent["cli.picks_as_data"] = time.process_time() - started
     started = time.process_time()
-    json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    spent["json.dumps(indent=2), as cli._print_json"] = time.process_time() - started
+    orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
+    spent["orjson.dumps, as cli._print_json into a pipe"] = time.process_time() - started
     started = time.process_time()
     json.dumps(data, ensure_ascii=False, default=str)
-    spent["json.dumps without indent (C encoder), for comparison"] = time.process_time() - started
+    spent["json.dumps (the standard library's C encoder), for comparison"] = time.process_time() - started
     newsletter.plan.rank_papers = ranking  # type: ignore[assignment]
     for stage, seconds in spent.items():
         print(f"  {stage:58} {seconds:6.2f} s CPU")
