@@ -1,23 +1,31 @@
 """Benchmark: send batches on PostgreSQL by 1, 2 and 4 worker processes against an SMTP sink in another process.
 
-    python bench/scale.py [--subscribers 100000] [--workers 1,2,4] [--pool 4] [--rate 100]
+    python bench/scale.py [--subscribers 100000] [--workers 1,2,4] [--repeat 1] [--concurrency 1] [--pool 4] [--rate 100]
 
 Seeds a fresh PostgreSQL database (``NEWSLETTER_TEST_POSTGRES``'s server) with ``--subscribers`` readers
-and the sample arXiv feed, plans every digest once, then for each worker count: every delivery back to
-pending, one ``send_batch`` job per 500, N ``newsletter worker`` processes (this file's ``--worker``
-mode, the same ``run_worker``), timed from their start until the ledger says every delivery is sent.
-Prints emails/s, the scaling ratio against one worker, the CPU seconds of the workers, PostgreSQL and
-the sink per 1,000 emails and the machine's busy share (which resource saturates). Then ``--rate``: 3
-workers sharing the relay's limit, and the most messages the sink saw in any one second.
+and the sample arXiv feed: the first ``--planned`` (2,000) are planned by ``plan_due``, the others'
+deliveries and picks are copied from theirs in SQL (a minute for 100,000, where planning them all
+takes many; ``bench/dry_run.py`` measures planning). Then for each worker count, ``--repeat`` times:
+every delivery back to pending, one ``send_batch`` job per 500, N ``newsletter worker`` processes
+(this file's ``--worker`` mode, the same ``run_worker``), timed from their start until no send
+batch is left waiting or running (then the ledger must say every delivery was sent). Prints
+emails/s (and the steady rate, between the sink's 10th and 90th percentile arrivals), the scaling
+ratio against one worker, the CPU seconds of the workers, PostgreSQL and the sink per 1,000 emails,
+the machine's busy share and how much of it other processes took (the machine may be shared).
+Then ``--rate``: 3 workers sharing the relay's limit, and the most messages the sink saw in any one
+second. ``--async-commit`` runs the database with ``synchronous_commit = off``: if that is much
+faster, WAL flushes at commit bound the rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import datetime as dt
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +48,7 @@ from newsletter.paths import PACKAGE_DIR  # noqa: E402
 from newsletter.plan import plan_due  # noqa: E402
 from newsletter.records import NewSubscriber, Preferences  # noqa: E402
 from newsletter.runtime import Runtime  # noqa: E402
-from newsletter.scale.app import relay_queue  # noqa: E402
+from newsletter.scale.app import conninfo, relay_queue  # noqa: E402
 from newsletter.scale.enqueue import enqueue_due_batches  # noqa: E402
 from newsletter.settings import Settings  # noqa: E402
 
@@ -99,10 +107,11 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
-def postgres_pids(database: str) -> list[int]:
-    """The server processes serving ``database`` (others' databases on a shared server are not ours to count;
-    the WAL writer and checkpointer are left out too, so PostgreSQL's share is a lower bound)."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and f" {database} ".encode() in _cmdline(p)]
+def postgres_pids(database: str, *, leave_out: int) -> list[int]:
+    """The server processes serving ``database`` but ``leave_out`` (others' databases on a shared server are not ours
+    to count; the WAL writer and checkpointer are left out too, so PostgreSQL's share is a lower bound)."""
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and int(p.name) != leave_out and f" {database} ".encode() in _cmdline(p)]
 
 
 def _cmdline(path: Path) -> bytes:
@@ -121,35 +130,78 @@ def machine_busy() -> tuple[float, float]:
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def seed(settings: Settings, subscribers: int) -> tuple[Runtime, float]:
+CLONE_MAP = text("""
+CREATE TEMPORARY TABLE clone_map ON COMMIT DROP AS
+SELECT clone.id AS subscriber_id, template.id AS template_id
+FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM subscribers WHERE id > :last_planned) AS clone
+JOIN (SELECT id, row_number() OVER (ORDER BY subscriber_id) - 1 AS n FROM deliveries) AS template
+  ON template.n = clone.n % :templates
+""")
+CLONE_DELIVERIES = text("""
+INSERT INTO deliveries (subscriber_id, issue_date, status, message_id, attempts, created_at, updated_at, send_at)
+SELECT map.subscriber_id, t.issue_date, t.status,
+       '<digest.' || to_char(t.issue_date, 'YYYYMMDD') || '.' || map.subscriber_id || '.' || substr(md5(random()::text), 1, 16)
+       || '@' || split_part(t.message_id, '@', 2),
+       0, t.created_at, t.updated_at, t.send_at
+FROM clone_map AS map JOIN deliveries AS t ON t.id = map.template_id
+""")
+CLONE_ITEMS = text("""
+INSERT INTO delivery_items (delivery_id, paper_id, rank, score, reasons)
+SELECT d.id, i.paper_id, i.rank, i.score, i.reasons
+FROM clone_map AS map JOIN deliveries AS d ON d.subscriber_id = map.subscriber_id
+JOIN delivery_items AS i ON i.delivery_id = map.template_id
+""")
+CLONE_SCHEDULE = text("""
+UPDATE subscribers AS s SET next_send_at = t.next_send_at
+FROM clone_map AS map JOIN deliveries AS d ON d.id = map.template_id JOIN subscribers AS t ON t.id = d.subscriber_id
+WHERE s.id = map.subscriber_id
+""")
+
+
+def seed(settings: Settings, subscribers: int, *, planned: int) -> tuple[Runtime, dict[str, float]]:
+    """The sample feed and ``subscribers`` readers; the first ``planned`` planned by ``plan_due``, the others' deliveries
+    (and picks) copied from theirs in SQL: this benchmark measures sending, and planning 100,000 takes many minutes
+    (bench/dry_run.py measures that). Returns the runtime and the seconds each step took."""
     runtime = Runtime.build(settings)
     migrate.upgrade(runtime.engine)
+    seconds, started = {}, time.perf_counter()
     with make_client(timeout_s=5) as client:
         ingest_sources([SourceSpec(str(PACKAGE_DIR / "demo_data" / "arxiv_sample.rss"), "arxiv-rss")], sessions=runtime.sessions,
                        fetcher=Fetcher(client=client, max_bytes=50_000_000), now=time_now())
     rng = random.Random(5)
-    for start in range(0, subscribers, 20_000):
+    planned = min(planned, subscribers)
+    for start, end in [(0, planned), *((n, min(n + 20_000, subscribers)) for n in range(planned, subscribers, 20_000))]:
         people = [NewSubscriber(email=f"reader{i}@lab{i % 211}.example.org", max_papers=rng.randint(5, 10),
                                 preferences=Preferences.from_lists(topics=rng.sample(TOPICS, rng.randint(1, 3))))
-                  for i in range(start, min(start + 20_000, subscribers))]
+                  for i in range(start, end)]
         with runtime.sessions() as session:
             repo.import_subscribers(session, subscribers=people)
             session.commit()
+        if end == planned:  # the first `planned` readers only: plan them
+            seconds["import"] = time.perf_counter() - started
+            with runtime.sessions() as session:
+                latest = session.scalar(select(func.max(Subscriber.next_send_at)))
+                last_planned = session.scalar(select(func.max(Subscriber.id)))
+            started = time.perf_counter()
+            plan_due(runtime, now=(latest + dt.timedelta(minutes=1)).replace(tzinfo=dt.UTC))
+            seconds["plan"], started = time.perf_counter() - started, time.perf_counter()
     with runtime.sessions() as session:
-        latest = session.scalar(select(func.max(Subscriber.next_send_at)))
-    started = time.perf_counter()
-    plan_due(runtime, now=(latest + __import__("datetime").timedelta(minutes=1)).replace(tzinfo=__import__("datetime").UTC))
-    return runtime, time.perf_counter() - started
+        session.execute(CLONE_MAP, {"last_planned": last_planned, "templates": planned})
+        for statement in (CLONE_DELIVERIES, CLONE_ITEMS, CLONE_SCHEDULE):
+            session.execute(statement)
+        session.commit()
+    vacuum(runtime)
+    seconds["import and copy"] = time.perf_counter() - started + seconds.pop("import")
+    return runtime, seconds
 
 
-def time_now():  # noqa: ANN201
-    import datetime as dt
-
+def time_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def requeue(runtime: Runtime, queue: str, limit: int | None = None) -> int:
-    """Every delivery back to pending (the first ``limit``), no jobs, and one job per 500."""
+    """Every delivery back to pending (the first ``limit``), no jobs, one job per 500, and the database vacuumed, so
+    each run starts from the same state (the last one left several dead row versions per delivery)."""
     with runtime.sessions() as session:
         session.execute(text("DELETE FROM scale.procrastinate_jobs"))
         session.execute(text("DELETE FROM scale.relay_rate_buckets"))
@@ -162,7 +214,16 @@ def requeue(runtime: Runtime, queue: str, limit: int | None = None) -> int:
                             {"last": rows[-1][0]})
         enqueue_due_batches(session, deliveries=rows, queue=queue)
         session.commit()
+    vacuum(runtime)
     return len(rows)
+
+
+def vacuum(runtime: Runtime) -> None:
+    """What autovacuum would have done by now: this test server runs with it off (``SHOW autovacuum``), and a
+    subscribers table never analyzed since its bulk import made the planner join every active subscriber for
+    each batch's 500 deliveries (0.5 s a query at 100,000). Dead row versions still pile up during a run."""
+    with runtime.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM (ANALYZE)"))
 
 
 def unsent(runtime: Runtime) -> int:
@@ -171,20 +232,37 @@ def unsent(runtime: Runtime) -> int:
             (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.RETRY, DeliveryStatus.UNKNOWN)))) or 0
 
 
-def run(runtime: Runtime, environ: dict[str, str], *, workers: int, port: int, folder: Path, total: int) -> dict[str, float]:
+class Watch:
+    """Whether the workers are done, asked cheaply: jobs waiting or running (a few hundred rows), not a count over the
+    deliveries (100,000 rows four times a second cost PostgreSQL as much CPU as a worker's sending). Its own server
+    process is left out of PostgreSQL's CPU."""
+
+    def __init__(self, database_url: str) -> None:
+        self.connection = psycopg.connect(conninfo(database_url), autocommit=True)
+        self.pid = self.connection.info.backend_pid
+
+    def jobs_left(self) -> int:
+        row = self.connection.execute("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')").fetchone()
+        return int(row[0]) if row else 0
+
+
+def run(runtime: Runtime, environ: dict[str, str], *, workers: int, concurrency: int, port: int, folder: Path,
+        total: int) -> dict[str, float]:
     arrivals = folder / f"arrivals-{workers}-{uuid.uuid4().hex[:6]}.txt"
     sink = spawn(["--sink", str(port), str(arrivals)], stdout=subprocess.PIPE)
     assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
-    database = runtime.engine.url.database or ""
-    pg_before, busy_before = cpu_s(postgres_pids(database)), machine_busy()
-    started = time.perf_counter()
-    procs = [spawn(["--worker"], environ, stderr=(folder / f"worker{n}.log").open("wb")) for n in range(workers)]
-    while unsent(runtime):
+    database, watch = runtime.engine.url.database or "", Watch(runtime.settings.database_url)
+    pg_before, busy_before = cpu_s(postgres_pids(database, leave_out=watch.pid)), machine_busy()
+    started, spawned = time.perf_counter(), time.monotonic()
+    procs = [spawn(["--worker", str(concurrency)], environ, stderr=(folder / f"worker{n}.log").open("wb")) for n in range(workers)]
+    while watch.jobs_left():
         time.sleep(0.25)
         assert all(p.poll() is None for p in procs), "a worker died; see its log in " + str(folder)
     seconds = time.perf_counter() - started
     worker_cpu, sink_cpu = cpu_s([p.pid for p in procs]), cpu_s([sink.pid])
-    pg_cpu, busy_after = cpu_s(postgres_pids(database)) - pg_before, machine_busy()
+    pg_cpu, busy_after = cpu_s(postgres_pids(database, leave_out=watch.pid)) - pg_before, machine_busy()
+    watch.connection.close()
+    assert unsent(runtime) == 0, "the jobs are done and deliveries are left unsent; see the workers' logs in " + str(folder)
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
@@ -194,28 +272,46 @@ def run(runtime: Runtime, environ: dict[str, str], *, workers: int, port: int, f
     times = sorted(float(t) for t in arrivals.read_text().split())
     peak = max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
     busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1)
-    return {"seconds": seconds, "rate": total / seconds, "worker_cpu": worker_cpu, "pg_cpu": pg_cpu, "sink_cpu": sink_cpu,
-            "busy": busy, "peak_1s": peak, "received": len(times)}
+    ours = (worker_cpu + pg_cpu + sink_cpu) / (seconds * (os.cpu_count() or 1))
+    tenth, ninetieth = times[len(times) // 10], times[len(times) * 9 // 10]  # steady state: past start-up, before the tail
+    return {"seconds": seconds, "rate": total / seconds, "steady": (len(times) * 0.8) / max(ninetieth - tenth, 1e-9),
+            "first_s": times[0] - spawned if times else float("nan"), "worker_cpu": worker_cpu, "pg_cpu": pg_cpu,
+            "sink_cpu": sink_cpu, "busy": busy, "others": max(busy - ours, 0.0), "peak_1s": peak, "received": len(times)}
+
+
+def report(label: str, result: dict[str, float], *, total: int, one_worker: float) -> str:
+    per_k = {k: 1000 * result[k] / total for k in ("worker_cpu", "pg_cpu", "sink_cpu")}
+    return (f"{label}: {total:,} emails in {result['seconds']:.1f} s = {result['rate']:,.0f} emails/s (x{result['rate'] / one_worker:.2f} "
+            f"of 1 worker; steady {result['steady']:,.0f}/s, first email {result['first_s']:.1f} s after start); CPU s per 1,000 "
+            f"emails: workers {per_k['worker_cpu']:.2f}, postgres {per_k['pg_cpu']:.2f}, sink {per_k['sink_cpu']:.2f}; "
+            f"machine busy {result['busy']:.0%} (other processes {result['others']:.0%})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per worker count; more than one: the median is printed too")
+    parser.add_argument("--concurrency", type=int, default=1, help="send batches each worker process runs at once")
     parser.add_argument("--pool", type=int, default=4, help="SMTP connections per batch")
+    parser.add_argument("--planned", type=int, default=2_000, help="subscribers planned by plan_due; the others copy their picks")
     parser.add_argument("--rate", type=float, default=100.0, help="the shared-limit run: messages/s for 3 workers (0: skip)")
     parser.add_argument("--rate-messages", type=int, default=3_000)
+    parser.add_argument("--async-commit", action="store_true",
+                        help="synchronous_commit=off for the benchmark's database: do WAL flushes at commit bound the rate?")
     parser.add_argument("--sink", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=int, metavar="CONCURRENCY", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
         return sink_main(int(args.sink[0]), Path(args.sink[1]))
     if args.worker:
-        return worker_main(1)
+        return worker_main(args.worker)
 
     name = f"bench_scale_{uuid.uuid4().hex[:8]}"
     admin = psycopg.connect(ADMIN_URL, autocommit=True)
     admin.execute(f'CREATE DATABASE "{name}"')
+    if args.async_commit:
+        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     url = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
     port = free_port()
     values = dict(database_url=url, secret_key=SECRET, from_address="digest@example.org", email_backend="smtp",
@@ -224,24 +320,31 @@ def main() -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     environ.update({f"NEWSLETTER_{k.upper()}": str(v) for k, v in values.items()})
     try:
-        runtime, plan_s = seed(settings, args.subscribers)
-        print(f"subscribers {args.subscribers:,}; planned in {plan_s:.1f} s; SMTP connections per batch {args.pool}; "
-              f"{os.cpu_count()} CPUs", flush=True)
+        started = time.perf_counter()
+        runtime, took = seed(settings, args.subscribers, planned=args.planned)
+        print(f"subscribers {args.subscribers:,}: {min(args.planned, args.subscribers):,} planned in {took['plan']:.1f} s, "
+              f"the rest copied from them; seeded in {time.perf_counter() - started:.1f} s; SMTP connections per batch {args.pool}, "
+              f"{args.concurrency} batch(es) at once per worker; {os.cpu_count()} CPUs"
+              f"{'; synchronous_commit off' if args.async_commit else ''}", flush=True)
         with tempfile.TemporaryDirectory() as folder:
-            results = {}
+            medians: dict[int, dict[str, float]] = {}
             for workers in [int(n) for n in args.workers.split(",")]:
-                total = requeue(runtime, relay_queue(settings))
-                results[workers] = result = run(runtime, environ, workers=workers, port=port, folder=Path(folder), total=total)
-                ratio = result["rate"] / results[min(results)]["rate"]
-                per_k = {k: 1000 * result[k] / total for k in ("worker_cpu", "pg_cpu", "sink_cpu")}
-                print(f"{workers} worker(s): {total:,} emails in {result['seconds']:.1f} s = {result['rate']:,.0f} emails/s "
-                      f"(x{ratio:.2f} of 1 worker); CPU s per 1,000 emails: workers {per_k['worker_cpu']:.2f}, "
-                      f"postgres {per_k['pg_cpu']:.2f}, sink {per_k['sink_cpu']:.2f}; machine busy {result['busy']:.0%}",
-                      flush=True)
+                runs = []
+                for attempt in range(args.repeat):
+                    total = requeue(runtime, relay_queue(settings))
+                    runs.append(run(runtime, environ, workers=workers, concurrency=args.concurrency, port=port,
+                                    folder=Path(folder), total=total))
+                    baseline = medians[min(medians)]["rate"] if medians else runs[0]["rate"]
+                    print(report(f"{workers} worker(s), run {attempt + 1}", runs[-1], total=total, one_worker=baseline), flush=True)
+                medians[workers] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                if args.repeat > 1:
+                    print(report(f"{workers} worker(s), median of {args.repeat}", medians[workers], total=total,
+                                 one_worker=medians[min(medians)]["rate"]), flush=True)
             if args.rate:
                 environ_rated = {**environ, "NEWSLETTER_SMTP_RATE_PER_S": str(args.rate)}
                 total = requeue(runtime, relay_queue(settings), limit=args.rate_messages)
-                result = run(runtime, environ_rated, workers=3, port=port, folder=Path(folder), total=total)
+                result = run(runtime, environ_rated, workers=3, concurrency=args.concurrency, port=port, folder=Path(folder),
+                             total=total)
                 print(f"shared limit {args.rate:g}/s, 3 workers: {total:,} emails in {result['seconds']:.1f} s = "
                       f"{result['rate']:,.1f} emails/s; at most {result['peak_1s']} in any one second at the sink")
         runtime.close()

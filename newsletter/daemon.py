@@ -14,6 +14,10 @@ first asks whether anything is due, so an idle tick opens no connection. A send 
 claims deliveries under one name (``Runtime.holder``) and releases them all when a send ends. An
 unreachable relay is a warning and the send job's ``last_error``; the next tick tries again.
 
+With ``NEWSLETTER_DISPATCH=procrastinate`` (``newsletter.scale``) this process sends and fetches
+nothing: the tick enqueues send batches in its planning transactions, the ingest and trending jobs
+enqueue an ``ingest_source`` job per source, and ``newsletter worker`` processes run them.
+
 SIGTERM or SIGINT: no further message is taken, those in flight finish and are recorded, what was
 claimed and not sent is released, the heartbeat records the stop, exit 0 within 10 s. Blocking work
 still running in a thread by then is abandoned: its transaction is rolled back.
@@ -45,7 +49,7 @@ from newsletter.db.ledger import anything_to_send
 from newsletter.db.models import naive
 from newsletter.deliver import send_due, wall_clock
 from newsletter.errors import NewsletterError
-from newsletter.jobs import cleanup, ingest_configured, job_table, missed_at_start
+from newsletter.jobs import cleanup, ingest_configured, job_table, missed_at_start, queue_configured
 from newsletter.plan import plan_due
 from newsletter.runtime import Runtime
 from newsletter.send.dispatch import one_line
@@ -121,7 +125,7 @@ class Daemon:
             self.scheduler.add_job(self._run, spec.trigger, args=(spec.id, work[spec.id]), id=spec.id, name=spec.id,
                                    misfire_grace_time=spec.misfire_grace_s, coalesce=True, max_instances=1, **start)
         self.scheduler.start()
-        # With the job queue the workers send; this daemon plans, enqueues and ingests.
+        # With the job queue the workers send and ingest; this daemon plans and enqueues.
         sender = asyncio.create_task(self._send_loop(), name="sender")
         log.info("daemon %s started; every %s s a tick, every %s s a retry drain; next %s", self.id, f"{self.runtime.settings.tick_s:g}",
                  f"{self.runtime.settings.retry_drain_s:g}",
@@ -135,7 +139,7 @@ class Daemon:
 
     @property
     def _queued(self) -> bool:
-        """NEWSLETTER_DISPATCH=procrastinate: this daemon plans and enqueues; `newsletter worker`s send."""
+        """NEWSLETTER_DISPATCH=procrastinate: this daemon plans and enqueues; `newsletter worker`s send and ingest."""
         return self.runtime.settings.dispatch == "procrastinate"
 
     async def _tick(self) -> Done:
@@ -191,6 +195,13 @@ class Daemon:
         return await self._ingest_sources("trending", trending=True)
 
     async def _ingest_sources(self, job: str, *, trending: bool) -> Done:
+        if self._queued:  # the workers ingest, a job per source, one at a time per source (its lock)
+            sources, queued = await asyncio.to_thread(queue_configured, self.runtime, trending=trending)
+            if not sources:
+                return Done("no sources configured", level=logging.DEBUG if trending else logging.INFO)
+            waiting = f", {sources - queued:,} still waiting from before" if queued < sources else ""
+            return Done(f"{plural(sources, 'source')}: {plural(queued, 'ingest job')} queued for the workers{waiting}",
+                        {"sources": sources, "queued": queued})
         async with self._ingesting:
             reports = await asyncio.to_thread(ingest_configured, self.runtime, trending=trending, job=job)
         if not reports:

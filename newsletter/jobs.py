@@ -7,8 +7,8 @@ tick       every NEWSLETTER_TICK_S (60 s), and at start        one interval   pl
 retry      every NEWSLETTER_RETRY_DRAIN_S (300 s), and at      one interval   wake the sender between ticks
            start
 ingest     NEWSLETTER_INGEST_CRON in NEWSLETTER_INGEST_        20 h           the configured sources but hf-daily
-           TIMEZONE (20:05 New York, Sunday to Thursday)
-trending   NEWSLETTER_TRENDING_CRON, UTC (hourly, at :15)      30 min         the hf-daily sources
+           TIMEZONE (20:05 New York, Sunday to Thursday)                      (with the job queue: a job each)
+trending   NEWSLETTER_TRENDING_CRON, UTC (hourly, at :15)      30 min         the hf-daily sources (idem)
 cleanup    NEWSLETTER_CLEANUP_CRON, UTC (03:30), and at start  1 day          expire stale deliveries, forget old heartbeats
 =========  ==================================================  =============  ===================================
 
@@ -156,6 +156,20 @@ def ingest_configured(runtime: Runtime, *, trending: bool, job: str) -> list[Sou
                               on_done=lambda _index, report: log_source(job, report))
 
 
+def queue_configured(runtime: Runtime, *, trending: bool) -> tuple[int, int]:
+    """NEWSLETTER_DISPATCH=procrastinate: an ``ingest_source`` job per configured source of one kind, for the
+    workers, in one transaction. Returns (sources, jobs queued): a source whose job is still waiting is not queued again."""
+    from newsletter.scale.enqueue import enqueue_ingest
+
+    specs = [spec for spec, _ in configured_sources(runtime.settings, runtime.sessions, trending=trending)]
+    if not specs:
+        return 0, 0
+    with runtime.sessions() as session:
+        queued = enqueue_ingest(session, sources=specs)
+        session.commit()
+    return len(specs), queued
+
+
 def log_source(job: str, report: SourceReport) -> None:
     fields = {"job": job, "source": report.source, "new": report.new, "updated": report.updated, "seconds": report.seconds}
     if report.error:
@@ -184,4 +198,4 @@ def missed_at_start(runtime: Runtime, specs: list[JobSpec], *, now: dt.datetime)
 
 
 __all__ = ["JobSpec", "cleanup", "crontab_weekdays", "ingest_configured", "job_table",
-           "last_fire_time", "missed_at_start"]
+           "last_fire_time", "missed_at_start", "queue_configured"]

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from alembic.config import Config
 from sqlalchemy import Engine
 
-from alembic import command
 from newsletter.paths import resource_dir
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: every command checks the schema's revision, and importing all of
+# alembic for that cost a tenth of a second of each command's start.
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(resource_dir("alembic")))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -21,10 +29,20 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to ``revision``. At the head, on PostgreSQL with the scale extra installed, the job queue's schema
+    too, if migration 0009 ran before the extra was installed and so created none (``scale.schema``)."""
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)
+    if revision == "head" and engine.dialect.name == "postgresql" and importlib.util.find_spec("procrastinate") is not None:
+        from newsletter.scale.schema import ensure_queue_schema
+
+        ensure_queue_schema(engine)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(engine), revision)
 
 

@@ -79,19 +79,23 @@ def _left_over(runtime: Runtime, delivery_ids: Sequence[int], *, now: dt.datetim
     """The batch's deliveries that are not final, and the earliest moment one of them can be sent."""
     at = naive(now)
     with runtime.sessions() as session:
+        # Two lookups by primary key, not one join: joined, the planner may start from every active subscriber
+        # (it did, 0.5 s a batch at 100,000, when the subscribers had not been analyzed since a bulk import).
         rows = session.execute(
-            select(Delivery.id, Delivery.status, Delivery.lease_until, Delivery.next_attempt_at)
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(Delivery.id.in_(list(delivery_ids)), Subscriber.status == SubscriberStatus.ACTIVE,
+            select(Delivery.id, Delivery.subscriber_id, Delivery.status, Delivery.lease_until, Delivery.next_attempt_at)
+            .where(Delivery.id.in_(list(delivery_ids)),
                    or_(Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY, DeliveryStatus.SENDING)),
                        and_(Delivery.status == DeliveryStatus.UNKNOWN, Delivery.attempts < UNKNOWN_MAX_ATTEMPTS)))
         ).all()
+        active = set(session.scalars(select(Subscriber.id).where(
+            Subscriber.id.in_({row.subscriber_id for row in rows}), Subscriber.status == SubscriberStatus.ACTIVE))) if rows else set()
+    rows = [row for row in rows if row.subscriber_id in active]
     moments = []
-    for _, status, lease_until, next_attempt_at in rows:
-        if lease_until is not None and lease_until > at:  # another sender holds it: when its lease ends
-            moments.append(lease_until + dt.timedelta(seconds=SETTLE_S))
-        elif status == DeliveryStatus.RETRY and next_attempt_at is not None and next_attempt_at > at:
-            moments.append(next_attempt_at)
+    for row in rows:
+        if row.lease_until is not None and row.lease_until > at:  # another sender holds it: when its lease ends
+            moments.append(row.lease_until + dt.timedelta(seconds=SETTLE_S))
+        elif row.status == DeliveryStatus.RETRY and row.next_attempt_at is not None and row.next_attempt_at > at:
+            moments.append(row.next_attempt_at)
         else:  # due and free now: the relay failed us (backoff), or a row was busy (settle)
             moments.append(at + dt.timedelta(seconds=free_in_s))
     if not rows:

@@ -6,24 +6,31 @@ its own connection: a planner that crashes before its commit leaves neither deli
 and one that commits leaves both. The insert's trigger NOTIFYs the workers at commit.
 
 Send batches hold about ``SEND_BATCH_SIZE`` deliveries of one issue date, so a worker renders that
-day's shared parts once per batch.
+day's shared parts once per batch. Ingest jobs name their source (URL and kind: the database's sources
+and NEWSLETTER_SOURCES alike) and carry its locks.
+
+What a run enqueues through (``PlannedBatches``, ``enqueue_unowned``, ``enqueue_ingest``) first makes sure
+the queue's schema is there (``scale.schema``: procrastinate installed after ``newsletter init``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, select, text
+from sqlalchemy import Engine, and_, select, text
 from sqlalchemy.orm import Session
 
 from newsletter.db.ledger import SENDABLE, due_filter, lease_free
 from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.db.repo import IN_CHUNK
+from newsletter.ingest.sources import SourceSpec
 from newsletter.scale.app import INGEST_QUEUE, INGEST_SOURCE, SEND_BATCH
+from newsletter.scale.schema import ensure_queue_schema
 
 SEND_BATCH_SIZE = 500  # deliveries per job: deliver.CLAIM_BATCH, one claim and one render pass per job
 
@@ -39,8 +46,9 @@ SELECT scale.procrastinate_defer_jobs_v1(ARRAY(
 # skipped. The same columns and triggers as the function's INSERT.
 DEFER_INGEST = text("""
 INSERT INTO scale.procrastinate_jobs (queue_name, task_name, lock, queueing_lock, args)
-SELECT :queue, :task, 'source:' || id, 'ingest-source:' || id, jsonb_build_object('source_id', id)
-FROM unnest(CAST(:source_ids AS bigint[])) AS id
+SELECT :queue, :task, job.lock, job.queueing_lock, job.args
+FROM ROWS FROM (jsonb_to_recordset(CAST(:jobs AS jsonb)) AS (lock text, queueing_lock text, args jsonb)) WITH ORDINALITY AS job
+ORDER BY job.ordinality
 ON CONFLICT DO NOTHING
 RETURNING id
 """)
@@ -94,8 +102,12 @@ class PlannedBatches:
 
     def __init__(self, queue: str) -> None:
         self.queue, self.jobs = queue, 0
+        self._queue_ready = False
 
     def __call__(self, session: Session, recorded: set[tuple[int, dt.date]]) -> None:
+        if not self._queue_ready:  # once a run
+            ensure_queue(session)
+            self._queue_ready = True
         self.jobs += enqueue_planned(session, issues=recorded, queue=self.queue)
 
 
@@ -103,6 +115,7 @@ def enqueue_unowned(session: Session, *, now: dt.datetime, queue: str) -> int:
     """Enqueue every delivery due now (``now`` naive UTC) and free that no waiting or running ``send_batch`` job
     names: the safety net (a job deleted by hand, rows planned before dispatch was procrastinate). Run it
     where the daemon drains retries; a batch job already owns its own retries (``scale.batch``)."""
+    ensure_queue(session)
     owned = set(session.scalars(OWNED_DELIVERIES, {"task": SEND_BATCH}))
     rows = session.execute(
         select(Delivery.id, Delivery.issue_date).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
@@ -112,12 +125,30 @@ def enqueue_unowned(session: Session, *, now: dt.datetime, queue: str) -> int:
     return enqueue_due_batches(session, deliveries=[(i, d) for i, d in rows if i not in owned], queue=queue)
 
 
-def enqueue_ingest(session: Session, *, source_ids: Iterable[int]) -> int:
-    """Enqueue an ``ingest_source`` job per source (one waiting per source at most; one running, by its lock)."""
-    ids = sorted(set(source_ids))
-    if not ids:
+def enqueue_ingest(session: Session, *, sources: Iterable[SourceSpec]) -> int:
+    """Enqueue an ``ingest_source`` job per source, in order: at most one waiting per source (its queueing lock), one
+    running (its lock, ``source_lock``). Returns the number enqueued: sources already waiting are not."""
+    specs = list(dict.fromkeys(sources))
+    if not specs:
         return 0
-    return len(session.execute(DEFER_INGEST, {"queue": INGEST_QUEUE, "task": INGEST_SOURCE, "source_ids": ids}).all())
+    ensure_queue(session)
+    jobs = [{"lock": source_lock(spec.url), "queueing_lock": f"waiting-{source_lock(spec.url)}",
+             "args": {"url": spec.url, "kind": spec.kind}} for spec in specs]
+    return len(session.execute(DEFER_INGEST, {"queue": INGEST_QUEUE, "task": INGEST_SOURCE, "jobs": json.dumps(jobs)}).all())
 
 
-__all__ = ["SEND_BATCH_SIZE", "defer_jobs", "enqueue_due_batches", "enqueue_ingest", "PlannedBatches", "enqueue_planned", "enqueue_unowned"]
+def source_lock(url: str) -> str:
+    """The procrastinate lock of a source's ingest jobs (no two run at once): a digest of its URL, as a lock is a
+    btree key and a URL may be kilobytes long."""
+    return f"source:{hashlib.sha256(url.encode()).hexdigest()[:32]}"
+
+
+def ensure_queue(session: Session) -> None:
+    """The queue's schema, applied if this database lacks it (``scale.schema``), on a connection of its own: the
+    caller's transaction goes on, and finds procrastinate's tables and functions once that connection commits."""
+    bind = session.get_bind()
+    ensure_queue_schema(bind if isinstance(bind, Engine) else bind.engine)
+
+
+__all__ = ["SEND_BATCH_SIZE", "PlannedBatches", "defer_jobs", "enqueue_due_batches", "enqueue_ingest", "enqueue_planned",
+           "enqueue_unowned", "ensure_queue", "source_lock"]

@@ -3,21 +3,25 @@
 Both take what the worker process built once at its start from ``context.additional_context``
 (``newsletter.scale.worker``): ``runtime`` (settings, database, templates, mailers) and ``limiter``
 (the relay's shared rate limit, or None). They call the same code as the daemon: ``deliver.send_due``
-(through ``scale.batch``) and ``ingest.run.ingest_one``.
+(through ``scale.batch``) and ``ingest.run.ingest_one``, logging a line per source as the daemon does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from procrastinate import Blueprint, JobContext, RetryStrategy
 
-from newsletter.db.models import Source, utcnow
+from newsletter.db.models import utcnow
 from newsletter.ingest.run import SourceReport
+from newsletter.ingest.sources import SourceSpec
 from newsletter.runtime import Runtime
 from newsletter.scale.app import SEND_BATCH
 from newsletter.scale.batch import deliver_batch
+
+log = logging.getLogger(__name__)
 
 # A batch's own failures (the relay, a held delivery, a 4xx) are follow-up jobs, not retries (scale.batch);
 # these retries are for the rest: a database that was briefly unreachable, say.
@@ -44,24 +48,27 @@ async def send_batch(context: JobContext, delivery_ids: list[int], relay_failure
     return {"outcomes": result.outcomes, "remaining": len(result.remaining), "error": result.error}
 
 
-async def ingest_source(context: JobContext, source_id: int) -> dict[str, object]:
-    """Fetch one source and store its papers. Deferred with ``lock=source:<id>``: one ingest of a source at a time."""
+async def ingest_source(context: JobContext, url: str, kind: str) -> dict[str, object]:
+    """Fetch one source and store its papers. Deferred with ``lock=enqueue.source_lock(url)``: one ingest of a source at a time."""
     runtime: Runtime = context.additional_context["runtime"]
-    report = await asyncio.to_thread(ingest_source_now, runtime, source_id)
+    report = await asyncio.to_thread(ingest_source_now, runtime, SourceSpec(url, kind))
+    if report.error:
+        log.warning("ingest: %s failed: %s", report.source, report.error, extra={"source": report.source, "error": report.error})
+    else:
+        log.info("ingest: %s: %d new, %d updated, %d unchanged%s in %.2f s", report.source, report.new, report.updated,
+                 report.unchanged, f" ({report.note})" if report.note else "", report.seconds,
+                 extra={"source": report.source, "new": report.new, "updated": report.updated, "seconds": report.seconds})
     return report.as_dict()
 
 
-def ingest_source_now(runtime: Runtime, source_id: int) -> SourceReport:
+def ingest_source_now(runtime: Runtime, spec: SourceSpec) -> SourceReport:
+    """Ingest ``spec`` now, as the daemon would, if it is still configured (in the database or NEWSLETTER_SOURCES)."""
     from newsletter.ingest.fetch import Fetcher, make_client
-    from newsletter.ingest.run import ingest_one
-    from newsletter.ingest.sources import SourceSpec
+    from newsletter.ingest.run import configured_sources, ingest_one
 
-    with runtime.sessions() as session:
-        source = session.get(Source, source_id)
-        spec = SourceSpec(source.url, source.kind) if source is not None else None
-    if spec is None:  # removed since the job was deferred
-        return SourceReport(f"source {source_id}", note="removed")
     settings = runtime.settings
+    if spec.url not in {configured.url for configured, _ in configured_sources(settings, runtime.sessions)}:
+        return SourceReport(spec.url, note="no longer configured")  # removed since the job was queued
     with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client:
         return ingest_one(spec, sessions=runtime.sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow())
 

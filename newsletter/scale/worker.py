@@ -1,9 +1,10 @@
 """``newsletter worker``: a procrastinate worker process that claims send batches and ingest jobs and runs them.
 
-It builds once, at start, what every job uses (``Runtime``: settings, database, templates, mailers,
-DKIM key; and the relay's shared rate limit) and hands it to the jobs as procrastinate's
-``additional_context``. Jobs run on one asyncio loop, ``concurrency`` at a time; their blocking parts
-(claiming, rendering, SQL) run in threads (``deliver.send_due``).
+At start it makes sure the database has the queue's schema (``scale.schema``: the scale extra may
+have been installed after ``newsletter init``), then builds once what every job uses (``Runtime``:
+settings, database, templates, mailers, DKIM key; and the relay's shared rate limit) and hands it to
+the jobs as procrastinate's ``additional_context``. Jobs run on one asyncio loop, ``concurrency`` at
+a time; their blocking parts (claiming, rendering, SQL) run in threads (``deliver.send_due``).
 
 A worker that dies (SIGKILL, a lost machine) stops beating its heartbeat; every worker looks for jobs
 left running by a worker silent for ``STALLED_AFTER_S`` and puts them back in the queue. The batch's
@@ -30,6 +31,7 @@ from newsletter import logs
 from newsletter.runtime import Runtime
 from newsletter.scale.app import check_dispatch, conninfo, make_app, relay_queue
 from newsletter.scale.ratelimit import SharedRateLimiter
+from newsletter.scale.schema import ensure_queue_schema
 from newsletter.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ def run_worker(settings: Settings, *, concurrency: int = 1, queues: Sequence[str
     runtime = Runtime.build(settings.model_copy(update={"smtp_rate_per_s": 0.0}) if limiter else settings)
     app = make_app(settings.database_url, min_size=1, max_size=concurrency + EXTRA_CONNECTIONS)
     try:
+        ensure_queue_schema(runtime.engine)  # the scale extra installed after `newsletter init`: the queue is applied now
         asyncio.run(_serve(app, runtime=runtime, limiter=limiter, concurrency=concurrency, queues=queues))
     finally:
         runtime.close()

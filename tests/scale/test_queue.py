@@ -14,9 +14,10 @@ from sqlalchemy import func, select, text
 from newsletter.db import migrate
 from newsletter.db.engine import make_engine
 from newsletter.db.models import Delivery, DeliveryStatus
+from newsletter.ingest.sources import SourceSpec
 from newsletter.runtime import Runtime
 from newsletter.scale.app import INGEST_SOURCE, SEND_BATCH, conninfo, make_app
-from newsletter.scale.enqueue import enqueue_due_batches, enqueue_ingest, enqueue_planned, enqueue_unowned
+from newsletter.scale.enqueue import enqueue_due_batches, enqueue_ingest, enqueue_planned, enqueue_unowned, source_lock
 from newsletter.scale.ratelimit import SharedRateLimiter
 from newsletter.scale.status import queue_status
 from newsletter.send.mailer import RecordingMailer
@@ -87,13 +88,14 @@ def test_planned_issues_become_batches_of_one_issue_date_and_orphans_are_swept_u
 
 
 def test_ingest_jobs_carry_a_lock_per_source_and_wait_once(runtime: Runtime) -> None:
+    a, b, c = (SourceSpec(f"https://feeds.example.org/{name}.rss", "feed") for name in "abc")
     with runtime.sessions() as session:
-        assert enqueue_ingest(session, source_ids=[3, 7]) == 2
-        assert enqueue_ingest(session, source_ids=[7, 9]) == 1, "source 7 is already waiting"
+        assert enqueue_ingest(session, sources=[a, b]) == 2
+        assert enqueue_ingest(session, sources=[b, c]) == 1, "b is already waiting"
         session.commit()
     assert [(t, lock, a) for t, _, lock, a in jobs(runtime)] == [
-        (INGEST_SOURCE, "source:3", {"source_id": 3}), (INGEST_SOURCE, "source:7", {"source_id": 7}),
-        (INGEST_SOURCE, "source:9", {"source_id": 9})]
+        (INGEST_SOURCE, source_lock(spec.url), {"url": spec.url, "kind": "feed"}) for spec in (a, b, c)]
+    assert len({source_lock(spec.url) for spec in (a, b, c)}) == 3
 
 
 def test_the_relays_rate_holds_across_three_limiters(runtime: Runtime) -> None:
@@ -122,8 +124,8 @@ def test_the_relays_rate_holds_across_three_limiters(runtime: Runtime) -> None:
 
 def test_queue_status_counts_jobs_per_queue_and_the_workers_seen_in_the_last_minute(runtime: Runtime) -> None:
     with runtime.sessions() as session:
-        enqueue_ingest(session, source_ids=[1, 2])
-        session.execute(text("UPDATE scale.procrastinate_jobs SET status = 'failed' WHERE args->>'source_id' = '2'"))
+        enqueue_ingest(session, sources=[SourceSpec(f"https://{host}.example.org/feed", "feed") for host in "ab"])
+        session.execute(text("UPDATE scale.procrastinate_jobs SET status = 'failed' WHERE args->>'url' = 'https://b.example.org/feed'"))
         session.execute(text("INSERT INTO scale.procrastinate_workers (last_heartbeat) VALUES (now()), (now() - interval '5 minutes')"))
         session.commit()
         status = queue_status(session)

@@ -1,25 +1,28 @@
 """The worker's jobs, run by procrastinate's in-memory connector on a real SQLite database: a send batch
 sends its deliveries once; an unreachable relay returns the batch and backs off without burning the
 job's retries; a delivery another sender holds is handed to a follow-up at its lease's end; ingest
-of a source stores its papers."""
+of a source stores its papers, and skips a source no longer configured."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from procrastinate import App
 from procrastinate.testing import InMemoryConnector
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
-from newsletter.db.models import Delivery, Paper, Source
+from newsletter.db.models import Delivery, Source
 from newsletter.errors import ConfigError, DeliveryError
 from newsletter.records import Envelope
 from newsletter.runtime import Runtime
 from newsletter.scale.app import INGEST_SOURCE, SEND_BATCH, check_dispatch, make_app, relay_queue
 from newsletter.scale.batch import RELAY_BACKOFF_MAX_S, relay_backoff_s
+from newsletter.scale.enqueue import source_lock
 from newsletter.send.mailer import Mailer, RecordingMailer
 from tests.conftest import FIXTURES
 from tests.scale.seeding import plan_everyone, seed, settings_for
@@ -152,25 +155,39 @@ def test_a_delivery_another_sender_holds_is_handed_to_a_follow_up_when_its_lease
     asyncio.run(scenario())
 
 
-def test_ingest_source_stores_the_sources_papers(app: App, runtime: Runtime, sqlite_url: str) -> None:
+def test_ingest_source_stores_the_sources_papers(app: App, runtime: Runtime) -> None:
     async def scenario() -> None:
+        url = str(FIXTURES / "arxiv_weekend.rss")
         with runtime.sessions() as session:
-            source = Source(url=str(FIXTURES / "arxiv_weekend.rss"), kind="arxiv-rss")
-            session.add(source)
+            session.add(Source(url=url, kind="arxiv-rss"))
             session.commit()
-            papers_before = session.scalar(select(func.count(Paper.id)))
-            source_id = source.id
         async with app.open_async():
-            await app.configure_task(INGEST_SOURCE, lock=f"source:{source_id}").defer_async(source_id=source_id)
+            await app.configure_task(INGEST_SOURCE, lock=source_lock(url)).defer_async(url=url, kind="arxiv-rss")
             await run_jobs(app, runtime)
         [job] = connector_of(app).jobs.values()
         assert job["status"] == "succeeded"
         with runtime.sessions() as session:
-            fetched = session.get(Source, source_id)
-            assert fetched is not None and fetched.last_fetched_at is not None and fetched.last_error is None
-            assert session.scalar(select(func.count(Paper.id))) >= papers_before
+            fetched = session.scalars(select(Source).where(Source.url == url)).one()
+            assert fetched.last_success_at is not None and fetched.last_error is None
 
     asyncio.run(scenario())
+
+
+def test_ingest_source_skips_a_source_removed_since_its_job_was_queued(
+        app: App, runtime: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = str(tmp_path / "removed.rss")  # in neither the database nor NEWSLETTER_SOURCES; fetching it would fail
+    caplog.set_level(logging.INFO, logger="newsletter.scale.tasks")
+
+    async def scenario() -> None:
+        async with app.open_async():
+            await app.configure_task(INGEST_SOURCE, lock=source_lock(url)).defer_async(url=url, kind="arxiv-rss")
+            await run_jobs(app, runtime)
+
+    asyncio.run(scenario())
+    [job] = connector_of(app).jobs.values()
+    assert job["status"] == "succeeded"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "newsletter.scale.tasks"]
+    assert lines == [("INFO", f"ingest: {url}: 0 new, 0 updated, 0 unchanged (no longer configured) in 0.00 s")]
 
 
 def test_dispatch_through_procrastinate_on_sqlite_is_a_one_line_error(sqlite_url: str) -> None:
