@@ -3,13 +3,12 @@
 Both take what the worker process built once at its start from ``context.additional_context``
 (``newsletter.scale.worker``): ``runtime`` (settings, database, templates, mailers) and ``limiter``
 (the relay's shared rate limit, or None). They call the same code as the daemon: ``deliver.send_due``
-(through ``scale.batch``) and ``ingest.run.ingest_one``, logging a line per source as the daemon does.
+(through ``scale.batch``) and ``ingest.run.ingest_one``, logging the daemon's line per source (``jobs.log_source``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from procrastinate import Blueprint, JobContext, RetryStrategy
@@ -17,11 +16,10 @@ from procrastinate import Blueprint, JobContext, RetryStrategy
 from newsletter.db.models import utcnow
 from newsletter.ingest.run import SourceReport
 from newsletter.ingest.sources import SourceSpec
+from newsletter.jobs import log_source
 from newsletter.runtime import Runtime
 from newsletter.scale.app import SEND_BATCH
 from newsletter.scale.batch import deliver_batch
-
-log = logging.getLogger(__name__)
 
 # A batch's own failures (the relay, a held delivery, a 4xx) are follow-up jobs, not retries (scale.batch);
 # these retries are for the rest: a database that was briefly unreachable, say.
@@ -52,12 +50,7 @@ async def ingest_source(context: JobContext, url: str, kind: str) -> dict[str, o
     """Fetch one source and store its papers. Deferred with ``lock=enqueue.source_lock(url)``: one ingest of a source at a time."""
     runtime: Runtime = context.additional_context["runtime"]
     report = await asyncio.to_thread(ingest_source_now, runtime, SourceSpec(url, kind))
-    if report.error:
-        log.warning("ingest: %s failed: %s", report.source, report.error, extra={"source": report.source, "error": report.error})
-    else:
-        log.info("ingest: %s: %d new, %d updated, %d unchanged%s in %.2f s", report.source, report.new, report.updated,
-                 report.unchanged, f" ({report.note})" if report.note else "", report.seconds,
-                 extra={"source": report.source, "new": report.new, "updated": report.updated, "seconds": report.seconds})
+    log_source("ingest", report)
     return report.as_dict()
 
 

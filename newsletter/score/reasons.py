@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from newsletter.records import Profile
+from newsletter.records import Example, Profile
 from newsletter.score import text
 from newsletter.wording import ELLIPSIS
 
@@ -457,22 +457,13 @@ def _followed_reasons(index: PaperIndex, profiles: Sequence[Profile], top: TopPi
 
 def _example_reasons(index: PaperIndex, words: IndexWords, profiles: Sequence[Profile], picks: _Picks) -> None:
     """``similar to your seed paper “Title”`` when the paper shares enough of its telling words."""
-    from newsletter.score.lexical import example_terms
-
     has_examples = np.asarray([bool(p.examples) for p in profiles], dtype=bool)
-    telling: dict[str, set[int]] = {}
+    telling = _TellingTerms(index)
     for pick in np.flatnonzero(has_examples[picks.profile]).tolist():
         columns = words.weights(int(picks.row[pick])).keys()
         for example in profiles[picks.profile[pick]].examples:
-            if example.weight <= 0:
-                continue
-            terms = telling.get(example.paper.key)
-            if terms is None:
-                terms = telling[example.paper.key] = set(example_terms(index, example.paper))
-            if len(terms & columns) >= EXAMPLE_REASON_OVERLAP:
-                what = "your seed paper" if example.kind == "seed" else "a paper you liked"
-                picks.ids[pick, _EXAMPLE] = picks.strings.id(
-                    f"similar to {what} {quoted(clip(example.paper.title, SEED_TITLE_CHARS))}")
+            if example.weight > 0 and len(telling.of(example) & columns) >= EXAMPLE_REASON_OVERLAP:
+                picks.ids[pick, _EXAMPLE] = picks.strings.id(f"similar to {_example_name(example)}")
                 break
 
 
@@ -505,26 +496,40 @@ def _semantic_example_reasons(index: PaperIndex, words: IndexWords, profiles: Se
     """``close in meaning to your seed paper “Title”`` for a pick the semantic ranker found close when the
     reader's only interests are example papers (seeds, "more like this"): no topic or sentence to name,
     and too few shared words for "similar to". The example named is the one sharing most telling words."""
-    from newsletter.score.lexical import example_terms
-
     if top.similarity is None:
         return
     close = top.similarity[picks.profile, picks.slot] >= threshold
     unnamed = ~(picks.ids[:, _NAMED] >= 0).any(axis=1)
-    telling: dict[str, set[int]] = {}
+    telling = _TellingTerms(index)
     for pick in np.flatnonzero(close & unnamed).tolist():
         liked = [e for e in profiles[picks.profile[pick]].examples if e.weight > 0]
         if not liked:
             continue
         columns = words.weights(int(picks.row[pick])).keys()
-        for example in liked:
-            if example.paper.key not in telling:
-                telling[example.paper.key] = set(example_terms(index, example.paper))
-        shared = [len(telling[e.paper.key] & columns) for e in liked]
+        shared = [len(telling.of(e) & columns) for e in liked]
         example = liked[shared.index(max(shared))]  # the first of equals: seeds come before liked papers
-        what = "your seed paper" if example.kind == "seed" else "a paper you liked"
-        picks.ids[pick, _SEMANTIC] = picks.strings.id(
-            f"close in meaning to {what} {quoted(clip(example.paper.title, SEED_TITLE_CHARS))}")
+        picks.ids[pick, _SEMANTIC] = picks.strings.id(f"close in meaning to {_example_name(example)}")
+
+
+class _TellingTerms:
+    """Each example paper's most telling words (``lexical.example_terms``), worked out once per paper."""
+
+    def __init__(self, index: PaperIndex) -> None:
+        self.index = index
+        self.found: dict[str, set[int]] = {}
+
+    def of(self, example: Example) -> set[int]:
+        from newsletter.score.lexical import example_terms
+
+        if example.paper.key not in self.found:
+            self.found[example.paper.key] = set(example_terms(self.index, example.paper))
+        return self.found[example.paper.key]
+
+
+def _example_name(example: Example) -> str:
+    """``your seed paper “Title”`` or ``a paper you liked “Title”``, the title clipped between words."""
+    what = "your seed paper" if example.kind == "seed" else "a paper you liked"
+    return f"{what} {quoted(clip(example.paper.title, SEED_TITLE_CHARS))}"
 
 
 def _fallback_reasons(queries: _Queries, picks: _Picks, topic_strength: np.ndarray, strongest_topic: np.ndarray,

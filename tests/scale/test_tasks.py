@@ -176,7 +176,7 @@ def test_ingest_source_stores_the_sources_papers(app: App, runtime: Runtime) -> 
 def test_ingest_source_skips_a_source_removed_since_its_job_was_queued(
         app: App, runtime: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = str(tmp_path / "removed.rss")  # in neither the database nor NEWSLETTER_SOURCES; fetching it would fail
-    caplog.set_level(logging.INFO, logger="newsletter.scale.tasks")
+    caplog.set_level(logging.INFO, logger="newsletter.daemon")
 
     async def scenario() -> None:
         async with app.open_async():
@@ -186,7 +186,7 @@ def test_ingest_source_skips_a_source_removed_since_its_job_was_queued(
     asyncio.run(scenario())
     [job] = connector_of(app).jobs.values()
     assert job["status"] == "succeeded"
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "newsletter.scale.tasks"]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "newsletter.daemon"]
     assert lines == [("INFO", f"ingest: {url}: 0 new, 0 updated, 0 unchanged (no longer configured) in 0.00 s")]
 
 
