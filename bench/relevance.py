@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'; python bench/relevance.py [--split tune|heldout|all] [--json]
 
-33 subscriber profiles × the 211 papers of the bundled sample feed, six kinds (a sentence only,
+49 subscriber profiles × the 211 papers of the bundled sample feed, six kinds (a sentence only,
 their own vocabulary, exclusions, keywords, followed authors, seed papers). Prints nDCG@10 and P@10
 (share of the top 10 graded 1 or 2) per kind, for the whole set and for the held-out split apart,
 for: exact keyword match, BM25 (rank-bm25), TF-IDF cosine (scikit-learn), MiniLM alone (one text per

@@ -1,6 +1,6 @@
 """Benchmark: send batches on PostgreSQL by 1, 2 and 4 worker processes against an SMTP sink in another process.
 
-    python bench/scale.py [--subscribers 100000] [--workers 1,2,4] [--repeat 1] [--concurrency 1] [--pool 4] [--rate 100]
+    python bench/scale.py [--subscribers 100000] [--workers 1,2,4] [--repeat 1] [--concurrency 2] [--pool 4] [--rate 100]
 
 Seeds a fresh PostgreSQL database (``NEWSLETTER_TEST_POSTGRES``'s server) with ``--subscribers`` readers
 and the sample arXiv feed: the first ``--planned`` (2,000) are planned by ``plan_due``, the others'
@@ -50,6 +50,7 @@ from newsletter.records import NewSubscriber, Preferences  # noqa: E402
 from newsletter.runtime import Runtime  # noqa: E402
 from newsletter.scale.app import conninfo, relay_queue  # noqa: E402
 from newsletter.scale.enqueue import enqueue_due_batches  # noqa: E402
+from newsletter.scale.worker import DEFAULT_CONCURRENCY  # noqa: E402
 from newsletter.settings import Settings  # noqa: E402
 
 ADMIN_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -292,7 +293,8 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count; more than one: the median is printed too")
-    parser.add_argument("--concurrency", type=int, default=1, help="send batches each worker process runs at once")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="send batches each worker process runs at once (default: newsletter worker's)")
     parser.add_argument("--pool", type=int, default=4, help="SMTP connections per batch")
     parser.add_argument("--planned", type=int, default=2_000, help="subscribers planned by plan_due; the others copy their picks")
     parser.add_argument("--rate", type=float, default=100.0, help="the shared-limit run: messages/s for 3 workers (0: skip)")

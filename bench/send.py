@@ -46,7 +46,7 @@ from newsletter.ingest.fetch import Fetcher, make_client
 from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
 from newsletter.paths import PACKAGE_DIR
-from newsletter.plan import plan_due
+from newsletter.plan import embed_new_papers, plan_due
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.render.digest import make_environment, short_authors, tldr
 from newsletter.runtime import Runtime
@@ -91,6 +91,9 @@ def setup(folder: str, subscribers: int, port: int, pool: int) -> tuple[Settings
         ingest_sources([SourceSpec(str(PACKAGE_DIR / "demo_data" / "arxiv_sample.rss"), "arxiv-rss"),
                         SourceSpec(str(PACKAGE_DIR / "demo_data" / "hf_daily_sample.json"), "hf-daily")],
                        sessions=sessions, fetcher=Fetcher(client=client, max_bytes=50_000_000), now=utcnow())
+    # As `newsletter ingest` does: the new papers' sentence vectors are stored once, at ingest, so the
+    # runs measure sending, not a one-off (embedding these 211 papers is ~25 s of CPU here).
+    embed_new_papers(Runtime.build(settings), now=utcnow())
     rng = random.Random(5)
     people = [NewSubscriber(email=f"reader{i}@lab{i % 211}.example.org", max_papers=rng.randint(5, 10),
                             preferences=Preferences.from_lists(topics=rng.sample(TOPICS, rng.randint(1, 3))))
@@ -262,12 +265,6 @@ async def command_vs_replay(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as folder:
             settings, sessions = setup(folder, args.subscribers, port, args.pool)
             at = due_moment(sessions)
-            # The papers' sentence embeddings are computed once per paper and stored; a daily run finds
-            # yesterday's stored and embeds only the new listing. Store them first, as a dry run does,
-            # so the runs measure sending, not a one-off (the first run would embed all 211: ~20 s here).
-            subprocess.run([str(Path(sys.executable).with_name("newsletter")), "digest", "--dry-run", "--at", at.isoformat()],
-                           env={**{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
-                                "NEWSLETTER_DATABASE_URL": settings.database_url}, cwd=folder, capture_output=True, check=True)
             for repeat in range(args.repeats):
                 if repeat:
                     with sessions() as session:

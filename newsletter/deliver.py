@@ -177,6 +177,9 @@ async def _claimed_messages(
     def stopped() -> bool:
         return stop is not None and stop.is_set()
 
+    # A worker's batch fits one claim: a second could only find a delivery whose time came (or whose sender's
+    # lease lapsed) meanwhile, and the batch's follow-up job sends those (scale.batch); looking cost a claim a batch.
+    claim_once = delivery_ids is not None and len(delivery_ids) <= CLAIM_BATCH
     upcoming = None if stopped() else claim()
     try:
         while upcoming is not None:
@@ -184,7 +187,7 @@ async def _claimed_messages(
             # A full batch: the next one is claimed and rendered while this one is sent, so the connections
             # never stand idle waiting for a render. After a shorter one, only once it is sent (as a
             # last look for deliveries planned meanwhile).
-            upcoming = claim() if len(batch) == CLAIM_BATCH and not stopped() else None
+            upcoming = claim() if len(batch) == CLAIM_BATCH and not claim_once and not stopped() else None
             for message in batch:
                 if stopped():
                     return
@@ -198,7 +201,7 @@ async def _claimed_messages(
                     yield failed
                 held = []
                 yield message
-            if upcoming is None and batch and not stopped():
+            if upcoming is None and batch and not claim_once and not stopped():
                 upcoming = claim()
     finally:
         if upcoming is not None:  # its thread uses ``session``: let it finish before the caller closes that

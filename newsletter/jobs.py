@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
 import zoneinfo
 from dataclasses import dataclass
 
@@ -152,8 +153,29 @@ def ingest_configured(runtime: Runtime, *, trending: bool, job: str) -> list[Sou
         return []
     settings = runtime.settings
     with make_client(timeout_s=settings.fetch_timeout_s, contact_email=settings.contact_email) as client:
-        return ingest_sources(specs, sessions=runtime.sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow(),
-                              on_done=lambda _index, report: log_source(job, report))
+        reports = ingest_sources(specs, sessions=runtime.sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow(),
+                                 on_done=lambda _index, report: log_source(job, report))
+    if any(r.new or r.updated for r in reports):
+        embed_after_ingest(runtime, job=job)
+    return reports
+
+
+def embed_after_ingest(runtime: Runtime, *, job: str) -> int:
+    """``plan.embed_new_papers`` after an ingest, logged. A failure is logged, never raised: the papers are
+    stored already, and planning embeds whatever it finds without a vector."""
+    from newsletter.plan import embed_new_papers
+
+    started = time.perf_counter()
+    try:
+        embedded = embed_new_papers(runtime, now=utcnow())
+    except Exception as exc:  # the model's files broken, the database busy: planning embeds them instead
+        log.warning("%s: could not embed the new papers for the semantic ranker (%s: %s); the next plan will",
+                    job, type(exc).__name__, exc, exc_info=True)
+        return 0
+    if embedded:
+        log.info("%s: embedded %d new papers for the semantic ranker in %.1f s", job, embedded, time.perf_counter() - started,
+                 extra={"job": job, "embedded": embedded})
+    return embedded
 
 
 def queue_configured(runtime: Runtime, *, trending: bool) -> tuple[int, int]:

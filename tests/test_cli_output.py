@@ -92,3 +92,21 @@ def test_a_digest_run_reprs_as_a_summary_not_its_picks() -> None:
                     picks=[Pick(f"r{n}@example.org", [], dt.date(2026, 12, 1)) for n in range(10_000)])
     assert repr(run) == ("DigestRun(now=2026-12-01T07:00:00+00:00, candidates=211, picks=10000, missed=0, outcomes={}, "
                          "errors=0)")
+
+
+def test_a_long_json_list_is_printed_in_chunks_as_the_same_bytes_as_at_once(capsysbinary, monkeypatch) -> None:
+    """A dry run's JSON for 100,000 subscribers is written a chunk at a time (memory), byte for byte what
+    one ``orjson.dumps`` of the whole list gives, compact into a pipe and indented at a terminal."""
+    import sys
+
+    import orjson
+
+    from newsletter.cli import _print_json_list
+
+    items = [{"email": f"r{i}@example.org", "reasons": ("topic: “graphs”",), "n": i} for i in range(7)]
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty)
+        for count in (0, 1, 2, 7):
+            _print_json_list(items[:count], dict, chunk=2)
+            option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if tty else 0)
+            assert capsysbinary.readouterr().out == orjson.dumps(items[:count], option=option) + b"\n"

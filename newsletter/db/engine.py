@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -10,10 +11,16 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000  # a second writer (daemon + CLI) waits this lon
 
 def make_engine(database_url: str, **kwargs: object) -> Engine:
     """An engine for SQLite (WAL, busy timeout, foreign keys) or PostgreSQL (psycopg 3)."""
-    engine = create_engine(database_url, **kwargs)
+    # JSON columns (a digest's reasons, a pending change) through orjson: recording 40,000 picks' reasons
+    # and reading them back to render took ~0.5 s of a 5,000-subscriber run with the standard library's.
+    engine = create_engine(database_url, json_serializer=_json_text, json_deserializer=orjson.loads, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

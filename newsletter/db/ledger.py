@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, TextClause, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import String, Table, TextClause, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -158,10 +158,13 @@ def recover_interrupted(session: Session, *, now: dt.datetime) -> int:
 def expire_stale(session: Session, *, now: dt.datetime, window: dt.timedelta) -> int:
     """Deliveries still not sent ``window`` after they were planned become ``expired`` (found by query,
     not only when another attempt fails), so a relay that was down all day never sends yesterday's news late."""
+    # The statuses as literals, not parameters, so that the partial index ix_deliveries_unsent_created_at (its
+    # predicate is this IN list) serves it: SQLite matches a partial index only to literal terms, and PostgreSQL
+    # cannot match parameters in the generic plan of a prepared statement (psycopg prepares after 5 runs).
+    unsent = bindparam("unsent", [status.value for status in SENDABLE], type_=String, expanding=True, literal_execute=True)
     result = session.execute(
         update(Delivery)
-        .where(Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY, DeliveryStatus.UNKNOWN)),
-               Delivery.created_at < now - window, lease_free(now=now))
+        .where(Delivery.status.in_(unsent), Delivery.created_at < now - window, lease_free(now=now))
         .values(status=DeliveryStatus.EXPIRED, updated_at=now, leased_by=None, lease_until=None,
                 last_error=func.coalesce(Delivery.last_error, "not sent within the retry window"))
     )

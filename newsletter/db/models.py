@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -235,6 +235,16 @@ class Delivery(Base):
         Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         # A reply to a digest names it by Message-ID (email commands: "unsubscribe").
         Index("ix_deliveries_message_id", "message_id"),
+        # Every send (a worker's every batch) renews and releases its leases and expires stale deliveries
+        # (newsletter.db.ledger); without these each read the whole ledger: 43 ms a batch at 100,000 rows, 233 ms
+        # at 1 M, growing with the table. Partial, so they hold only the rows a sender holds and the unsent ones.
+        Index("ix_deliveries_leased_by", "leased_by",
+              postgresql_where=text("leased_by IS NOT NULL"), sqlite_where=text("leased_by IS NOT NULL")),
+        # The predicate is ledger.expire_stale's status filter, letter for letter (SQLite uses a partial
+        # index only for a query that repeats its WHERE terms; the ledger renders that IN list literally).
+        Index("ix_deliveries_unsent_created_at", "created_at",
+              postgresql_where=text("status IN ('pending', 'retry', 'unknown')"),
+              sqlite_where=text("status IN ('pending', 'retry', 'unknown')")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -16,7 +16,7 @@ from procrastinate import Blueprint, JobContext, RetryStrategy
 from newsletter.db.models import utcnow
 from newsletter.ingest.run import SourceReport
 from newsletter.ingest.sources import SourceSpec
-from newsletter.jobs import log_source
+from newsletter.jobs import embed_after_ingest, log_source
 from newsletter.runtime import Runtime
 from newsletter.scale.app import SEND_BATCH
 from newsletter.scale.batch import deliver_batch
@@ -51,6 +51,8 @@ async def ingest_source(context: JobContext, url: str, kind: str) -> dict[str, o
     runtime: Runtime = context.additional_context["runtime"]
     report = await asyncio.to_thread(ingest_source_now, runtime, SourceSpec(url, kind))
     log_source("ingest", report)
+    if report.new or report.updated:
+        await asyncio.to_thread(embed_after_ingest, runtime, job="ingest")
     return report.as_dict()
 
 

@@ -4,7 +4,8 @@ At start it makes sure the database has the queue's schema (``scale.schema``: th
 have been installed after ``newsletter init``), then builds once what every job uses (``Runtime``:
 settings, database, templates, mailers, DKIM key; and the relay's shared rate limit) and hands it to
 the jobs as procrastinate's ``additional_context``. Jobs run on one asyncio loop, ``concurrency`` at
-a time; their blocking parts (claiming, rendering, SQL) run in threads (``deliver.send_due``).
+a time (``DEFAULT_CONCURRENCY``); their blocking parts (claiming, rendering, SQL) run in threads
+(``deliver.send_due``).
 
 A worker that dies (SIGKILL, a lost machine) stops beating its heartbeat; every worker looks for jobs
 left running by a worker silent for ``STALLED_AFTER_S`` and puts them back in the queue. The batch's
@@ -40,10 +41,15 @@ HEARTBEAT_S = 2.0  # procrastinate's default is 10 s; a beat is one tiny UPDATE
 STALLED_AFTER_S = 10.0  # five missed beats: the worker is gone (a live one on a loaded host still beats within this)
 STALLED_CHECK_S = 2.0  # how often a worker looks for jobs of gone workers
 SHUTDOWN_GRACE_S = 8.0  # SIGTERM → running batches finish (500 messages at local speed take a second or two)
+# Send batches one worker runs at once (``newsletter worker --concurrency``). A batch is claimed and rendered
+# (in threads) before it is sent, so with one at a time the relay connections wait for each render; with two,
+# one batch renders while the other sends. Measured, one worker at 100,000 subscribers: 208 emails/s with
+# one, 266 with two (+28%).
+DEFAULT_CONCURRENCY = 2
 EXTRA_CONNECTIONS = 3  # beyond one per concurrent job: procrastinate's LISTEN, its heartbeat, the stalled-job check
 
 
-def run_worker(settings: Settings, *, concurrency: int = 1, queues: Sequence[str] | None = None) -> int:
+def run_worker(settings: Settings, *, concurrency: int = DEFAULT_CONCURRENCY, queues: Sequence[str] | None = None) -> int:
     """Run a worker until SIGTERM or SIGINT; ``queues`` None: every queue. Configuration errors are raised
     before anything starts (the CLI prints them on one line)."""
     check_dispatch(settings.model_copy(update={"dispatch": "procrastinate"}))
@@ -99,4 +105,4 @@ async def _requeue_stalled_jobs(app: App) -> None:
             log.warning("could not look for jobs of gone workers; trying again in %.0f s", STALLED_CHECK_S, exc_info=True)
 
 
-__all__ = ["HEARTBEAT_S", "STALLED_AFTER_S", "run_worker"]
+__all__ = ["DEFAULT_CONCURRENCY", "HEARTBEAT_S", "STALLED_AFTER_S", "run_worker"]

@@ -10,6 +10,7 @@ embedded once and an interest once per wording. Pure: no database, no network.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,13 +91,18 @@ def interests(preferences: Preferences) -> list[Interest]:
     sentence as its key phrases ("making LLM inference cheaper and faster", not "I work on making …")."""
     found = [Interest(t.phrase, t.weight) for t in preferences.topics]
     if preferences.describe.strip():
-        phrases = key_phrases(preferences.describe)
+        phrases = _key_phrases(preferences.describe)
         found += [Interest(p, SENTENCE_WEIGHT / len(phrases)) for p in phrases]
     return found
 
 
 def interest_texts(preferences: Preferences) -> list[str]:
     return [i.text for i in interests(preferences)]
+
+
+@functools.lru_cache(maxsize=1 << 17)  # a sentence is split for its texts, its vector and its reasons: once
+def _key_phrases(sentence: str) -> tuple[str, ...]:
+    return tuple(key_phrases(sentence))
 
 
 def key_phrases(sentence: str) -> list[str]:
@@ -116,15 +122,25 @@ def profile_vectors(preferences: Sequence[Preferences], vectors: Mapping[str, np
     seed or a liked paper, -1 for a disliked one): Rocchio in the embedding space. A subscriber with
     neither gets the zero vector (no semantic opinion; the lexical ranker decides).
     """
-    rows = []
+    import scipy.sparse as sp  # imported where it is used: most commands never score
+
+    # One sparse (subscribers × distinct texts) weight matrix times the texts' vectors: a sum per
+    # subscriber in numpy calls was ~2 s at 100,000 subscribers.
+    columns: dict[str, int] = {}
+    rows, cols, weights = [], [], []
     for row, prefs in enumerate(preferences):
-        total = np.zeros(DIMENSIONS, dtype=np.float32)
         for interest in interests(prefs):
-            total += interest.weight * vectors[interest.text]
-        for vector, sign in (examples[row] if examples else ()):
-            total += (LIKED_WEIGHT if sign > 0 else -DISLIKED_WEIGHT) * vector
-        rows.append(total)
-    return unit(np.stack(rows)) if rows else np.zeros((0, DIMENSIONS), dtype=np.float32)
+            rows.append(row)
+            cols.append(columns.setdefault(interest.text, len(columns)))
+            weights.append(interest.weight)
+    totals = np.zeros((len(preferences), DIMENSIONS), dtype=np.float32)
+    if columns:
+        weighting = sp.csr_matrix((np.asarray(weights, dtype=np.float32), (rows, cols)), shape=(len(preferences), len(columns)))
+        totals += weighting @ np.stack([vectors[text] for text in columns])  # repeated texts of one row add up
+    for row, pairs in enumerate(examples or ()):
+        for vector, sign in pairs:
+            totals[row] += (LIKED_WEIGHT if sign > 0 else -DISLIKED_WEIGHT) * vector
+    return unit(totals)
 
 
 def similarity(profiles: np.ndarray, papers: np.ndarray, *, feedback: int = FEEDBACK_PAPERS,
@@ -140,12 +156,22 @@ def similarity(profiles: np.ndarray, papers: np.ndarray, *, feedback: int = FEED
     cosine = profiles @ papers.T
     if not feedback or papers.shape[0] <= feedback or feedback_weight == 0:
         return cosine
+    import scipy.sparse as sp  # imported where it is used: most commands never score
+
     ranking = cosine if first_pass is None else first_pass(cosine)
     best = np.argpartition(-ranking, feedback - 1, axis=1)[:, :feedback]
-    expanded = unit(profiles + feedback_weight * unit(papers[best].mean(axis=1)))
-    return (expanded @ papers.T).astype(np.float32)
+    # The mean of each profile's best papers as a sparse (profiles × papers) product: ``papers[best]`` made
+    # a profiles × feedback × 384 copy first, 460 MB and ~2 s at 100,000 subscribers.
+    choose = sp.csr_matrix((np.full(best.size, 1 / feedback, dtype=np.float32), best.ravel(),
+                            np.arange(0, best.size + 1, feedback)), shape=(len(profiles), len(papers)))
+    moved = unit(np.asarray(choose @ papers))
+    moved *= feedback_weight  # in place: each temporary here is 150 MB at 100,000 subscribers
+    moved += profiles
+    return (unit(moved) @ papers.T).astype(np.float32, copy=False)
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+    """Each row scaled to length 1 (float32); a zero row stays zero."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.sqrt(np.einsum("...i,...i->...", vectors, vectors))[..., None]  # without a squared copy of them all
+    return vectors / np.where(norms == 0, 1, norms)

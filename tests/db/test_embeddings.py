@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -109,3 +110,80 @@ def test_deleting_a_paper_deletes_its_vectors(sessions) -> None:
         session.delete(session.get(PaperRow, paper.id))
         session.commit()
         assert session.scalar(select(func.count()).select_from(PaperEmbedding)) == 0
+
+
+def test_ingest_embeds_the_new_papers_so_that_planning_finds_them_stored(cli, configured, monkeypatch) -> None:
+    """Embedding a day's listing is minutes of CPU: it happens at ingest, not while the morning's digests
+    wait; and a dry run keeps the interest vectors it had to embed, so the next one (and the plan) reuse them."""
+    from newsletter.db.engine import make_engine, make_sessionmaker
+    from newsletter.runtime import Runtime
+
+    monkeypatch.delenv("NEWSLETTER_SEMANTIC")  # the suite's default is off; the product's is on
+    model = CountingModel()
+    monkeypatch.setattr(Runtime, "semantic_model", lambda self: model)
+    cli("init")
+    ingested = cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
+    assert ingested.code == 0, ingested.err
+    papers = len(model.embedded)
+    assert papers == 60 and "embedded 60 new papers for the semantic ranker" in ingested.out
+    again = cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))  # nothing new: nothing embedded, nothing said
+    assert again.code == 0 and len(model.embedded) == papers and "embedded" not in again.out
+
+    cli("subscribers", "add", "ada@example.org", "--topic", "sequential recommendation", "--max-papers", "5")
+    dry = cli("digest", "--dry-run", "--json")
+    assert dry.code == 0, dry.err
+    assert json.loads(dry.out)[0]["papers"]  # the ingested papers were candidates
+    assert model.embedded[papers:] == ["sequential recommendation"]  # only the interest, never a paper again
+    cli("digest", "--dry-run", "--json")
+    sent = cli("digest")
+    assert sent.code == 0, sent.err
+    assert model.embedded[papers:] == ["sequential recommendation"]  # kept by the first dry run
+    with make_sessionmaker(make_engine(configured))() as session:
+        assert session.scalar(select(func.count()).select_from(PaperEmbedding)) == 60
+        assert session.scalar(select(func.count()).select_from(InterestEmbedding)) == 1
+
+
+def test_the_daemons_ingest_job_embeds_what_it_stored_and_logs_it(configured, monkeypatch, caplog) -> None:
+    import logging
+
+    from newsletter.jobs import ingest_configured
+    from newsletter.runtime import Runtime
+    from newsletter.settings import load_settings
+
+    monkeypatch.delenv("NEWSLETTER_SEMANTIC")
+    monkeypatch.setenv("NEWSLETTER_SOURCES", f'["{FIXTURES / "arxiv_cs_lg.rss"}"]')
+    model = CountingModel()
+    monkeypatch.setattr(Runtime, "semantic_model", lambda self: model)
+    runtime = Runtime.build(load_settings())
+    from newsletter.db import migrate
+
+    migrate.upgrade(runtime.engine)
+    with caplog.at_level(logging.INFO, logger="newsletter.daemon"):
+        [report] = ingest_configured(runtime, trending=False, job="ingest")
+    assert report.new == 60 and len(model.embedded) == 60
+    assert "ingest: embedded 60 new papers for the semantic ranker" in caplog.text
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(PaperEmbedding)) == 60
+
+
+class BrokenModel(CountingModel):
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("model.safetensors: truncated file")
+
+
+def test_a_model_that_fails_at_ingest_loses_no_paper_and_planning_embeds_them_later(cli, configured, monkeypatch, caplog) -> None:
+    from newsletter.runtime import Runtime
+
+    monkeypatch.delenv("NEWSLETTER_SEMANTIC")
+    broken = BrokenModel()
+    monkeypatch.setattr(Runtime, "semantic_model", lambda self: broken)
+    cli("init")
+    ingested = cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
+    assert ingested.code == 0, ingested.err
+    assert "could not embed the new papers for the semantic ranker (RuntimeError: model.safetensors: truncated file)" in caplog.text
+    working = CountingModel()
+    monkeypatch.setattr(Runtime, "semantic_model", lambda self: working)
+    cli("subscribers", "add", "ada@example.org", "--topic", "sequential recommendation", "--max-papers", "5")
+    dry = cli("digest", "--dry-run", "--json")
+    assert dry.code == 0 and json.loads(dry.out)[0]["papers"], dry.err
+    assert len(working.embedded) == 61  # the 60 papers the ingest could not embed, and the topic

@@ -146,7 +146,7 @@ def test_migration_0009_applies_the_queue_in_its_own_schema_and_removes_it_whole
     migrate.upgrade(engine)
     with psycopg.connect(conninfo(postgres_url)) as connection:  # procrastinate's connections see its tables
         assert connection.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (0,)
-    migrate.downgrade(engine, "-1")
+    migrate.downgrade(engine, "0008")  # to before 0009, whatever came after it
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT to_regnamespace('scale')")) is None
         assert connection.scalar(text("SELECT count(*) FROM pg_proc WHERE proname LIKE 'procrastinate%'")) == 0

@@ -10,18 +10,21 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from procrastinate import App
 from procrastinate.testing import InMemoryConnector
 from sqlalchemy import select, update
 
+from newsletter import deliver
+from newsletter.db import ledger
 from newsletter.db.models import Delivery, Source
 from newsletter.errors import ConfigError, DeliveryError
 from newsletter.records import Envelope
 from newsletter.runtime import Runtime
 from newsletter.scale.app import INGEST_SOURCE, SEND_BATCH, check_dispatch, make_app, relay_queue
-from newsletter.scale.batch import RELAY_BACKOFF_MAX_S, relay_backoff_s
+from newsletter.scale.batch import RELAY_BACKOFF_MAX_S, deliver_batch, relay_backoff_s
 from newsletter.scale.enqueue import source_lock
 from newsletter.send.mailer import Mailer, RecordingMailer
 from tests.conftest import FIXTURES
@@ -99,6 +102,28 @@ def test_a_send_batch_sends_each_of_its_deliveries_once_and_leaves_nothing_behin
         assert [(j["task_name"], j["status"]) for j in jobs] == [(SEND_BATCH, "succeeded")], "no follow-up: nothing is left"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", ["a full claim", "a shorter one"])
+def test_a_worker_batch_is_claimed_once_and_sent_whole(
+        runtime: Runtime, recorded: RecordingMailer, monkeypatch: pytest.MonkeyPatch, size: str) -> None:
+    """A batch is at most one claim's worth: after claiming it, a second claim (the next batch's, or a last
+    look) could only come back empty, so none is made; every delivery of the batch is still sent."""
+    monkeypatch.setattr(deliver, "CLAIM_BATCH", 10)  # a full claim without planning 500 digests
+    claims: list[int] = []
+    claim_due = ledger.claim_due
+
+    def counted_claim(*args: Any, **kwargs: Any) -> list[ledger.DueDelivery]:
+        claims.append(len(claimed := claim_due(*args, **kwargs)))
+        return claimed
+
+    monkeypatch.setattr(ledger, "claim_due", counted_claim)
+    batch = [i for i, _ in plan_everyone(runtime)[: 10 if size == "a full claim" else 7]]
+    result = asyncio.run(deliver_batch(runtime, batch))
+    assert claims == [len(batch)], "one claim, of the whole batch"
+    assert result.remaining == () and result.outcomes == {"sent": len(batch)}
+    assert {statuses(runtime)[i] for i in batch} == {("sent", None)}
+    assert len(recorded.sent) == len(batch)
 
 
 def test_an_unreachable_relay_returns_the_batch_and_backs_off_without_burning_retries(app: App, runtime: Runtime) -> None:
