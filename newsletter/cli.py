@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import os
 import sys
 import time
 from collections import Counter
@@ -48,7 +49,11 @@ app.add_typer(subscribers_app, name="subscribers")
 # Text from outside (paper titles, feed names, addresses) is printed as it is: no Rich markup, no
 # emoji codes, no highlighting, so "[/]" in a title can neither crash a command nor style it.
 # Our own styling goes through Text objects.
-out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False)  # tables still fit the terminal
+# Tables fit the terminal; into a pipe or a log (cron) they get 160 columns, not Rich's 80, which cut
+# paths, addresses and errors. COLUMNS still decides where it is set.
+PIPE_WIDTH = 160
+out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False,
+              width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH)
 err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)  # an error stays on one line
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -94,13 +99,31 @@ class Context:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database_url)
-            _require_schema(self._engine)
+            engine = make_engine(self.settings.database_url)
+            created = _sqlite_file(engine)
+            existed = created is None or created.exists()
+            try:
+                _require_schema(engine)
+            except NewsletterError:
+                engine.dispose()
+                if not existed and created is not None:  # SQLite made an empty file just by looking: not ours to leave
+                    for leftover in (created, created.with_name(created.name + "-wal"), created.with_name(created.name + "-shm")):
+                        leftover.unlink(missing_ok=True)
+                raise
+            self._engine = engine
         return self._engine
 
     @property
     def sessions(self) -> sessionmaker[Session]:
         return make_sessionmaker(self.engine)
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The file of an SQLite database (None for another database or an in-memory one)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _require_schema(engine: Engine) -> None:
@@ -788,6 +811,12 @@ def digest(
         if verbose or only:
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
         print_digest_summary(run, seconds=seconds, dry_run=dry_run)
+        if not run.picks and not dry_run and not only and not run.outcomes:
+            with runtime.sessions() as session:
+                upcoming = repo.next_send_at(session)
+            if upcoming is not None:  # a new user's first run: say when, and how to see one now
+                out.print(f"nobody is due now; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
+                          "('digest --only EMAIL' sends one now, 'digest --dry-run' shows them all)")
     for message in run.errors:
         err.print(f"error: {safe(message)}")
     if run.errors:

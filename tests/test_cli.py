@@ -311,3 +311,32 @@ def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
         second.commit()
     assert counts(ready)["deliveries"] == 3
     engine.dispose()
+
+
+def test_a_first_digest_run_with_nobody_due_says_when_the_next_one_is_and_how_to_see_one_now(cli, configured) -> None:
+    cli("init")
+    cli("subscribers", "add", "ada@example.org", "--topic", "graphs", "--hour", "7", "--timezone", "UTC")
+    ran = cli("digest", "--at", "2026-11-30T12:00:00Z")  # after today's 07:00: the first digest is tomorrow's
+    assert ran.code == 0, ran.err
+    assert "nobody is due now; the next digest is due at 2026-12-01 07:00 UTC" in ran.out
+    assert "'digest --only EMAIL' sends one now" in ran.out
+
+
+def test_a_command_on_a_database_that_is_not_there_leaves_no_empty_file_behind(cli, env, tmp_path) -> None:
+    missing = tmp_path / "typo.db"
+    env(database_url=f"sqlite:///{missing}")
+    listed = cli("subscribers", "list")
+    assert listed.code == 1 and "not initialised" in listed.err and "newsletter init" in listed.err
+    assert not list(tmp_path.glob("typo.db*")), "SQLite made the file by opening it; the command removes it"
+    kept = tmp_path / "someone-elses.db"
+    kept.write_bytes(b"")  # a file that was there before is never removed, whatever it holds
+    env(database_url=f"sqlite:///{kept}")
+    assert cli("subscribers", "list").code == 1 and kept.exists()
+
+
+def test_tables_into_a_pipe_or_a_log_are_wide_enough_for_an_address(cli, configured) -> None:
+    cli("init")
+    address = "a.rather.long.address.for.a.table@departments.example.org"
+    cli("subscribers", "add", address, "--topic", "graph neural networks for molecules")
+    listed = cli("subscribers", "list")
+    assert listed.code == 0 and address in listed.out, listed.out

@@ -153,6 +153,11 @@ def first_send_at(plan: schedule.Schedule, *, now: dt.datetime) -> dt.datetime:
     return naive(schedule.next_send_at(plan, after=aware(now)))
 
 
+def next_send_at(session: Session) -> dt.datetime | None:
+    """The earliest next send moment of an active subscriber (naive UTC), None without one."""
+    return session.scalar(select(func.min(Subscriber.next_send_at)).where(Subscriber.status == SubscriberStatus.ACTIVE))
+
+
 def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
     if session.scalar(select(Subscriber.id).where(Subscriber.email == new.email)) is not None:
         raise InvalidInput(f"{new.email} is already a subscriber")

@@ -85,7 +85,7 @@ def parse_feed(body: bytes, *, source: str) -> ParsedFeed:
         head = body[:512].lstrip().lower()
         looks = "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else "not RSS or Atom"
         reason = f" ({problem})" if problem and looks != "an HTML page" else ""
-        raise FeedError(f"{source}: not a feed, it is {looks}{reason}; check the URL")
+        raise FeedError(f"{source}: not a feed, it is {looks}{reason}; check the URL or the file")
     if problem is not None and not isinstance(problem, HARMLESS_BOZO):
         raise FeedError(f"{source}: malformed feed ({problem}); nothing from it was stored")
     papers = tuple(p for p in (_paper(entry) for entry in parsed.entries) if p is not None)

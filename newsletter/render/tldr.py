@@ -97,14 +97,31 @@ def best_sentence(abstract: str) -> int:
     return max(range(len(sentences)), key=lambda i: (scores[i], -i))
 
 
+# An opening that points back at sentences the reader of a TL;DR does not see ("To address these issues,
+# we propose …"), dropped when what follows stands on its own (we, our, this paper …).
+_BACK_REFERENCE = re.compile(
+    r"^(?:conversely|however|moreover|furthermore|additionally|in addition|instead|therefore|thus|hence|"
+    r"consequently|to this end|in contrast|in response|nevertheless|motivated by (?:this|these)[^,]{0,60}|"
+    r"to (?:address|tackle|overcome|solve|fill|bridge|mitigate|alleviate|remedy|close|resolve|avoid) "
+    r"(?:this|these|those|such|the above|both)\b[^,]{0,60}),\s+(?=(?:we|our|this|these|in this)\b)",
+    re.IGNORECASE)
+
+
+def standalone(sentence: str) -> str:
+    """The sentence without an opening that refers to what came before it in the abstract."""
+    rest = _BACK_REFERENCE.sub("", sentence, count=1)
+    return rest[:1].upper() + rest[1:] if rest != sentence else sentence
+
+
 def tldr_of(abstract: str, summary: str | None = None, *, limit: int = TLDR_CHARS) -> str:
-    """The summary when there is one; else the abstract's best sentence, cut at a word within ``limit``."""
+    """The summary when there is one; else the abstract's best sentence, made to stand on its own and
+    cut at a word within ``limit``."""
     if summary:
         return summary
     sentences = split_sentences(abstract)
     if not sentences:
         return ""
-    return shorten(sentences[best_sentence(abstract)], limit)
+    return shorten(standalone(sentences[best_sentence(abstract)]), limit)
 
 
-__all__ = ["best_sentence", "split_sentences", "tldr_of"]
+__all__ = ["best_sentence", "split_sentences", "standalone", "tldr_of"]

@@ -105,6 +105,12 @@ def _key_phrases(sentence: str) -> tuple[str, ...]:
     return tuple(key_phrases(sentence))
 
 
+def sentence_phrase(sentence: str) -> str:
+    """The sentence as its first key phrase, without its opening: what a reason quotes of it
+    ("keeping LLMs up to date", not "I work on keeping…")."""
+    return _key_phrases(sentence)[0]
+
+
 def key_phrases(sentence: str) -> list[str]:
     """The sentence without its opening ("I work on", "We study", "My job is"), and its clauses apart:
     each clause names one thing they want, and a clause embedded alone says it more clearly."""

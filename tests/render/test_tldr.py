@@ -63,3 +63,14 @@ def test_on_the_labelled_abstracts_the_rule_beats_the_first_sentence_by_far() ->
         hits += sentences[best_sentence(abstracts[title])] == wanted
         first += sentences[0] == wanted
     assert hits >= 35 > 3 * first, (hits, first)
+
+
+def test_a_tldr_does_not_open_by_pointing_at_sentences_the_reader_cannot_see() -> None:
+    abstract = ("Large language models call tools badly. Planning is slow. To address these issues, we propose "
+                "Tool-Planner, a framework that groups tools into toolkits.")
+    assert tldr_of(abstract) == "We propose Tool-Planner, a framework that groups tools into toolkits."
+    assert tldr_of("Old methods fail. Conversely, this work presents a method that works on graphs.") == (
+        "This work presents a method that works on graphs.")
+    # Kept when what follows would not stand on its own, or when nothing points back.
+    assert tldr_of("Old methods fail. However, the results are mixed across datasets we tried.").startswith("However, ")
+    assert tldr_of("Background here. We propose a thing that works.") == "We propose a thing that works."
