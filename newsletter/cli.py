@@ -100,16 +100,10 @@ class Context:
     def engine(self) -> Engine:
         if self._engine is None:
             engine = make_engine(self.settings.database_url)
-            created = _sqlite_file(engine)
-            existed = created is None or created.exists()
-            try:
-                _require_schema(engine)
-            except NewsletterError:
-                engine.dispose()
-                if not existed and created is not None:  # SQLite made an empty file just by looking: not ours to leave
-                    for leftover in (created, created.with_name(created.name + "-wal"), created.with_name(created.name + "-shm")):
-                        leftover.unlink(missing_ok=True)
-                raise
+            file = _sqlite_file(engine)
+            if file is not None and not file.exists():  # SQLite would make an empty file just by looking; only init may
+                raise NewsletterError(_NOT_INITIALISED.format(url=repr(engine.url)))
+            _require_schema(engine)
             self._engine = engine
         return self._engine
 
@@ -133,7 +127,10 @@ def _require_schema(engine: Engine) -> None:
         raise NewsletterError(f"cannot open the database {engine.url!r} ({database_error(exc)}); "
                               "check NEWSLETTER_DATABASE_URL") from None
     if current != migrate.head_revision(engine):
-        raise NewsletterError(f"the database {engine.url!r} is not initialised or is out of date: run 'newsletter init'")
+        raise NewsletterError(_NOT_INITIALISED.format(url=repr(engine.url)))
+
+
+_NOT_INITIALISED = "the database {url} is not initialised or is out of date: run 'newsletter init'"
 
 
 def _ctx(typer_ctx: typer.Context) -> Context:

@@ -327,7 +327,7 @@ def test_a_command_on_a_database_that_is_not_there_leaves_no_empty_file_behind(c
     env(database_url=f"sqlite:///{missing}")
     listed = cli("subscribers", "list")
     assert listed.code == 1 and "not initialised" in listed.err and "newsletter init" in listed.err
-    assert not list(tmp_path.glob("typo.db*")), "SQLite made the file by opening it; the command removes it"
+    assert not list(tmp_path.glob("typo.db*")), "SQLite would make the file by opening it: the command must not open it"
     kept = tmp_path / "someone-elses.db"
     kept.write_bytes(b"")  # a file that was there before is never removed, whatever it holds
     env(database_url=f"sqlite:///{kept}")

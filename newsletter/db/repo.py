@@ -7,6 +7,7 @@ them, and each adds what to do in its own terms.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -59,11 +60,16 @@ def preferences_record(row: Preferences | None) -> records.Preferences:
     return _preferences(row.topics, row.exclude, row.categories, row.authors, row.describe, row.seed_papers, row.min_score)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # readers share topics; one immutable Topic each, not one per reader
+def _topic(phrase: str, weight: float) -> records.Topic:
+    return records.Topic(phrase, weight)
+
+
 def _preferences(topics: list[dict[str, Any]] | None, exclude: list[str] | None, categories: list[str] | None,
                  authors: list[str] | None, describe: str | None, seed_papers: list[str] | None,
                  min_score: float | None) -> records.Preferences:
     return records.Preferences(
-        topics=tuple(records.Topic(t["phrase"], float(t.get("weight", 1.0))) for t in topics or ()),
+        topics=tuple(_topic(t["phrase"], float(t.get("weight", 1.0))) for t in topics or ()),
         exclude=tuple(exclude or ()),
         categories=tuple(categories or ()),
         authors=tuple(authors or ()),
