@@ -808,12 +808,8 @@ def digest(
         if verbose or only:
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
         print_digest_summary(run, seconds=seconds, dry_run=dry_run)
-        if not run.picks and not dry_run and not only and not run.outcomes:
-            with runtime.sessions() as session:
-                upcoming = repo.next_send_at(session)
-            if upcoming is not None:  # a new user's first run: say when, and how to see one now
-                out.print(f"nobody is due now; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
-                          "('digest --only EMAIL' sends one now, 'digest --dry-run' shows them all)")
+        if not run.picks and not dry_run and not run.outcomes:
+            print_why_nothing_was_sent(runtime, only=only, now=now)
     for message in run.errors:
         err.print(f"error: {safe(message)}")
     if run.errors:
@@ -838,6 +834,30 @@ def picks_as_data(papers: list) -> list[dict[str, Any]]:
         if out_of_order and ranked.placement:
             entry["order"] = ranked.placement
     return data
+
+
+def print_why_nothing_was_sent(runtime: Any, *, only: str | None, now: dt.datetime) -> None:  # runtime: Runtime
+    """After a run that sent nothing: when the next digest is due, or that ``only``'s of today went already."""
+    from newsletter import schedule
+
+    with runtime.sessions() as session:
+        if only is None:
+            upcoming = repo.next_send_at(session)
+            if upcoming is not None:  # a new user's first run: say when, and how to see one now
+                out.print(f"nobody is due now; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
+                          "('digest --only EMAIL' sends one now, 'digest --dry-run' shows them all)")
+            return
+        subscriber = repo.get_subscriber(session, email=only)
+        issue_date = schedule.local_date(subscriber.timezone, now)
+        status = repo.delivery_status(session, subscriber_id=subscriber.id, issue_date=issue_date)
+    if status is not None:
+        out.print(f"{safe(subscriber.email)}: their digest of {issue_date} (their local date) {_DAY_WENT.get(status, status)}; "
+                  "at most one a day")
+
+
+_DAY_WENT = {"sent": "went out already", "empty": "was a quiet day (nothing above their minimum score)",
+             "missed": "was missed", "failed": "failed", "expired": "expired", "pending": "is waiting to be sent",
+             "sending": "is being sent", "retry": "is waiting for a retry", "unknown": "is waiting for a retry"}
 
 
 def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  # run: pipeline.DigestRun

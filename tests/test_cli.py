@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -316,9 +318,9 @@ def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
 def test_a_first_digest_run_with_nobody_due_says_when_the_next_one_is_and_how_to_see_one_now(cli, configured) -> None:
     cli("init")
     cli("subscribers", "add", "ada@example.org", "--topic", "graphs", "--hour", "7", "--timezone", "UTC")
-    ran = cli("digest", "--at", "2026-11-30T12:00:00Z")  # after today's 07:00: the first digest is tomorrow's
+    ran = cli("digest", "--at", dt.datetime.now(dt.UTC).isoformat())  # a new subscriber's first digest is at their next 07:00
     assert ran.code == 0, ran.err
-    assert "nobody is due now; the next digest is due at 2026-12-01 07:00 UTC" in ran.out
+    assert re.search(r"nobody is due now; the next digest is due at \d{4}-\d{2}-\d{2} 07:00 UTC", ran.out), ran.out
     assert "'digest --only EMAIL' sends one now" in ran.out
 
 
@@ -340,3 +342,15 @@ def test_tables_into_a_pipe_or_a_log_are_wide_enough_for_an_address(cli, configu
     cli("subscribers", "add", address, "--topic", "graph neural networks for molecules")
     listed = cli("subscribers", "list")
     assert listed.code == 0 and address in listed.out, listed.out
+
+
+def test_sending_one_subscribers_digest_again_says_it_went_already(cli, configured) -> None:
+    cli("init")
+    cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))  # first seen now: tomorrow's digest can pick them
+    cli("subscribers", "add", "ada@example.org", "--topic", "sequential recommendation", "--timezone", "UTC")
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+    first = cli("digest", "--only", "ada@example.org", "--at", tomorrow.isoformat())
+    assert first.code == 0 and "sent 1" in first.out, first.out + first.err
+    again = cli("digest", "--only", "ada@example.org", "--at", (tomorrow + dt.timedelta(hours=3)).isoformat())
+    assert again.code == 0, again.err
+    assert f"ada@example.org: their digest of {tomorrow.date()} (their local date) went out already; at most one a day" in again.out

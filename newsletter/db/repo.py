@@ -432,6 +432,11 @@ def papers_first_seen_between(session: Session, *, start: dt.datetime, end: dt.d
 # --- deliveries --------------------------------------------------------------------------------
 
 
+def delivery_status(session: Session, *, subscriber_id: int, issue_date: dt.date) -> str | None:
+    """The status of a subscriber's digest of one local date, None when none was planned."""
+    return session.scalar(select(Delivery.status).where(Delivery.subscriber_id == subscriber_id, Delivery.issue_date == issue_date))
+
+
 def deliveries_on(session: Session, *, issue_date: dt.date) -> dict[int, Delivery]:
     rows = session.scalars(select(Delivery).where(Delivery.issue_date == issue_date))
     return {r.subscriber_id: r for r in rows}
