@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-import os
 import sys
 import time
 from collections import Counter
@@ -50,10 +49,9 @@ app.add_typer(subscribers_app, name="subscribers")
 # emoji codes, no highlighting, so "[/]" in a title can neither crash a command nor style it.
 # Our own styling goes through Text objects.
 # Tables fit the terminal; into a pipe or a log (cron) they get 160 columns, not Rich's 80, which cut
-# paths, addresses and errors. COLUMNS still decides where it is set.
+# paths, addresses and errors.
 PIPE_WIDTH = 160
-out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False,
-              width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH)
+out = Console(soft_wrap=True, markup=False, highlight=False, emoji=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)  # an error stays on one line
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
