@@ -114,13 +114,9 @@ def reset(sessions) -> None:
 async def collect(runtime: Runtime, keep: int, stop_after: int | None = None) -> tuple[list, float]:
     """Claim and render + MIME due deliveries (no sending): all, or ``stop_after``; keeps the first ``keep``."""
     kept, started = [], time.perf_counter()
-    renderers: dict = {}
-    papers: dict = {}
-    trending_ids: dict = {}  # kept with ``renderers``: a renderer built for one batch serves the next ones
+    builder = deliver_module.BatchBuilder(runtime)  # a renderer built for one batch serves the next ones
     with runtime.sessions() as session:
-        while batch := deliver_module._claim_and_build(runtime, session, now=dt.datetime.now(dt.UTC), subscriber_id=None,
-                                                       delivery_ids=None, renderers=renderers, papers=papers,
-                                                       trending_ids=trending_ids):
+        while batch := builder.claim_and_build(session, now=dt.datetime.now(dt.UTC), subscriber_id=None, delivery_ids=None):
             kept += batch[: max(keep - len(kept), 0)]
             if stop_after is not None and len(kept) >= stop_after:
                 break
@@ -198,16 +194,18 @@ async def main_async(args: argparse.Namespace) -> None:
                 n = 0
                 while batch := ledger.claim_due(session, now=utcnow(), holder=runtime.holder, lease=dt.timedelta(minutes=5),
                                                 limit=500):
+                    built = []
                     for delivery in batch:
                         n += 1
-                        yield type(sample[0])(delivery.id, delivery.subscriber_id,
-                                              sample[0].envelope.__class__("digest@example.org", delivery.email,
-                                                                           delivery.message_id, messages[n % len(messages)]))
+                        built.append(type(sample[0])(delivery.id, delivery.subscriber_id,
+                                                     sample[0].envelope.__class__("digest@example.org", delivery.email,
+                                                                                  delivery.message_id, messages[n % len(messages)])))
+                    yield built
 
-            real_messages = deliver_module._claimed_messages
-            deliver_module._claimed_messages = prebuilt  # type: ignore[assignment]
+            real_batches = deliver_module._batches_in_thread
+            deliver_module._batches_in_thread = prebuilt  # type: ignore[assignment]
             send_s = await timed_send(runtime, args.pool)
-            deliver_module._claimed_messages = real_messages
+            deliver_module._batches_in_thread = real_batches
             reset(sessions)
             e2e_s = await timed_send(runtime, args.pool)
             bare_s = await bare_loop(port, args.pool, messages, total)

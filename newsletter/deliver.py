@@ -6,7 +6,8 @@ sends, and gives back what it did not send. What is due does not depend on an is
 digests of any date, retries whose time has come, unknown outcomes not yet retried once.
 
 Claiming and rendering a batch (SQL, Jinja, CSS) run in a worker thread, so the event loop only
-moves bytes to the relay and commits the ledger (``send.dispatch``).
+moves bytes to the relay and commits the ledger (``send.dispatch``); in a big ``digest`` run, in a
+second process instead, so that rendering and sending use two cores (``newsletter.render_ahead``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery, Ledger, Outcome, RetryPolicy
@@ -30,6 +32,9 @@ from newsletter.render.digest import DigestRenderer
 from newsletter.runtime import Runtime
 from newsletter.send.dispatch import GroupCommitter, OutboundMessage, RateLimiter, dispatch
 from newsletter.send.mailer import Mailer
+
+if TYPE_CHECKING:
+    from newsletter.render_ahead import RenderAhead
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # messages done so far
@@ -58,6 +63,7 @@ async def send_due(
     stop: asyncio.Event | None = None,
     progress: Progress | None = None,
     clock: Callable[[], dt.datetime] = wall_clock,
+    ahead: RenderAhead | None = None,
 ) -> DeliveryReport:
     """Send every delivery due now, or only ``subscriber_id``'s, or only those of ``delivery_ids`` (a
     worker's batch, at most CLAIM_BATCH), until done or ``stop`` is set.
@@ -65,7 +71,8 @@ async def send_due(
     Sending runs on the real clock whatever moment planning was told it is (``digest --at``): leases,
     retry times and the retry window are about time that really passes. ``stop`` (SIGTERM in the
     daemon): no further message is taken; those in flight finish and are recorded; what was claimed
-    and not sent is released for the next sender.
+    and not sent is released for the next sender. ``ahead``: the messages are claimed and rendered in
+    that second process (``newsletter.render_ahead``: a big run, on the real clock), not in a thread.
     """
     settings, report = runtime.settings, DeliveryReport()
     now = clock()
@@ -118,8 +125,12 @@ async def send_due(
             if progress:
                 progress(done)
 
-        messages = _claimed_messages(runtime, reads, clock=clock, subscriber_id=subscriber_id, delivery_ids=delivery_ids,
-                                     stop=stop)
+        if ahead is not None:
+            batches = ahead.batches()
+        else:
+            batches = _batches_in_thread(runtime, reads, clock=clock, subscriber_id=subscriber_id,
+                                         delivery_ids=delivery_ids, stop=stop)
+        messages = _messages(batches, stop=stop)
         keeper = asyncio.create_task(_keep_leases(renew, every_s=settings.lease_s / 3))
         try:
             result = await dispatch(messages, mailers=mailers, committer=GroupCommitter(write), limiter=limiter,
@@ -152,27 +163,16 @@ async def _keep_leases(renew: Callable[[], None], *, every_s: float) -> None:
                            exc_info=True)
 
 
-async def _claimed_messages(
+async def _batches_in_thread(
     runtime: Runtime, session, *, clock: Callable[[], dt.datetime], subscriber_id: int | None,  # noqa: ANN001
     delivery_ids: Sequence[int] | None, stop: asyncio.Event | None,
-) -> AsyncIterator[OutboundMessage]:
-    """Claimed deliveries, a batch at a time (claimed and rendered in a thread), as messages.
-
-    A digest that cannot be built (its data, a render bug only its papers hit) becomes a message
-    that fails alone, with the reason. Until one digest has been built those failures are held back:
-    if the first BUILD_FAILURES_TO_STOP all fail (or every one of a smaller run, when more than one),
-    it is a bug that hits everyone, and the run stops with all of them still pending.
-    """
-    renderers: dict[dt.date, DigestRenderer] = {}
-    trending_ids: dict[dt.date, list[int]] = {}
-    papers: dict[int, Paper] = {}
-    held: list[OutboundMessage] = []  # failures before the first digest that could be built
-    built = False
+) -> AsyncGenerator[list[OutboundMessage], None]:
+    """Claimed deliveries, a batch at a time, claimed and rendered in a thread while the previous batch is sent."""
+    builder = BatchBuilder(runtime)
 
     def claim() -> asyncio.Future[list[OutboundMessage]]:
-        return asyncio.ensure_future(asyncio.to_thread(
-            _claim_and_build, runtime, session, now=clock(), subscriber_id=subscriber_id, delivery_ids=delivery_ids,
-            renderers=renderers, papers=papers, trending_ids=trending_ids))
+        return asyncio.ensure_future(asyncio.to_thread(builder.claim_and_build, session, now=clock(),
+                                                       subscriber_id=subscriber_id, delivery_ids=delivery_ids))
 
     def stopped() -> bool:
         return stop is not None and stop.is_set()
@@ -188,8 +188,31 @@ async def _claimed_messages(
             # never stand idle waiting for a render. After a shorter one, only once it is sent (as a
             # last look for deliveries planned meanwhile).
             upcoming = claim() if len(batch) == CLAIM_BATCH and not claim_once and not stopped() else None
+            yield batch
+            if upcoming is None and batch and not claim_once and not stopped():
+                upcoming = claim()
+    finally:
+        if upcoming is not None:  # its thread uses ``session``: let it finish before the caller closes that
+            await asyncio.wait([upcoming])
+            if not upcoming.cancelled():
+                upcoming.exception()  # retrieved: what it claimed is released with the rest of the leases
+
+
+async def _messages(batches: AsyncGenerator[list[OutboundMessage], None], *,
+                    stop: asyncio.Event | None) -> AsyncIterator[OutboundMessage]:
+    """The messages of the claimed batches, in order, until done or ``stop`` is set.
+
+    A digest that cannot be built (its data, a render bug only its papers hit) becomes a message
+    that fails alone, with the reason. Until one digest has been built those failures are held back:
+    if the first BUILD_FAILURES_TO_STOP all fail (or every one of a smaller run, when more than one),
+    it is a bug that hits everyone, and the run stops with all of them still pending.
+    """
+    held: list[OutboundMessage] = []  # failures before the first digest that could be built
+    built = False
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
             for message in batch:
-                if stopped():
+                if stop is not None and stop.is_set():
                     return
                 if message.failure is not None and not built:
                     held.append(message)
@@ -201,46 +224,49 @@ async def _claimed_messages(
                     yield failed
                 held = []
                 yield message
-            if upcoming is None and batch and not claim_once and not stopped():
-                upcoming = claim()
-    finally:
-        if upcoming is not None:  # its thread uses ``session``: let it finish before the caller closes that
-            await asyncio.wait([upcoming])
-            if not upcoming.cancelled():
-                upcoming.exception()  # retrieved: what it claimed is released with the rest of the leases
     if len(held) > 1:
         raise _no_digest_builds(held)
     for failed in held:
         yield failed
 
 
-def _claim_and_build(
-    runtime: Runtime, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
-    delivery_ids: Sequence[int] | None, renderers: dict[dt.date, DigestRenderer], papers: dict[int, Paper],
-    trending_ids: dict[dt.date, list[int]],
-) -> list[OutboundMessage]:
-    settings = runtime.settings
-    claimed: list[DueDelivery] = ledger.claim_due(session, now=naive(now), holder=runtime.holder,
-                                                  lease=dt.timedelta(seconds=settings.lease_s), limit=CLAIM_BATCH,
-                                                  subscriber_id=subscriber_id, delivery_ids=delivery_ids)
-    if not claimed:
-        return []
-    items = ledger.delivery_items(session, delivery_ids=[d.id for d in claimed])
-    missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - papers.keys()
-    papers.update(repo.papers_by_id(session, ids=missing))
-    for issue_date in {d.issue_date for d in claimed} - renderers.keys():
-        trending = day_trending(session, settings=settings, issue_date=issue_date)
-        renderers[issue_date] = day_renderer(session, settings=settings, templates=runtime.templates, issue_date=issue_date,
-                                             trending=trending)
-        trending_ids[issue_date] = [p.id for p in trending if p.id is not None]
-    session.commit()  # end the read transaction
-    # The archive shows the email as built here: record its trending section on the rows we hold, in a
-    # write transaction of its own (on SQLite a read transaction cannot safely turn into a write one).
-    ledger.begin_write(session)
-    ledger.record_trending(session, holder=runtime.holder, trending={d.id: trending_ids[d.issue_date] for d in claimed})
-    session.commit()
-    return [message_for(d, settings=settings, renderer=renderers[d.issue_date], picks=items[d.id], papers=papers,
-                        dkim=runtime.dkim) for d in claimed]
+class BatchBuilder:
+    """Claims a batch of due deliveries for ``runtime.holder`` and builds their messages.
+
+    Keeps what every batch of a run shares: each issue date's renderer and "trending today", the papers.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.renderers: dict[dt.date, DigestRenderer] = {}
+        self.trending_ids: dict[dt.date, list[int]] = {}
+        self.papers: dict[int, Paper] = {}
+
+    def claim_and_build(self, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
+                        delivery_ids: Sequence[int] | None, limit: int = CLAIM_BATCH) -> list[OutboundMessage]:
+        runtime, settings = self.runtime, self.runtime.settings
+        claimed: list[DueDelivery] = ledger.claim_due(session, now=naive(now), holder=runtime.holder,
+                                                      lease=dt.timedelta(seconds=settings.lease_s), limit=limit,
+                                                      subscriber_id=subscriber_id, delivery_ids=delivery_ids)
+        if not claimed:
+            return []
+        items = ledger.delivery_items(session, delivery_ids=[d.id for d in claimed])
+        missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - self.papers.keys()
+        self.papers.update(repo.papers_by_id(session, ids=missing))
+        for issue_date in {d.issue_date for d in claimed} - self.renderers.keys():
+            trending = day_trending(session, settings=settings, issue_date=issue_date)
+            self.renderers[issue_date] = day_renderer(session, settings=settings, templates=runtime.templates,
+                                                      issue_date=issue_date, trending=trending)
+            self.trending_ids[issue_date] = [p.id for p in trending if p.id is not None]
+        session.commit()  # end the read transaction
+        # The archive shows the email as built here: record its trending section on the rows we hold, in a
+        # write transaction of its own (on SQLite a read transaction cannot safely turn into a write one).
+        ledger.begin_write(session)
+        ledger.record_trending(session, holder=runtime.holder,
+                               trending={d.id: self.trending_ids[d.issue_date] for d in claimed})
+        session.commit()
+        return [message_for(d, settings=settings, renderer=self.renderers[d.issue_date], picks=items[d.id],
+                            papers=self.papers, dkim=runtime.dkim) for d in claimed]
 
 
 def _no_digest_builds(held: Sequence[OutboundMessage]) -> NewsletterError:

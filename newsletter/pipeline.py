@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from newsletter import render_ahead
 from newsletter.db import repo
 from newsletter.db.models import DeliveryStatus
 from newsletter.deliver import send_due
@@ -68,13 +69,18 @@ async def run_digest(
     async with contextlib.AsyncExitStack() as stack:
         # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
         mailers = [await stack.enter_async_context(m) for m in runtime.mailers()]
+        ahead = None
+        if not only and render_ahead.worthwhile(runtime, due=await asyncio.to_thread(_due_count, runtime, now)):
+            # A big run: a second process starts now, and claims and renders ahead of the sending once
+            # everything is planned, on the other core.
+            ahead = stack.enter_context(render_ahead.RenderAhead(runtime))
         if only:
             plan = await asyncio.to_thread(plan_now, runtime, email=only, now=now)
         else:
             plan = await asyncio.to_thread(plan_due, runtime, now=now, keep_picks=True)
         run.candidates, run.picks, run.missed = plan.candidates, plan.picks, plan.missed
         delivered = await send_due(runtime, mailers=mailers, subscriber_id=_subscriber_id(runtime, only),
-                                   stop=stop, progress=progress)
+                                   stop=stop, progress=progress, ahead=ahead)
     run.outcomes.update(delivered.outcomes)
     if delivered.expired:
         run.outcomes[DeliveryStatus.EXPIRED] += delivered.expired
@@ -95,6 +101,11 @@ async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | Non
         plan = await asyncio.to_thread(plan_due, runtime, now=run.now, keep_picks=True, after_record=enqueue)
     run.candidates, run.picks, run.missed, run.enqueued = plan.candidates, plan.picks, plan.missed, enqueue.jobs
     return run
+
+
+def _due_count(runtime: Runtime, now: dt.datetime) -> int:
+    with runtime.sessions() as session:
+        return repo.due_count(session, now=now, at_least=runtime.settings.render_ahead_from)
 
 
 def _subscriber_id(runtime: Runtime, email: str | None) -> int | None:

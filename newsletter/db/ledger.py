@@ -20,9 +20,10 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import String, Table, TextClause, and_, bindparam, func, insert, or_, select, text, update
+import orjson
+from sqlalchemy import String, TextClause, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -291,13 +292,26 @@ def record_deliveries(
               "send_at": p.send_at, "created_at": now, "updated_at": now} for p in batch.values()],
         ).all()
         recorded.update((subscriber_id, issue_date) for _, subscriber_id, issue_date in ids)
-        items = [{"delivery_id": delivery_id, "paper_id": pick.paper.id, "rank": rank, "score": round(pick.score, 4),
-                  "reasons": list(pick.reasons)}
+        items = [(delivery_id, pick.paper.id, rank, round(pick.score, 4), _json_list(pick.reasons))
                  for delivery_id, subscriber_id, issue_date in ids
                  for rank, pick in enumerate(batch[(subscriber_id, issue_date)].picks, start=1)]
-        if items:  # Core executemany: the ORM's bulk path costs ~3x as much per row here
-            session.connection().execute(insert(cast(Table, DeliveryItem.__table__)), items)
+        if items:
+            _insert_items(session, items)
     return recorded
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def _insert_items(session: Session, rows: list[tuple[int, int | None, int, float, str]]) -> None:
+    """The driver's own executemany: SQLAlchemy's per-row parameter processing (even Core's) was half
+    the cost of recording 40,000 picks (~0.5 s of a 5,000-subscriber digest run)."""
+    connection = session.connection()
+    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    connection.exec_driver_sql(
+        f"INSERT INTO {DeliveryItem.__tablename__} (delivery_id, paper_id, rank, score, reasons) VALUES ({', '.join([marker] * 5)})",
+        rows)
 
 
 def _insert_for(session: Session, table: type) -> Any:

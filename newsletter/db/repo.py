@@ -164,6 +164,13 @@ def next_send_at(session: Session) -> dt.datetime | None:
     return session.scalar(select(func.min(Subscriber.next_send_at)).where(Subscriber.status == SubscriberStatus.ACTIVE))
 
 
+def due_count(session: Session, *, now: dt.datetime, at_least: int) -> int:
+    """How many active subscribers are due at ``now`` (aware), counted only up to ``at_least``."""
+    due = (select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at <= naive(now))
+           .limit(at_least).subquery())
+    return session.scalar(select(func.count()).select_from(due)) or 0
+
+
 def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
     if session.scalar(select(Subscriber.id).where(Subscriber.email == new.email)) is not None:
         raise InvalidInput(f"{new.email} is already a subscriber")

@@ -19,7 +19,7 @@ import numpy as np
 
 from newsletter.records import Paper, Preferences
 from newsletter.score import minilm
-from newsletter.score.minilm import DIMENSIONS, MiniLM, ModelNotFound, find_model_files
+from newsletter.score.minilm import DIMENSIONS, MiniLM, ModelFiles, ModelNotFound, find_model_files
 
 # Pseudo-relevance feedback: the profile vector moves towards the mean of its best papers.
 FEEDBACK_PAPERS = 3  # papers at the top of the first pass taken as relevant (3, 5 and 10 tried on the tuning split)
@@ -39,13 +39,26 @@ _OPENING = re.compile(
 class SemanticModel:
     """The sentence-embedding model, with what the ranker asks of it."""
 
-    def __init__(self, encoder: MiniLM) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: MiniLM | ModelFiles) -> None:
+        # Files: the weights (90 MB, ~0.3 s) are read on the first text to embed; a digest run whose
+        # papers and interests all have stored vectors never reads them.
+        self._encoder: MiniLM | None = encoder if isinstance(encoder, MiniLM) else None
+        self._files: ModelFiles | None = None if isinstance(encoder, MiniLM) else encoder
+
+    @property
+    def encoder(self) -> MiniLM:
+        if self._encoder is None:
+            assert self._files is not None
+            self._encoder = minilm.load(self._files)
+        return self._encoder
 
     @property
     def name(self) -> str:
         """What stored vectors are keyed by: vectors of two weight files are not mixed."""
-        return self.encoder.name
+        if self._encoder is not None:
+            return self._encoder.name
+        assert self._files is not None
+        return self._files.name
 
     @staticmethod
     def available() -> bool:
@@ -57,8 +70,9 @@ class SemanticModel:
 
     @classmethod
     def load(cls) -> SemanticModel:
-        """The installed model (float32 with the semantic extra, else int8), loaded once per process."""
-        return cls(minilm.load(find_model_files()))
+        """The installed model (float32 with the semantic extra, else int8), loaded once per process, when
+        it first has a text to embed."""
+        return cls(find_model_files())
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text (384 columns)."""

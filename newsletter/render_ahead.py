@@ -1,0 +1,186 @@
+"""Claiming and rendering in a second process, ahead of the sending: a big run uses both cores.
+
+Sending is CPU-bound in Python (the SMTP client's own work, the ledger's commits), and so is
+rendering (Jinja, MIME, about 0.5 ms a message): in one process they share one core, however many
+the machine has. For a big run a child process starts while this one plans (it imports and compiles
+the templates meanwhile); once the digests are planned, it claims the due deliveries (under the
+sender's lease holder, so the sender's lease renewal and final release cover them), renders them
+and hands them over, a batch at a time, at most two batches ahead of the sending: memory stays flat at
+any list size. The sender does with those batches what it does with batches rendered
+in its own thread.
+
+Planning stays in the sender, before any sending: on SQLite a planning batch holds the database's
+write lock while it scores, which would stall the sending's ledger commits if the two overlapped.
+
+What can go wrong, and what happens:
+- the child raises (a database error, a bug): the error reaches the sender as the reason the run
+  stops; what was claimed and not sent is released, and the next run sends it;
+- the child dies (killed, out of memory): the same, with its exit status;
+- the sender stops (the relay went away, SIGTERM, Ctrl-C) or planning fails: the child is told to
+  stop, is waited for a few seconds and then terminated, before the sender releases its leases;
+- logging in the child reaches the parent's loggers, and so its handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import AsyncGenerator
+from multiprocessing.connection import Connection
+from typing import Any
+
+from newsletter.errors import NewsletterError
+from newsletter.runtime import Runtime
+from newsletter.send.dispatch import OutboundMessage, one_line
+from newsletter.settings import Settings
+
+logger = logging.getLogger(__name__)
+FIRST_BATCH = 100  # a small first batch: the sending starts sooner
+POLL_S = 0.5  # how often each side looks whether the other is still there
+STOP_WAIT_S = 10.0  # a stopped child finishes the batch it is rendering within this, or is terminated
+
+
+def worthwhile(runtime: Runtime, *, due: int) -> bool:
+    """Whether a run with ``due`` digests to send gains from a second process: enough of them (the child's
+    start-up is ~0.7 s of CPU), a second core, and a database another process can open (not in-memory SQLite)."""
+    url = runtime.engine.url
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    return due >= runtime.settings.render_ahead_from and (os.cpu_count() or 1) > 1 and not in_memory
+
+
+class RenderAhead:
+    """The child process, started early and told to begin by ``batches()``. A context manager: leaving
+    it stops the child (and waits for it), whatever happened.
+
+    One pipe carries everything from the child (batches, its log records, "done", an error). It is
+    a pipe whose writing end only the child holds, so a child that dies mid-batch is an end of file
+    here, never a read that waits forever; and the child's write of a batch waits while this side is
+    not reading, so the child is at most two batches ahead (the one it hands over, the one it renders).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: the parent has threads and open connections
+        self._from_child, to_parent = context.Pipe(duplex=False)
+        self._go, self._stop = context.Event(), context.Event()
+        self._child = context.Process(target=_child_main, name="newsletter-render-ahead", daemon=True,
+                                      args=(runtime.settings, runtime.holder, to_parent, self._go, self._stop,
+                                            logging.getLogger().getEffectiveLevel()))
+        self._to_parent = to_parent
+
+    def __enter__(self) -> RenderAhead:
+        self._child.start()
+        self._to_parent.close()  # ours closed: the child's end is the only one left
+        logger.info("claiming and rendering ahead of the sending in process %s", self._child.pid)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    async def batches(self) -> AsyncGenerator[list[OutboundMessage], None]:
+        """Claimed and rendered batches from the child, until nothing is due."""
+        self._go.set()
+        try:
+            while True:
+                kind, value = await asyncio.to_thread(self._next)
+                if kind == "batch":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    raise NewsletterError(value)
+        finally:
+            await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Stop the child: it finishes the batch in hand, or is terminated after STOP_WAIT_S. Idempotent."""
+        self._stop.set()
+        if self._child.pid is None:  # never started
+            return
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self._child.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(EOFError, OSError):  # drain, so it is not stuck handing over a batch
+                while self._from_child.poll(0.1):
+                    self._from_child.recv()
+            self._child.join(timeout=0.1)
+        if self._child.is_alive():
+            logger.warning("the rendering process did not stop within %.0f s; terminating it", STOP_WAIT_S)
+            self._child.terminate()
+            self._child.join(timeout=STOP_WAIT_S)
+        self._from_child.close()
+
+    def _next(self) -> tuple[str, Any]:
+        """The child's next batch, "done" or error; its log records on the way go to our loggers."""
+        while True:
+            try:
+                if self._from_child.poll(POLL_S):
+                    kind, value = self._from_child.recv()
+                    if kind != "log":
+                        return kind, value
+                    logging.getLogger(value.name).handle(value)
+                    continue
+                if self._child.is_alive():
+                    continue
+            except EOFError:  # every writer gone: it died (mid-batch, perhaps) or ended without a word
+                pass
+            self._child.join(timeout=POLL_S)
+            return "error", (f"the rendering process stopped (exit status {self._child.exitcode}); "
+                             "what it claimed is released and sent by the next run")
+
+
+class _Sender:
+    """What ``QueueHandler`` needs of a queue, over the pipe: the child's log records go to the parent."""
+
+    def __init__(self, to_parent: Connection) -> None:
+        self.to_parent = to_parent
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone (killed): nobody to tell
+            self.to_parent.send(("log", record))
+
+
+def _child_main(settings: Settings, holder: str, to_parent: Connection, go: Any, stop: Any, log_level: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(_Sender(to_parent))]  # type: ignore[arg-type]
+    root.setLevel(log_level)
+    try:
+        runtime = Runtime.build(settings)
+        runtime.holder = holder  # claims are the sender's: its lease renewal and release cover them
+        for name in runtime.templates.list_templates():  # compiled while the parent plans
+            runtime.templates.get_template(name)
+        parent = multiprocessing.parent_process()
+        while not go.wait(timeout=POLL_S):
+            if stop.is_set() or (parent is not None and not parent.is_alive()):  # a killed parent sets nothing
+                return
+        if _render_until_done(runtime, to_parent, stop):
+            to_parent.send(("done", None))
+        runtime.engine.dispose()
+    except BaseException as exc:  # the parent stops the run with this as the reason
+        if not stop.is_set():
+            logger.exception("rendering ahead of the sending failed")
+            with contextlib.suppress(OSError):
+                to_parent.send(("error", f"rendering ahead of the sending failed: {one_line(exc)}"))
+
+
+def _render_until_done(runtime: Runtime, to_parent: Connection, stop: Any) -> bool:
+    """Claim, render and hand over batches until none is due; False if told to stop on the way."""
+    from newsletter.deliver import CLAIM_BATCH, BatchBuilder
+
+    builder = BatchBuilder(runtime)
+    limit = FIRST_BATCH
+    with runtime.sessions() as session:
+        while not stop.is_set():
+            batch = builder.claim_and_build(session, now=dt.datetime.now(dt.UTC), subscriber_id=None, delivery_ids=None,
+                                            limit=limit)
+            limit = CLAIM_BATCH
+            if not batch:  # after a short batch, one more look: deliveries that came due meanwhile
+                return True
+            to_parent.send(("batch", batch))  # waits while the parent is not reading
+    return False

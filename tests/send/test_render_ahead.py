@@ -1,0 +1,166 @@
+"""A big run claims and renders in a second process, ahead of the sending (``newsletter.render_ahead``).
+
+What is checked is what a user would see: every digest sent once; the rendering really done by
+another process (the parent's renderer is broken here and nothing fails); and when that process
+fails or is killed, the run stops with one reason, nothing is left claimed, and the next run sends
+the rest once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import newsletter.issue
+from newsletter import render_ahead
+from newsletter.db import repo
+from newsletter.db.models import Delivery
+from newsletter.deliver import send_due
+from newsletter.plan import plan_due
+from newsletter.records import NewSubscriber, Preferences
+from newsletter.runtime import Runtime
+from newsletter.send.mailer import RecordingMailer
+from newsletter.settings import Settings
+from tests.conftest import FIXTURES, fixed_send_moment
+from tests.send.test_no_hang import add_readers, environment, relay, run_cli, statuses  # noqa: F401  (relay: a fixture)
+
+SECRET = "test-secret-key-0123456789abcdefghij"
+
+
+def test_a_big_digest_run_renders_in_a_second_process_and_sends_each_digest_once(cli, env, sqlite_url, tmp_path,
+                                                                                  relay) -> None:
+    settings = dict(database_url=sqlite_url, secret_key=SECRET, from_address="digest@example.org", email_backend="smtp",
+                    smtp_host="127.0.0.1", smtp_port=relay.port, smtp_security="none", render_ahead_from=30)
+    env(**settings)
+    readers = add_readers(cli, tmp_path, 40)
+
+    done = run_cli(environment(**settings), tmp_path, "digest")
+    assert done.returncode == 0, done.stderr
+    assert "sent 40" in done.stdout
+    assert relay.per_recipient() == Counter(dict.fromkeys(readers, 1))
+    assert set(statuses(sqlite_url).values()) == {"sent"}
+
+
+def runtime_with_readers(tmp_path: Path, sqlite_url: str, count: int, **overrides: object) -> tuple[Runtime, dt.datetime]:
+    """``count`` readers due at the returned moment, their digests planned, papers ingested (via the CLI's own steps)."""
+    from newsletter.db import migrate
+    from newsletter.db.models import utcnow
+    from newsletter.ingest.fetch import Fetcher, make_client
+    from newsletter.ingest.run import ingest_sources
+    from newsletter.ingest.sources import SourceSpec
+
+    settings = Settings(database_url=sqlite_url, secret_key=SECRET, from_address="digest@example.org",
+                        semantic=False, _env_file=None, **overrides)  # type: ignore[arg-type]
+    runtime = Runtime.build(settings)
+    migrate.upgrade(runtime.engine)
+    with make_client(timeout_s=5) as client:
+        ingest_sources([SourceSpec(str(FIXTURES / "arxiv_cs_lg.rss"), "arxiv-rss")], sessions=runtime.sessions,
+                       fetcher=Fetcher(client=client, max_bytes=10_000_000), now=utcnow())
+    with runtime.sessions() as session:
+        repo.import_subscribers(session, subscribers=[
+            NewSubscriber(email=f"reader{i:03d}@example.org", max_papers=2,
+                          preferences=Preferences.from_lists(topics=["diffusion models", "language models"]))
+            for i in range(count)])
+        session.commit()
+    now = dt.datetime.fromisoformat(fixed_send_moment(sqlite_url))
+    plan = plan_due(runtime, now=now)
+    assert plan.due == count and plan.empty == 0
+    return runtime, now
+
+
+def delivery_states(runtime: Runtime) -> Counter[tuple[str, bool]]:
+    """(status, still claimed) → count."""
+    with runtime.sessions() as session:
+        return Counter((status, holder is not None) for status, holder in session.execute(
+            select(Delivery.status, Delivery.leased_by)))
+
+
+def broken_renderer(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("rendered in the sending process")
+
+
+def test_the_messages_are_rendered_by_the_other_process(sqlite_url, tmp_path, monkeypatch, caplog) -> None:
+    runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 250)
+    monkeypatch.setattr(newsletter.issue, "message_for", broken_renderer)  # here only: the child imports its own
+    mailer = RecordingMailer()
+    caplog.set_level(logging.INFO, logger="newsletter.render_ahead")
+    with render_ahead.RenderAhead(runtime) as ahead:
+        report = asyncio.run(send_due(runtime, mailers=[mailer], ahead=ahead))
+
+    assert report.error is None and report.outcomes == Counter(sent=250)
+    assert sorted(e.recipient for e in mailer.sent) == [f"reader{i:03d}@example.org" for i in range(250)]
+    assert all(b"Subject:" in e.data and e.message_id.encode() in e.data for e in mailer.sent)
+    started = [r for r in caplog.records if "ahead of the sending in process" in r.getMessage()]
+    assert started and str(os.getpid()) not in started[0].getMessage().split()
+    assert not multiprocessing.active_children(), "the child is gone once the run is over"
+    assert delivery_states(runtime) == Counter({("sent", False): 250})
+
+
+def test_a_failing_render_process_stops_the_run_with_its_reason_and_the_next_run_sends_everything(
+        sqlite_url, tmp_path, caplog) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key_path = tmp_path / "dkim.pem"
+    key_path.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 120, dkim_private_key_path=key_path)
+    key_path.unlink()  # the sender has read it; the child, starting now, cannot
+    caplog.set_level(logging.INFO)
+    with render_ahead.RenderAhead(runtime) as ahead:
+        report = asyncio.run(send_due(runtime, mailers=[RecordingMailer()], ahead=ahead))
+
+    assert report.error is not None and "\n" not in report.error
+    assert report.error.startswith("rendering ahead of the sending failed: NEWSLETTER_DKIM_PRIVATE_KEY_PATH: cannot read")
+    assert not report.outcomes
+    assert delivery_states(runtime) == Counter({("pending", False): 120}), "nothing sent, nothing left claimed"
+    child_said = [r for r in caplog.records if r.getMessage().startswith("rendering ahead of the sending failed\n")]
+    assert child_said and child_said[0].process != os.getpid(), "the child's own log record reached our loggers"
+
+    mailer = RecordingMailer()  # the next run (rendering here: the key is back in the sender's runtime)
+    again = asyncio.run(send_due(runtime, mailers=[mailer]))
+    assert again.error is None and again.outcomes == Counter(sent=120)
+    assert Counter(e.recipient for e in mailer.sent) == Counter({f"reader{i:03d}@example.org": 1 for i in range(120)})
+
+
+def test_a_killed_render_process_stops_the_run_and_the_next_run_sends_the_rest_once(sqlite_url, tmp_path) -> None:
+    runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 1_300)
+    mailer = RecordingMailer()
+    with render_ahead.RenderAhead(runtime) as ahead:
+        def kill_the_child_once(done: int) -> None:
+            if done == 1:
+                os.kill(ahead._child.pid, signal.SIGKILL)  # noqa: SLF001
+
+        report = asyncio.run(send_due(runtime, mailers=[mailer], ahead=ahead, progress=kill_the_child_once))
+
+    assert report.error is not None
+    assert report.error.startswith("the rendering process stopped (exit status -9)"), report.error
+    sent_first = report.outcomes["sent"]
+    assert 1 <= sent_first < 1_300 and set(report.outcomes) == {"sent"}
+    states = delivery_states(runtime)
+    assert states == Counter({("sent", False): sent_first, ("pending", False): 1_300 - sent_first}), states
+
+    again = asyncio.run(send_due(runtime, mailers=[mailer]))
+    assert again.error is None and again.outcomes == Counter(sent=1_300 - sent_first)
+    assert Counter(e.recipient for e in mailer.sent) == Counter({f"reader{i:03d}@example.org": 1 for i in range(1_300)})
+
+
+@pytest.mark.parametrize(("due", "from_", "url", "worth"), [
+    (999, 1000, "file", False), (1000, 1000, "file", True), (5, 0, "file", True), (5000, 1000, "memory", False)])
+def test_only_a_big_run_on_a_database_another_process_can_open_uses_a_second_process(
+        tmp_path, monkeypatch, due, from_, url, worth) -> None:
+    database = f"sqlite:///{tmp_path}/x.db" if url == "file" else "sqlite://"
+    runtime = Runtime.build(Settings(database_url=database, render_ahead_from=from_, _env_file=None))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert render_ahead.worthwhile(runtime, due=due) is worth
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert render_ahead.worthwhile(runtime, due=due) is False  # one core: nothing to gain
