@@ -31,6 +31,7 @@ import logging.handlers
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncGenerator
 from multiprocessing.connection import Connection
@@ -75,7 +76,13 @@ class RenderAhead:
         self._to_parent = to_parent
 
     def __enter__(self) -> RenderAhead:
-        self._child.start()
+        # Ignored while it starts (the child inherits it): a Ctrl-C during its imports would print a traceback there.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+        try:
+            self._child.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self._to_parent.close()  # ours closed: the child's end is the only one left
         logger.info("claiming and rendering ahead of the sending in process %s", self._child.pid)
         return self
@@ -163,8 +170,8 @@ def _child_main(settings: Settings, holder: str, to_parent: Connection, go: Any,
             to_parent.send(("done", None))
         runtime.engine.dispose()
     except BaseException as exc:  # the parent stops the run with this as the reason
-        if not stop.is_set():
-            logger.exception("rendering ahead of the sending failed")
+        if not stop.is_set():  # one line, as the run's error says it; the traceback for who asks (DEBUG)
+            logger.error("rendering ahead of the sending failed: %s", one_line(exc), exc_info=logger.isEnabledFor(logging.DEBUG))
             with contextlib.suppress(OSError):
                 to_parent.send(("error", f"rendering ahead of the sending failed: {one_line(exc)}"))
 

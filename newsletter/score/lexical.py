@@ -19,6 +19,7 @@ a followed author is always picked, first. ``rank_papers`` adds each pick's reas
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
@@ -95,6 +96,15 @@ class PaperIndex:
         index._index_metadata()
         index.trending, index.boost = _boost(papers, now, trending_weight, recency_penalty_per_day)
         index.duplicate_of = _near_duplicates(index.weights)
+        return index
+
+    def as_of(self, now: dt.datetime | None, *, trending_weight: float = TRENDING_WEIGHT,
+              recency_penalty_per_day: float = RECENCY_PENALTY_PER_DAY) -> PaperIndex:
+        """The same papers' index with the boost (trending, age) as of ``now``: the text part is shared,
+        so windows that differ only by their end moment (send minutes) cost a boost, not an index."""
+        # The text-derived caches are shared; "placements" (trending, age) is the boost's, so it is not.
+        index = dataclasses.replace(self, reason_cache={k: v for k, v in self.reason_cache.items() if k != "placements"})
+        index.trending, index.boost = _boost(self.papers, now, trending_weight, recency_penalty_per_day)
         return index
 
     def _index_metadata(self) -> None:

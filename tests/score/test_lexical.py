@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from newsletter.ingest.feeds import parse_feed
@@ -168,3 +169,24 @@ def test_feedback_moves_the_ranking_the_right_way(index, papers) -> None:
     neighbours = [p.paper.key for p in before if "diffusion" in text_of(p.paper) and p.paper.key != liked.key]
     mean_position = lambda picks: sum(position(picks, k) for k in neighbours) / len(neighbours)  # noqa: E731
     assert neighbours and mean_position(after) < mean_position(before), "papers like the liked one move up"
+
+
+def test_an_index_moved_to_another_moment_ranks_as_one_built_at_that_moment(papers) -> None:
+    """Windows that differ only by their end (send minutes) share one text index (plan._index_windows);
+    its boost must still be that of its own end: ages and placements as a fresh build at that moment."""
+    import dataclasses
+    import datetime as dt
+
+    seen = [dataclasses.replace(p, first_seen_at=dt.datetime(2026, 11, 20) + dt.timedelta(hours=3 * i),
+                                upvotes=(i * 7) % 50 or None) for i, p in enumerate(papers)]
+    early, late = dt.datetime(2026, 12, 1, 7, 0), dt.datetime(2026, 12, 9, 7, 37)
+    base = PaperIndex.build(seen, now=early)
+    readers = [profile(1, topics=["diffusion models"]), profile(2, topics=["language models", "reinforcement learning"])]
+    rank_papers(base, readers, min_score=MIN_SCORE)  # fills the base's caches first, as an earlier batch would
+    moved, fresh = base.as_of(late), PaperIndex.build(seen, now=late)
+    assert not np.allclose(moved.boost, base.boost), "eight days later the ages differ"
+    assert np.allclose(moved.boost, fresh.boost) and np.allclose(moved.trending, fresh.trending)
+    moved_picks, fresh_picks = rank_papers(moved, readers, min_score=MIN_SCORE), rank_papers(fresh, readers, min_score=MIN_SCORE)
+    assert [[(r.paper.key, round(r.score, 6), r.reasons, r.placement) for r in picks] for picks in moved_picks] == \
+        [[(r.paper.key, round(r.score, 6), r.reasons, r.placement) for r in picks] for picks in fresh_picks]
+    assert moved.weights is base.weights, "the text part is shared, not rebuilt"
