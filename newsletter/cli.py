@@ -790,8 +790,9 @@ def digest(
     started = time.perf_counter()
     with _progress(as_json) as bar, hint(SUBSCRIBERS_HINT, about="no subscriber "):
         task = bar.add_task("sending", total=None)
-        run = asyncio.run(run_digest(runtime, now=now, only=only, dry_run=dry_run,
-                                     progress=lambda done: bar.update(task, completed=done)))
+        run, interrupted = asyncio.run(_until_done_or_ctrl_c(lambda stop: run_digest(
+            runtime, now=now, only=only, dry_run=dry_run, stop=stop, progress=lambda done: bar.update(task, completed=done)),
+            graceful=not dry_run))  # a dry run writes nothing: Ctrl-C stops it at once
     seconds = time.perf_counter() - started
     if as_json:
         def as_data(pick: Any) -> dict[str, Any]:  # pick: plan.Pick
@@ -810,8 +811,38 @@ def digest(
             print_why_nothing_was_sent(runtime, only=only, now=now)
     for message in run.errors:
         err.print(f"error: {safe(message)}")
+    if interrupted:
+        err.print(f"error: interrupted (Ctrl-C): no further message was taken, {run.outcomes.get('sent', 0):,} sent; "
+                  "the rest stays pending for the next run")
+        raise typer.Exit(130)
     if run.errors:
         raise typer.Exit(1)
+
+
+async def _until_done_or_ctrl_c(start: Callable[[asyncio.Event], Any], *, graceful: bool) -> tuple[Any, bool]:
+    """Run ``start(stop)``; the first Ctrl-C sets ``stop`` (no further message is taken, those in flight
+    finish and are recorded, what was claimed is released), a second one interrupts at once.
+
+    Cancelling the run instead (asyncio.run's default) left messages ``sending`` (each sent again by the
+    next run) and could wait a whole SMTP timeout in a half-closed connection."""
+    import signal
+
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def first_ctrl_c() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C: Python's own KeyboardInterrupt
+
+    try:
+        if graceful:
+            loop.add_signal_handler(signal.SIGINT, first_ctrl_c)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or a platform without it
+        pass
+    try:
+        return await start(stop), stop.is_set()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 def picks_as_data(papers: list) -> list[dict[str, Any]]:

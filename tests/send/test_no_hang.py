@@ -8,6 +8,7 @@ of stalling the suite.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -213,3 +214,36 @@ def test_a_relay_that_goes_away_mid_run_stops_it_and_a_later_run_sends_the_rest(
     received = sink.per_recipient()
     assert set(received) == set(readers)
     assert sum(received.values()) - len(readers) <= after_first["unknown"], "only an unknown outcome may arrive twice"
+
+
+@pytest.mark.parametrize("render_ahead_from", [0, 1_000_000], ids=["rendering-in-a-second-process", "in-a-thread"])
+def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_sends_the_rest_once(
+        cli, env, sqlite_url, tmp_path, relay, render_ahead_from) -> None:
+    settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                    from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
+                    smtp_port=relay.port, smtp_security="none", smtp_pool_size=3,  # type: ignore[attr-defined]
+                    smtp_rate_per_s=20, render_ahead_from=render_ahead_from)
+    env(**settings)
+    readers = add_readers(cli, tmp_path, 200)  # 10 s at 20 a second: Ctrl-C lands mid-run
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)],
+                               env=environment(**settings), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HARD_TIMEOUT_S
+        while len(relay.received) < 20 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=HARD_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    line = one_error_line(stderr)
+    assert line.startswith("error: interrupted (Ctrl-C)") and "stays pending" in line
+    after_first = Counter(statuses(sqlite_url).values())
+    assert set(after_first) == {"sent", "pending"}, f"nothing left sending or unknown: {after_first}"
+    assert after_first["sent"] == len(relay.received) < len(readers)
+
+    second = run_cli(environment(**settings), tmp_path, "digest")
+    assert second.returncode == 0, second.stderr
+    assert relay.per_recipient() == Counter(dict.fromkeys(readers, 1)), "each once: nothing sent twice"
