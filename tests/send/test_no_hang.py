@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,6 +89,23 @@ def statuses(url: str) -> dict[str, str]:
             select(Subscriber.email, Delivery.status).join(Delivery, Delivery.subscriber_id == Subscriber.id)).all())
     engine.dispose()
     return rows
+
+
+def digest_disturbed(environ: dict[str, str], cwd: Path, url: str, sink: FaultySink, *, after: int,
+                     disturb: Callable[[subprocess.Popen[str]], object]) -> tuple[int, str]:
+    """`newsletter digest` in a process, ``disturb``ed once the sink has ``after`` messages; (exit status, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(url)],
+                               env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HARD_TIMEOUT_S
+        while len(sink.received) < after and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        disturb(process)
+        _, stderr = process.communicate(timeout=HARD_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
 
 
 def one_error_line(stderr: str) -> str:
@@ -185,19 +202,9 @@ def test_a_relay_that_goes_away_mid_run_stops_it_and_a_later_run_sends_the_rest(
                     smtp_security="none", smtp_pool_size=2, smtp_timeout_s=10, smtp_rate_per_s=20)
     env(**settings)
     readers = add_readers(cli, tmp_path, 200)  # 10 s at 20 a second: the relay goes away long before the end
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)],
-                               env=environment(**settings), cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + HARD_TIMEOUT_S
-        while len(sink.received) < 20 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        controller.stop()
-        _, stderr = process.communicate(timeout=HARD_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 1
+    returncode, stderr = digest_disturbed(environment(**settings), tmp_path, sqlite_url, sink, after=20,
+                                          disturb=lambda _process: controller.stop())
+    assert returncode == 1
     line = one_error_line(stderr)
     assert f"cannot reach SMTP relay 127.0.0.1:{port}" in line and "stay pending" in line
     after_first = Counter(statuses(sqlite_url).values())
@@ -225,19 +232,9 @@ def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_se
                     smtp_rate_per_s=20, render_ahead_from=render_ahead_from)
     env(**settings)
     readers = add_readers(cli, tmp_path, 200)  # 10 s at 20 a second: Ctrl-C lands mid-run
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)],
-                               env=environment(**settings), cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + HARD_TIMEOUT_S
-        while len(relay.received) < 20 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=HARD_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130
+    returncode, stderr = digest_disturbed(environment(**settings), tmp_path, sqlite_url, relay, after=20,
+                                          disturb=lambda process: process.send_signal(signal.SIGINT))
+    assert returncode == 130
     line = one_error_line(stderr)
     assert line.startswith("error: interrupted (Ctrl-C)") and "stays pending" in line
     after_first = Counter(statuses(sqlite_url).values())
