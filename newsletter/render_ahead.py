@@ -112,7 +112,9 @@ class RenderAhead:
             return
         deadline = time.monotonic() + STOP_WAIT_S
         while self._child.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(EOFError, OSError):  # drain, so it is not stuck handing over a batch
+            # Drain, so it is not stuck handing over a batch. Anything may come out of a pipe a dying child
+            # wrote half a batch into (or that a cancelled read left mid-message): it is thrown away.
+            with contextlib.suppress(Exception):
                 while self._from_child.poll(0.1):
                     self._from_child.recv()
             self._child.join(timeout=0.1)
