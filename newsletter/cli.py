@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter import subscriptions, validate
 from newsletter.db import migrate, repo
-from newsletter.db.engine import make_engine, make_sessionmaker
+from newsletter.db.engine import make_engine, make_sessionmaker, sqlite_file
 from newsletter.db.models import Subscriber, utcnow
 from newsletter.errors import InvalidInput, NewsletterError, NotFound, redact
 from newsletter.records import NewSubscriber, Preferences
@@ -98,7 +98,7 @@ class Context:
     def engine(self) -> Engine:
         if self._engine is None:
             engine = make_engine(self.settings.database_url)
-            file = _sqlite_file(engine)
+            file = sqlite_file(engine)
             if file is not None and not file.exists():  # SQLite would make an empty file just by looking; only init may
                 raise NewsletterError(_NOT_INITIALISED.format(url=repr(engine.url)))
             _require_schema(engine)
@@ -108,14 +108,6 @@ class Context:
     @property
     def sessions(self) -> sessionmaker[Session]:
         return make_sessionmaker(self.engine)
-
-
-def _sqlite_file(engine: Engine) -> Path | None:
-    """The file of an SQLite database (None for another database or an in-memory one)."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
 
 
 def _require_schema(engine: Engine) -> None:

@@ -37,6 +37,7 @@ from collections.abc import AsyncGenerator
 from multiprocessing.connection import Connection
 from typing import Any
 
+from newsletter.db.engine import sqlite_file
 from newsletter.errors import NewsletterError
 from newsletter.runtime import Runtime
 from newsletter.send.dispatch import OutboundMessage, one_line
@@ -50,10 +51,9 @@ STOP_WAIT_S = 10.0  # a stopped child finishes the batch it is rendering within 
 
 def worthwhile(runtime: Runtime, *, due: int) -> bool:
     """Whether a run with ``due`` digests to send gains from a second process: enough of them (the child's
-    start-up is ~0.7 s of CPU), a second core, and a database another process can open (not in-memory SQLite)."""
-    url = runtime.engine.url
-    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-    return due >= runtime.settings.render_ahead_from and (os.cpu_count() or 1) > 1 and not in_memory
+    start-up is ~0.7 s of CPU), a second core, and a database another process can open (an SQLite file, not in memory)."""
+    unknown_file = runtime.engine.dialect.name == "sqlite" and sqlite_file(runtime.engine) is None  # in memory, or a URI
+    return due >= runtime.settings.render_ahead_from and (os.cpu_count() or 1) > 1 and not unknown_file
 
 
 class RenderAhead:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +32,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last commit
     cursor.close()
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of an SQLite database (None for another database, an in-memory one or a ``file:`` URI,
+    whose file is not known for sure)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

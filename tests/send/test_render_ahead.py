@@ -156,10 +156,12 @@ def test_a_killed_render_process_stops_the_run_and_the_next_run_sends_the_rest_o
 
 
 @pytest.mark.parametrize(("due", "from_", "url", "worth"), [
-    (999, 1000, "file", False), (1000, 1000, "file", True), (5, 0, "file", True), (5000, 1000, "memory", False)])
+    (999, 1000, "file", False), (1000, 1000, "file", True), (5, 0, "file", True), (5000, 1000, "memory", False),
+    (5000, 1000, "uri", False)])
 def test_only_a_big_run_on_a_database_another_process_can_open_uses_a_second_process(
         tmp_path, monkeypatch, due, from_, url, worth) -> None:
-    database = f"sqlite:///{tmp_path}/x.db" if url == "file" else "sqlite://"
+    database = {"file": f"sqlite:///{tmp_path}/x.db", "memory": "sqlite://",
+                "uri": f"sqlite:///file:{tmp_path}/x.db?uri=true"}[url]  # a URI: memory or file, not known for sure
     runtime = Runtime.build(Settings(database_url=database, render_ahead_from=from_, _env_file=None))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert render_ahead.worthwhile(runtime, due=due) is worth
