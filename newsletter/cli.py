@@ -270,7 +270,8 @@ def sources_add(
     with ctx.sessions() as session, hint(SOURCES_HINT, about="source ", on=InvalidInput):
         repo.add_source(session, url=resolved.url, kind=resolved.kind, name=name or title)
         session.commit()
-    note = f" ({safe(title)}: {plural(count or 0, 'paper')} now)" if title else ""
+    # The check only reads the feed: nothing is stored (and "last fetched" stays "never") until an ingest.
+    note = f" ({safe(title)}: it lists {plural(count or 0, 'paper')} now; 'newsletter ingest' stores them)" if title else ""
     out.print(f"added {resolved.kind} source {safe(resolved.url)}{note}")
 
 
@@ -794,7 +795,8 @@ def digest(
             _print_json_list(run.picks, as_data)
         else:
             _print_json({"at": now, "picks": [as_data(p) for p in run.picks], "outcomes": dict(run.outcomes),
-                         "missed": run.missed, "candidates": run.candidates, "seconds": round(seconds, 3)})
+                         "missed": run.missed, "candidates": run.candidates, "seconds": round(seconds, 3),
+                         "taken_over": run.taken_over, "held_elsewhere": run.held_elsewhere, "held_until": run.held_until})
     else:
         if verbose or only:
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
@@ -898,6 +900,12 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
     outcomes = ", ".join(f"{status} {count:,}" for status, count in sorted(run.outcomes.items())) or "nothing to send"
     rate = f", {sent / seconds:,.0f} emails/s" if sent and seconds > 0 else ""
     out.print(f"deliveries: {outcomes} ({seconds:.1f} s{rate})")
+    if run.taken_over:
+        out.print(f"taken over: {plural(run.taken_over, 'delivery', 'deliveries')} of a sender on this host that died "
+                  "(those it was handing over are retried once, with the same Message-ID)")
+    if run.held_elsewhere:
+        out.print(f"held by another sender: {plural(run.held_elsewhere, 'delivery', 'deliveries')}, its lease running until "
+                  f"{run.held_until:%H:%M:%S} UTC; if that sender has stopped, a run after then sends them")
     if run.errors:
         out.print(f"errors: {len(run.errors):,} (below)")
 
@@ -913,10 +921,11 @@ def status(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     failed twice in a row, the relay refuses the login, or deliveries expired in the last 24 hours. A
     daemon that is not running at all is no fault: 'newsletter digest' from cron is a fine setup.
     """
+    from newsletter.runtime import holder_is_dead
     from newsletter.status import read_status
 
     with _ctx(typer_ctx).sessions() as session:
-        report = read_status(session, now=utcnow())
+        report = read_status(session, now=utcnow(), is_dead=holder_is_dead)
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -973,6 +982,9 @@ def print_status(report: Any) -> None:  # report: status.Report
     d = report.deliveries
     counts = ", ".join(f"{name} {count:,}" for name, count in d.by_status.items() if count) or "none"
     out.print(f"deliveries recorded in the last 24 h: {counts}")
+    if d.held:
+        dead = f", {d.held_by_dead:,} of them by a sender of this host that died" if d.held_by_dead else ""
+        out.print(f"held by senders now: {plural(d.held, 'delivery', 'deliveries')}{dead}")
     oldest = f"; oldest unsent {when(d.oldest_unsent_at)}" if d.oldest_unsent_at else ""
     out.print(f"retries waiting {d.retries_waiting:,}{oldest}; expired in the last 24 h {d.expired_recently:,}; "
               f"subscribers bounced {d.bounced_subscribers:,}, suppressed {d.suppressed_subscribers:,}")

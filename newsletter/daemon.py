@@ -181,8 +181,9 @@ class Daemon:
         counts = {status: report.outcomes.get(status, 0) for status in ("sent", "retry", "failed", "unknown", "expired")}
         counts["expired"] += report.expired
         counts["recovered"] = report.recovered  # left "sending" by a sender that died: now unknown
+        counts["taken over"] = report.taken_over  # held by a sender of this host that died: sent now
         summary = ", ".join(f"{status} {count:,}" for status, count in counts.items()
-                            if count or status in ("sent", "retry", "failed", "unknown"))  # expired and recovered when there are any
+                            if count or status in ("sent", "retry", "failed", "unknown"))  # the others when there are any
         if report.error:
             return Done(f"{summary}; stopped early: {report.error}; the rest stays pending for the next tick", counts,
                         logging.WARNING, report.error)

@@ -29,7 +29,7 @@ from newsletter.errors import NewsletterError
 from newsletter.issue import day_renderer, day_trending, message_for
 from newsletter.records import Paper
 from newsletter.render.digest import DigestRenderer
-from newsletter.runtime import Runtime
+from newsletter.runtime import Runtime, holder_is_dead
 from newsletter.send.dispatch import GroupCommitter, OutboundMessage, RateLimiter, dispatch
 from newsletter.send.mailer import Mailer
 
@@ -46,6 +46,9 @@ BUILD_FAILURES_TO_STOP = 10  # digests failing to build before any succeeds: a b
 class DeliveryReport:
     outcomes: Counter[str] = field(default_factory=Counter)  # delivery status → count
     recovered: int = 0  # left "sending" by a dead sender, now unknown
+    taken_over: int = 0  # held by a sender of this host that died (its leases ended at once)
+    held_elsewhere: int = 0  # due, and held by another live sender when this run ended
+    held_until: dt.datetime | None = None  # when the last of those leases ends, unless renewed (naive UTC)
     expired: int = 0
     error: str | None = None  # why sending stopped early; the rest stays pending
 
@@ -78,6 +81,11 @@ async def send_due(
     now = clock()
     at = naive(now)
     with runtime.sessions() as session:
+        ledger.begin_write(session)
+        dead = ledger.end_dead_leases(session, now=at, is_dead=holder_is_dead)
+        for holder, count in dead.items():
+            logger.info("taking over %s deliveries held by %s, a sender of this host that died", count, holder)
+        report.taken_over = sum(dead.values())
         report.recovered = ledger.recover_interrupted(session, now=at)
         report.expired = ledger.expire_stale(session, now=at, window=dt.timedelta(hours=settings.retry_window_h))
         session.commit()
@@ -142,6 +150,8 @@ async def send_due(
             with writing:  # a renewal thread the cancel left running finishes first
                 ledger.release_leases(writes, holder=runtime.holder)
                 writes.commit()
+    with runtime.sessions() as session:  # what another sender holds: this run could not send it, and says so
+        report.held_elsewhere, report.held_until = ledger.held_elsewhere(session, now=naive(clock()), holder=runtime.holder)
     report.outcomes.update(result.outcomes)
     if ledger_writes.expired:  # the outcome was "try again later", but the retry window is over
         report.outcomes[DeliveryStatus.RETRY] -= ledger_writes.expired

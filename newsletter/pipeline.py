@@ -39,6 +39,9 @@ class DigestRun:
     outcomes: Counter[str] = field(default_factory=Counter)  # delivery status → count, after sending
     errors: list[str] = field(default_factory=list)
     enqueued: int | None = None  # NEWSLETTER_DISPATCH=procrastinate: send batches queued for `newsletter worker`
+    taken_over: int = 0  # deliveries a sender of this host held when it died, sent by this run
+    held_elsewhere: int = 0  # due deliveries another live sender held when this run ended
+    held_until: dt.datetime | None = None  # when the last of those leases ends, unless its sender renews it
 
     def __repr__(self) -> str:
         return (f"DigestRun(now={self.now.isoformat()}, candidates={self.candidates}, picks={len(self.picks)}, "
@@ -82,6 +85,7 @@ async def run_digest(
         delivered = await send_due(runtime, mailers=mailers, subscriber_id=_subscriber_id(runtime, only),
                                    stop=stop, progress=progress, ahead=ahead)
     run.outcomes.update(delivered.outcomes)
+    run.taken_over, run.held_elsewhere, run.held_until = delivered.taken_over, delivered.held_elsewhere, delivered.held_until
     if delivered.expired:
         run.outcomes[DeliveryStatus.EXPIRED] += delivered.expired
     if delivered.error:

@@ -184,8 +184,10 @@ def _render_until_done(runtime: Runtime, to_parent: Connection, stop: Any) -> bo
 
     builder = BatchBuilder(runtime)
     limit = FIRST_BATCH
+    parent = multiprocessing.parent_process()
     with runtime.sessions() as session:
-        while not stop.is_set():
+        # A killed parent sets nothing: claiming under its name after it died would hold rows from the next run.
+        while not stop.is_set() and (parent is None or parent.is_alive()):
             batch = builder.claim_and_build(session, now=dt.datetime.now(dt.UTC), subscriber_id=None, delivery_ids=None,
                                             limit=limit)
             limit = CLAIM_BATCH

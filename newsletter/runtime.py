@@ -42,6 +42,26 @@ def new_holder() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def holder_is_dead(holder: str) -> bool:
+    """Whether a lease holder (``new_holder``) is a process of this host that no longer exists.
+
+    Only ever True when that is certain: another host's holder, a name of another shape, or a pid that
+    exists (perhaps reused by an unrelated process) is taken as alive, and its leases run their course.
+    Hosts that share a database must have distinct host names (containers do, by default).
+    """
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname()[:60] or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # it exists, under another user; or not a pid at all
+        return False
+    return False
+
+
 @dataclass
 class Runtime:
     settings: Settings

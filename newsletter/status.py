@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -122,6 +122,8 @@ class Deliveries:
     expired_recently: int  # expired since ``since``
     bounced_subscribers: int  # subscribers with at least one permanent failure
     suppressed_subscribers: int  # status bounced: no longer sent to
+    held: int = 0  # unsent, under a sender's live lease now
+    held_by_dead: int = 0  # of those, held by a process of this host that no longer exists
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +180,9 @@ class Report:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_status(session: Session, *, now: dt.datetime) -> Report:
-    """Everything ``newsletter status`` shows, as of ``now`` (naive UTC), assessed."""
+def read_status(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool] = lambda _holder: False) -> Report:
+    """Everything ``newsletter status`` shows, as of ``now`` (naive UTC), assessed. ``is_dead``: whether a
+    lease holder is known to be a process that no longer exists (``runtime.holder_is_dead``)."""
     heartbeats = [Heartbeat(row.id, row.started_at, row.beat_at, row.stopped_at,
                             tuple(Job.from_heartbeat(str(k), v) for k, v in sorted((row.jobs or {}).items())))
                   for row in session.scalars(select(DaemonHeartbeat))]
@@ -195,14 +198,18 @@ def read_status(session: Session, *, now: dt.datetime) -> Report:
     ) if at is not None)
     from newsletter.scale.status import queue_status  # SQL only: no procrastinate needed to read its tables
 
-    report = Report(now, daemon_state(heartbeats, now=now), sources, _deliveries(session, now=now), next_sends,
+    report = Report(now, daemon_state(heartbeats, now=now), sources, _deliveries(session, now=now, is_dead=is_dead), next_sends,
                     queue=queue_status(session))
     problems, warnings = assess(report)
     return replace(report, needs_a_person=problems, warnings=warnings)
 
 
-def _deliveries(session: Session, *, now: dt.datetime) -> Deliveries:
+def _deliveries(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool]) -> Deliveries:
     since = now - RECENT
+    held: dict[str, int] = {holder: n for holder, n in session.execute(
+        select(Delivery.leased_by, func.count())
+        .where(Delivery.leased_by.is_not(None), Delivery.lease_until >= now, Delivery.status.in_([*UNSENT, DeliveryStatus.SENDING]))
+        .group_by(Delivery.leased_by))}
     counted: dict[str, int] = {status: n for status, n in session.execute(
         select(Delivery.status, func.count()).where(Delivery.created_at >= since).group_by(Delivery.status))}
     count = func.count()
@@ -215,6 +222,8 @@ def _deliveries(session: Session, *, now: dt.datetime) -> Deliveries:
             select(count).where(Delivery.status == DeliveryStatus.EXPIRED, Delivery.updated_at >= since)) or 0,
         bounced_subscribers=session.scalar(select(count).where(Subscriber.bounce_count > 0)) or 0,
         suppressed_subscribers=session.scalar(select(count).where(Subscriber.status == SubscriberStatus.BOUNCED)) or 0,
+        held=sum(held.values()),
+        held_by_dead=sum(n for holder, n in held.items() if is_dead(holder)),
     )
 
 
@@ -258,6 +267,9 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if deliveries.expired_recently:
         problems.append(f"{plural(deliveries.expired_recently, 'delivery', 'deliveries')} expired in the last "
                         f"{span(RECENT)} (not sent within the retry window)")
+    if deliveries.held_by_dead:
+        warnings.append(f"{plural(deliveries.held_by_dead, 'delivery', 'deliveries')} held by a sender of this host that "
+                        "died: the next 'newsletter digest' sends them")
     if deliveries.oldest_unsent_at is not None and now - deliveries.oldest_unsent_at > STUCK_AFTER:
         warnings.append(f"a delivery has waited {span(now - deliveries.oldest_unsent_at)} unsent")
     if report.queue is not None:

@@ -18,12 +18,12 @@ import datetime as dt
 import random
 import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import String, TextClause, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import String, TextClause, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -141,6 +141,33 @@ class Ledger:
 def lease_free(*, now: dt.datetime):
     """Rows nobody holds: never claimed, released, or whose holder let the lease lapse (it died)."""
     return or_(Delivery.lease_until.is_(None), Delivery.lease_until < now)
+
+
+def end_dead_leases(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool]) -> dict[str, int]:
+    """End now, not when they lapse, the leases of holders ``is_dead`` knows to be dead; returns the rows
+    per holder. A run started right after a crash (SIGKILL, out of memory, a power cut of the process)
+    then sends what the dead one held at once, instead of leaving it for a run after ``lease_s``; its
+    ``sending`` rows become ``unknown`` by ``recover_interrupted``, as any interrupted sender's do. The
+    counts are of unsent rows (the dead one's sent rows are only let go).
+    """
+    unsent = func.sum(case((Delivery.status.in_([*SENDABLE, DeliveryStatus.SENDING]), 1), else_=0))
+    held = session.execute(select(Delivery.leased_by, unsent, func.max(Delivery.lease_until))  # the partial index serves this
+                           .where(Delivery.leased_by.is_not(None)).group_by(Delivery.leased_by))
+    dead = {holder: count or 0 for holder, count, until in held if until is not None and until >= now and is_dead(holder)}
+    if dead:
+        # Rows it was handing over keep their holder until recover_interrupted records them; the rest are free.
+        session.execute(update(Delivery).where(Delivery.leased_by.in_(list(dead)))
+                        .values(lease_until=None, leased_by=case((Delivery.status == DeliveryStatus.SENDING, Delivery.leased_by))))
+    return dead
+
+
+def held_elsewhere(session: Session, *, now: dt.datetime, holder: str) -> tuple[int, dt.datetime | None]:
+    """Due deliveries another live sender holds (how many, and when the last of those leases ends)."""
+    count, until = session.execute(
+        select(func.count(), func.max(Delivery.lease_until))
+        .where(Delivery.leased_by.is_not(None), Delivery.leased_by != holder, Delivery.lease_until >= now,
+               Delivery.status.in_([*SENDABLE, DeliveryStatus.SENDING]))).one()
+    return count or 0, until
 
 
 def recover_interrupted(session: Session, *, now: dt.datetime) -> int:
@@ -416,5 +443,6 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
 
 
 __all__ = ["supersede_unsent", "DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
-           "claim_due", "delivery_items", "due_filter", "expire_stale", "last_planned_send", "recent_send_times",
+           "claim_due", "delivery_items", "due_filter", "end_dead_leases", "expire_stale",
+           "held_elsewhere", "last_planned_send", "recent_send_times",
            "record_deliveries", "recover_interrupted", "release_leases", "renew_leases"]

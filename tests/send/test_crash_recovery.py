@@ -5,22 +5,29 @@ connection per kill."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Subscriber
+from newsletter.plan import plan_due
+from newsletter.runtime import Runtime, holder_is_dead, new_holder
+from newsletter.settings import Settings
 from tests.conftest import FIXTURES, fixed_send_moment, free_port
 from tests.send.faults import FaultySink
+from tests.send.test_no_hang import add_readers, digest_disturbed, environment, relay, run_cli, statuses  # noqa: F401  (relay: a fixture)
 
 RECIPIENTS = 5000
 KILLS = 10
@@ -85,3 +92,91 @@ def test_sigkill_at_random_points_then_restart_delivers_each_message_once(cli, e
         assert {m for r, m, _ in sink.received if r == recipient} == {message_id}, "a resend carries the same Message-ID"
     assert len(duplicated) <= kills_landed * POOL
     print(f"\n{kills_landed} kills, {len(duplicated)} duplicates (bound {kills_landed * POOL}), {len(sink.received)} messages")
+
+
+@pytest.mark.parametrize("render_ahead_from", [0, 10_000], ids=["rendering ahead", "in one process"])
+def test_a_run_right_after_a_sigkill_sends_what_the_killed_run_held_at_once(
+        cli, env, sqlite_url, tmp_path, render_ahead_from, relay) -> None:  # noqa: F811  (the fixture imported above)
+    """The killed run's leases would keep its deliveries from anyone for ``lease_s`` (5 minutes by default):
+    a user re-running ``digest`` at once got "nothing to send". Its process is gone, so its leases end now."""
+    settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                    from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
+                    smtp_port=relay.port, smtp_security="none", smtp_pool_size=POOL, smtp_rate_per_s=40,
+                    render_ahead_from=render_ahead_from)  # the default lease (300 s) all along
+    env(**settings)
+    readers = add_readers(cli, tmp_path, 160)  # 4 s at 40 a second: the kill lands mid-run
+    returncode, _ = digest_disturbed(environment(**settings), tmp_path, sqlite_url, relay, after=20,
+                                     disturb=lambda process: process.send_signal(signal.SIGKILL))
+    assert returncode == -signal.SIGKILL
+    left = Counter(statuses(sqlite_url).values())
+    assert left["pending"] + left["sending"] > 0, left
+
+    again = run_cli(environment(**settings), tmp_path, "digest")
+    assert again.returncode == 0, again.stderr
+    assert f"taken over: {left['pending'] + left['sending']:,} deliveries of a sender on this host that died" in again.stdout
+    assert "held by another sender" not in again.stdout
+    per_recipient = relay.per_recipient()
+    assert set(per_recipient) == set(readers), "everyone's digest went out in the run right after the kill"
+    twice = [r for r, n in per_recipient.items() if n > 1]
+    assert len(twice) <= left["sending"] <= POOL and max(per_recipient.values()) <= 2, "only those it was handing over, once more"
+    assert set(statuses(sqlite_url).values()) == {"sent"}
+
+
+def test_a_run_beside_a_live_sender_leaves_its_deliveries_and_says_who_holds_them(
+        cli, env, sqlite_url, tmp_path, relay) -> None:  # noqa: F811  (the fixture imported above)
+    settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                    from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
+                    smtp_port=relay.port, smtp_security="none")
+    env(**settings)
+    readers = add_readers(cli, tmp_path, 5)
+    runtime = Runtime.build(Settings(**settings, _env_file=None))
+    plan_due(runtime, now=dt.datetime.fromisoformat(fixed_send_moment(sqlite_url)))  # planned, nothing sent yet
+    runtime.engine.dispose()
+    assert set(statuses(sqlite_url).values()) == {"pending"}
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a sender of this host, alive
+    try:
+        engine = make_engine(sqlite_url)
+        with make_sessionmaker(engine)() as session:  # two of them held by the live process, as its claim would
+            held = list(session.scalars(select(Delivery).order_by(Delivery.id).limit(2)))
+            for delivery in held:
+                delivery.leased_by = f"{socket.gethostname()[:60]}:{live.pid}:0badf00d"
+                delivery.lease_until = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=5)
+            session.commit()
+        engine.dispose()
+
+        second = run_cli(environment(**settings), tmp_path, "digest")
+        assert second.returncode == 0, second.stderr
+        assert "sent 3" in second.stdout and "taken over" not in second.stdout
+        assert "held by another sender: 2 deliveries, its lease running until" in second.stdout
+        assert len(relay.per_recipient()) == 3
+        status = run_cli(environment(**settings), tmp_path, "status")
+        assert "held by senders now: 2 deliveries\n" in status.stdout and "died" not in status.stdout, status.stdout
+    finally:
+        live.kill()
+        live.wait()
+    status = run_cli(environment(**settings), tmp_path, "status")  # a warning, not a page: the next run sends them
+    assert status.returncode == 0
+    assert "held by senders now: 2 deliveries, 2 of them by a sender of this host that died" in status.stdout
+    assert "2 deliveries held by a sender of this host that died: the next 'newsletter digest' sends them" in status.stdout
+
+    third = run_cli(environment(**settings), tmp_path, "digest")  # it is gone now: its two go at once
+    assert third.returncode == 0, third.stderr
+    assert "taken over: 2 deliveries" in third.stdout
+    assert relay.per_recipient() == Counter(dict.fromkeys(readers, 1))
+
+
+def test_only_a_process_of_this_host_that_is_certainly_gone_counts_as_a_dead_holder() -> None:
+    host = socket.gethostname()[:60]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names no process (until reused, when it counts as alive: its lease runs its course)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert holder_is_dead(f"{host}:{gone.pid}:ab12cd34")
+        assert not holder_is_dead(f"{host}:{alive.pid}:ab12cd34")
+        assert not holder_is_dead(new_holder()), "this very process"
+        assert not holder_is_dead(f"another-host:{gone.pid}:ab12cd34"), "another host's processes cannot be looked at"
+        for odd in ("", "worker-7", f"{host}:", f"{host}:abc:1", f"{host}:99999999999999999999:1"):
+            assert not holder_is_dead(odd), odd
+    finally:
+        alive.kill()
+        alive.wait()
