@@ -209,7 +209,7 @@ def _deliveries(session: Session, *, now: dt.datetime, is_dead: Callable[[str], 
     held: dict[str, int] = {holder: n for holder, n in session.execute(
         select(Delivery.leased_by, func.count())
         .where(Delivery.leased_by.is_not(None), Delivery.lease_until >= now, Delivery.status.in_([*UNSENT, DeliveryStatus.SENDING]))
-        .group_by(Delivery.leased_by))}
+        .group_by(Delivery.leased_by)) if holder is not None}
     counted: dict[str, int] = {status: n for status, n in session.execute(
         select(Delivery.status, func.count()).where(Delivery.created_at >= since).group_by(Delivery.status))}
     count = func.count()
