@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from newsletter.db.engine import sqlite_file
@@ -47,13 +48,30 @@ logger = logging.getLogger(__name__)
 FIRST_BATCH = 100  # a small first batch: the sending starts sooner
 POLL_S = 0.5  # how often each side looks whether the other is still there
 STOP_WAIT_S = 10.0  # a stopped child finishes the batch it is rendering within this, or is terminated
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" or "max PERIOD" (cgroup v2)
 
 
 def worthwhile(runtime: Runtime, *, due: int) -> bool:
     """Whether a run with ``due`` digests to send gains from a second process: enough of them (the child's
     start-up is ~0.7 s of CPU), a second core, and a database another process can open (an SQLite file, not in memory)."""
     unknown_file = runtime.engine.dialect.name == "sqlite" and sqlite_file(runtime.engine) is None  # in memory, or a URI
-    return due >= runtime.settings.render_ahead_from and (os.cpu_count() or 1) > 1 and not unknown_file
+    return due >= runtime.settings.render_ahead_from and usable_cpus() > 1 and not unknown_file
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity mask (taskset), capped by a cgroup v2 CPU quota
+    (``docker run --cpus=1`` on a 16-core host is one CPU: a second process would only compete for it)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(int(quota) // int(period), 1))
+    except (OSError, ValueError):  # no cgroup v2 here, or a file of another shape: the mask alone
+        pass
+    return count
 
 
 class RenderAhead:

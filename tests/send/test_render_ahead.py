@@ -163,7 +163,17 @@ def test_only_a_big_run_on_a_database_another_process_can_open_uses_a_second_pro
     database = {"file": f"sqlite:///{tmp_path}/x.db", "memory": "sqlite://",
                 "uri": f"sqlite:///file:{tmp_path}/x.db?uri=true"}[url]  # a URI: memory or file, not known for sure
     runtime = Runtime.build(Settings(database_url=database, render_ahead_from=from_, _env_file=None))
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 2)
     assert render_ahead.worthwhile(runtime, due=due) is worth
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 1)
     assert render_ahead.worthwhile(runtime, due=due) is False  # one core: nothing to gain
+
+
+@pytest.mark.parametrize(("cpu_max", "cap"), [
+    ("50000 100000\n", 1), ("100000 100000\n", 1), ("250000 100000\n", 2), ("max 100000\n", None), ("odd\n", None), (None, None)])
+def test_a_cgroup_cpu_quota_caps_the_cpus_counted_for_a_second_process(tmp_path, cpu_max, cap) -> None:
+    mask = len(os.sched_getaffinity(0))
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert render_ahead.usable_cpus(path) == (mask if cap is None else min(mask, cap))
