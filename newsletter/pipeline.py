@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from newsletter import render_ahead
-from newsletter.db import repo
-from newsletter.db.models import DeliveryStatus
+from newsletter.db import ledger, repo
+from newsletter.db.models import DeliveryStatus, naive
 from newsletter.deliver import send_due
 from newsletter.plan import Pick, plan_due, plan_now, preview_next
 from newsletter.runtime import Runtime
@@ -108,8 +108,14 @@ async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | Non
 
 
 def _due_count(runtime: Runtime, now: dt.datetime) -> int:
+    """Digests this run will send, counted up to the render-ahead threshold: the subscribers due at ``now`` and
+    the deliveries already due (a crashed run's rest, retries), on the real clock the sending runs on."""
+    at_least = runtime.settings.render_ahead_from
     with runtime.sessions() as session:
-        return repo.due_count(session, now=now, at_least=runtime.settings.render_ahead_from)
+        subscribers = repo.due_count(session, now=now, at_least=at_least)
+        if subscribers >= at_least:
+            return subscribers
+        return subscribers + ledger.due_count(session, now=naive(dt.datetime.now(dt.UTC)), at_least=at_least - subscribers)
 
 
 def _subscriber_id(runtime: Runtime, email: str | None) -> int | None:

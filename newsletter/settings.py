@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     bounce_limit: int = Field(default=3, ge=1)  # permanent failures before an address is suppressed
     # A sender's claim on a batch of deliveries; renewed while it sends, taken over by another once it lapses.
     lease_s: float = Field(default=300.0, ge=5)
-    # A digest run with at least this many subscribers due claims and renders in a second process, ahead of
-    # the sending, so the two use two cores (newsletter.render_ahead); 0: always.
+    # A digest run with at least this many digests to send (subscribers due, deliveries left by an earlier run)
+    # claims and renders in a second process, ahead of the sending, so the two use two cores (newsletter.render_ahead); 0: always.
     render_ahead_from: int = Field(default=1000, ge=0)
     dkim_private_key_path: Path | None = None  # PEM; signing is on when this is set
     dkim_selector: str = "digest"

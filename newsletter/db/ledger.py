@@ -208,6 +208,12 @@ def due_filter(*, now: dt.datetime):
     )
 
 
+def due_count(session: Session, *, now: dt.datetime, at_least: int) -> int:
+    """How many deliveries are due at ``now`` (held or not: a dead sender's are about to be free), up to ``at_least``."""
+    due = select(Delivery.id).where(Delivery.status.in_(SENDABLE), due_filter(now=now)).limit(at_least).subquery()
+    return session.scalar(select(func.count()).select_from(due)) or 0
+
+
 def anything_to_send(session: Session, *, now: dt.datetime) -> bool:
     """Is a delivery due and free to claim, or left ``sending`` by a sender whose claim lapsed (``recover_interrupted``)?"""
     query = (select(Delivery.id).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
@@ -443,6 +449,6 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
 
 
 __all__ = ["supersede_unsent", "DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
-           "claim_due", "delivery_items", "due_filter", "end_dead_leases", "expire_stale",
+           "claim_due", "delivery_items", "due_count", "due_filter", "end_dead_leases", "expire_stale",
            "held_elsewhere", "last_planned_send", "recent_send_times",
            "record_deliveries", "recover_interrupted", "release_leases", "renew_leases"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-import newsletter.issue
+import newsletter.deliver
 from newsletter import render_ahead
 from newsletter.db import repo
 from newsletter.db.models import Delivery
@@ -90,7 +90,7 @@ def broken_renderer(*_args: object, **_kwargs: object) -> None:
 
 def test_the_messages_are_rendered_by_the_other_process(sqlite_url, tmp_path, monkeypatch, caplog) -> None:
     runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 250)
-    monkeypatch.setattr(newsletter.issue, "message_for", broken_renderer)  # here only: the child imports its own
+    monkeypatch.setattr(newsletter.deliver, "message_for", broken_renderer)  # here only: the child imports its own
     mailer = RecordingMailer()
     caplog.set_level(logging.INFO, logger="newsletter.render_ahead")
     with render_ahead.RenderAhead(runtime) as ahead:
@@ -177,3 +177,19 @@ def test_a_cgroup_cpu_quota_caps_the_cpus_counted_for_a_second_process(tmp_path,
     if cpu_max is not None:
         path.write_text(cpu_max)
     assert render_ahead.usable_cpus(path) == (mask if cap is None else min(mask, cap))
+
+
+def test_a_run_with_only_deliveries_left_over_counts_them_and_renders_ahead(sqlite_url, tmp_path, monkeypatch) -> None:
+    """A run after a crash has no subscriber due (they were planned) but a whole list to send: it counts."""
+    from newsletter.pipeline import run_digest
+
+    planned, now = runtime_with_readers(tmp_path, sqlite_url, 60, render_ahead_from=50)
+    mailer = RecordingMailer()
+    runtime = Runtime.build(planned.settings, connect=lambda: mailer)
+    monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(newsletter.deliver, "message_for", broken_renderer)  # here only: the child imports its own
+
+    run = asyncio.run(run_digest(runtime, now=now))
+    assert not run.picks, "nobody was due: the 60 deliveries were planned by an earlier run"
+    assert run.errors == [] and run.outcomes == Counter(sent=60)
+    assert Counter(e.recipient for e in mailer.sent) == Counter({f"reader{i:03d}@example.org": 1 for i in range(60)})
