@@ -77,6 +77,8 @@ async def send_due(
     and not sent is released for the next sender. ``ahead``: the messages are claimed and rendered in
     that second process (``newsletter.render_ahead``: a big run, on the real clock), not in a thread.
     """
+    if ahead is not None and (subscriber_id is not None or delivery_ids is not None):
+        raise ValueError("rendering ahead claims everything due: not for one subscriber's or a worker's batch")
     settings, report = runtime.settings, DeliveryReport()
     now = clock()
     at = naive(now)
