@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.db import ledger
 from newsletter.db.models import DELIVERY_STATUSES, DaemonHeartbeat, Delivery, DeliveryStatus, Source, Subscriber, SubscriberStatus
 from newsletter.ingest.run import ARXIV_TIMEZONE, EMPTY_LISTING, is_arxiv_weekday
 from newsletter.ingest.sources import ARXIV_RSS
@@ -206,10 +207,7 @@ def read_status(session: Session, *, now: dt.datetime, is_dead: Callable[[str], 
 
 def _deliveries(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool]) -> Deliveries:
     since = now - RECENT
-    held: dict[str, int] = {holder: n for holder, n in session.execute(
-        select(Delivery.leased_by, func.count())
-        .where(Delivery.leased_by.is_not(None), Delivery.lease_until >= now, Delivery.status.in_([*UNSENT, DeliveryStatus.SENDING]))
-        .group_by(Delivery.leased_by)) if holder is not None}
+    held = {holder: count for holder, (count, _) in ledger.live_leases(session, now=now).items()}
     counted: dict[str, int] = {status: n for status, n in session.execute(
         select(Delivery.status, func.count()).where(Delivery.created_at >= since).group_by(Delivery.status))}
     count = func.count()

@@ -143,31 +143,34 @@ def lease_free(*, now: dt.datetime):
     return or_(Delivery.lease_until.is_(None), Delivery.lease_until < now)
 
 
+def live_leases(session: Session, *, now: dt.datetime) -> dict[str, tuple[int, dt.datetime]]:
+    """Unsent deliveries under a lease alive at ``now``, per holder: how many, and when the last of those leases ends."""
+    rows = session.execute(select(Delivery.leased_by, func.count(), func.max(Delivery.lease_until))  # the partial index serves this
+                           .where(Delivery.leased_by.is_not(None), Delivery.lease_until >= now,
+                                  Delivery.status.in_([*SENDABLE, DeliveryStatus.SENDING]))
+                           .group_by(Delivery.leased_by))
+    return {holder: (count, until) for holder, count, until in rows if holder is not None and until is not None}
+
+
 def end_dead_leases(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool]) -> dict[str, int]:
-    """End now, not when they lapse, the leases of holders ``is_dead`` knows to be dead; returns the rows
-    per holder. A run started right after a crash (SIGKILL, out of memory, a power cut of the process)
+    """End now, not when they lapse, the leases of holders ``is_dead`` knows to be dead; returns their unsent
+    rows per holder. A run started right after a crash (SIGKILL, out of memory, a power cut of the process)
     then sends what the dead one held at once, instead of leaving it for a run after ``lease_s``; its
-    ``sending`` rows become ``unknown`` by ``recover_interrupted``, as any interrupted sender's do. The
-    counts are of unsent rows (the dead one's sent rows are only let go).
+    ``sending`` rows become ``unknown`` by ``recover_interrupted``, as any interrupted sender's do.
     """
-    unsent = func.sum(case((Delivery.status.in_([*SENDABLE, DeliveryStatus.SENDING]), 1), else_=0))
-    held = session.execute(select(Delivery.leased_by, unsent, func.max(Delivery.lease_until))  # the partial index serves this
-                           .where(Delivery.leased_by.is_not(None)).group_by(Delivery.leased_by))
-    dead = {holder: count or 0 for holder, count, until in held if until is not None and until >= now and is_dead(holder)}
+    dead = {holder: count for holder, (count, _) in live_leases(session, now=now).items() if is_dead(holder)}
     if dead:
-        # Rows it was handing over keep their holder until recover_interrupted records them; the rest are free.
+        # Rows it was handing over keep their holder until recover_interrupted records them; the rest (its
+        # sent rows too) are let go.
         session.execute(update(Delivery).where(Delivery.leased_by.in_(list(dead)))
                         .values(lease_until=None, leased_by=case((Delivery.status == DeliveryStatus.SENDING, Delivery.leased_by))))
     return dead
 
 
 def held_elsewhere(session: Session, *, now: dt.datetime, holder: str) -> tuple[int, dt.datetime | None]:
-    """Due deliveries another live sender holds (how many, and when the last of those leases ends)."""
-    count, until = session.execute(
-        select(func.count(), func.max(Delivery.lease_until))
-        .where(Delivery.leased_by.is_not(None), Delivery.leased_by != holder, Delivery.lease_until >= now,
-               Delivery.status.in_([*SENDABLE, DeliveryStatus.SENDING]))).one()
-    return count or 0, until
+    """Unsent deliveries other live senders hold than ``holder`` (how many, and when the last of those leases ends)."""
+    others = [held for other, held in live_leases(session, now=now).items() if other != holder]
+    return sum(count for count, _ in others), max((until for _, until in others), default=None)
 
 
 def recover_interrupted(session: Session, *, now: dt.datetime) -> int:
@@ -450,5 +453,5 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
 
 __all__ = ["supersede_unsent", "DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
            "claim_due", "delivery_items", "due_count", "due_filter", "end_dead_leases", "expire_stale",
-           "held_elsewhere", "last_planned_send", "recent_send_times",
+           "held_elsewhere", "last_planned_send", "live_leases", "recent_send_times",
            "record_deliveries", "recover_interrupted", "release_leases", "renew_leases"]
