@@ -652,7 +652,8 @@ def subscribers_import(
             more = len(parsed.errors) + len(parsed.skipped) - 50
             err.print(f"... and {plural(more, 'more problem')} (--json lists them all)")
         skipped = f" ({len(parsed.skipped):,} skipped)" if parsed.skipped else ""
-        out.print(f"imported {plural(imported, 'subscriber')} from {file}{skipped}")
+        if skip_invalid or not parsed.errors:  # else the error below says "nothing imported", once
+            out.print(f"imported {plural(imported, 'subscriber')} from {file}{skipped}")
     if parsed.errors and not skip_invalid:
         raise NewsletterError(f"{file}: {plural(parsed.invalid_rows, 'invalid row')}, nothing imported; "
                               "fix them or pass --skip-invalid")
@@ -753,7 +754,8 @@ def _parse_instant(value: str | None) -> dt.datetime:
 
 
 AtOption = Annotated[str | None, typer.Option(
-    "--at", help="Run as if now were this instant, e.g. 2026-12-01T06:00:00Z (tests, backfills, checking a schedule).")]
+    "--at", help="Run as if now were this instant, e.g. 2026-12-01T06:00:00Z or 2026-12-01T07:00:00+01:00; "
+                 "a time without a zone is UTC (tests, backfills, checking a schedule).")]
 
 
 @app.command()

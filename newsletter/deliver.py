@@ -143,8 +143,8 @@ async def send_due(
         messages = _messages(batches, stop=stop)
         keeper = asyncio.create_task(_keep_leases(renew, every_s=settings.lease_s / 3))
         try:
-            result = await dispatch(messages, mailers=mailers, committer=GroupCommitter(write), limiter=limiter,
-                                    on_outcome=counted)
+            committer = GroupCommitter(write, in_thread=runtime.engine.dialect.name != "sqlite")  # a local file: inline
+            result = await dispatch(messages, mailers=mailers, committer=committer, limiter=limiter, on_outcome=counted)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -121,12 +121,13 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
     due: list[tuple[Subscriber, schedule.Schedule, schedule.DueIssue]] = []
     planned: list[PlannedDelivery] = []
     walks: dict[tuple[schedule.Schedule, dt.datetime], _Walk] = {}  # subscribers share a few schedules and moments
+    moves: list[tuple[int, dt.datetime | None]] = []  # (subscriber id, their next send moment)
     for subscriber in subscribers:
         try:
             plan = repo.schedule_of(subscriber)
         except NewsletterError as exc:  # a schedule written by hand that makes no sense: skip them, not everyone
             logger.warning("subscriber %s has an invalid schedule (%s); skipped until it is fixed", subscriber.email, exc)
-            subscriber.next_send_at = None
+            moves.append((subscriber.id, None))
             continue
         send_at = aware(subscriber.next_send_at)  # type: ignore[arg-type]  # selected by next_send_at <= now
         if (walk := walks.get((plan, send_at))) is None:
@@ -135,7 +136,8 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
                        for issue in walk.missed)
         if walk.due is not None:
             due.append((subscriber, plan, walk.due))
-        subscriber.next_send_at = naive(walk.next_send_at)
+        moves.append((subscriber.id, naive(walk.next_send_at)))
+    repo.move_next_send_at(session, moves=moves)
     ledger.supersede_unsent(session, issues=[(s.id, issue.issue_date) for s, _, issue in due], now=utcnow())
     last = ledger.last_planned_send(session, subscriber_ids=[s.id for s, _, _ in due])
     windows = []

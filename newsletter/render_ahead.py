@@ -82,16 +82,19 @@ class RenderAhead:
     a pipe whose writing end only the child holds, so a child that dies mid-batch is an end of file
     here, never a read that waits forever; and the child's write of a batch waits while this side is
     not reading, so the child is at most two batches ahead (the one it hands over, the one it renders).
+    A second pipe carries this side's word to the child ("go", "stop"): pipes, not multiprocessing's
+    events, whose semaphores a SIGKILLed sender would leave behind (the resource tracker then printed a
+    warning about them into the sender's log, after the crash it was about).
     """
 
     def __init__(self, runtime: Runtime) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: the parent has threads and open connections
         self._from_child, to_parent = context.Pipe(duplex=False)
-        self._go, self._stop = context.Event(), context.Event()
+        from_parent, self._to_child = context.Pipe(duplex=False)
         self._child = context.Process(target=_child_main, name="newsletter-render-ahead", daemon=True,
-                                      args=(runtime.settings, runtime.holder, to_parent, self._go, self._stop,
+                                      args=(runtime.settings, runtime.holder, to_parent, from_parent,
                                             logging.getLogger().getEffectiveLevel()))
-        self._to_parent = to_parent
+        self._to_parent, self._from_parent = to_parent, from_parent
 
     def __enter__(self) -> RenderAhead:
         # Ignored while it starts (the child inherits it): a Ctrl-C during its imports would print a traceback there.
@@ -102,6 +105,7 @@ class RenderAhead:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         self._to_parent.close()  # ours closed: the child's end is the only one left
+        self._from_parent.close()
         logger.info("claiming and rendering ahead of the sending in process %s", self._child.pid)
         return self
 
@@ -110,7 +114,7 @@ class RenderAhead:
 
     async def batches(self) -> AsyncGenerator[list[OutboundMessage], None]:
         """Claimed and rendered batches from the child, until nothing is due."""
-        self._go.set()
+        self._tell("go")
         try:
             while True:
                 kind, value = await asyncio.to_thread(self._next)
@@ -125,9 +129,9 @@ class RenderAhead:
 
     def close(self) -> None:
         """Stop the child: it finishes the batch in hand, or is terminated after STOP_WAIT_S. Idempotent."""
-        self._stop.set()
         if self._child.pid is None:  # never started
             return
+        self._tell("stop")
         deadline = time.monotonic() + STOP_WAIT_S
         while self._child.is_alive() and time.monotonic() < deadline:
             # Drain, so it is not stuck handing over a batch. Anything may come out of a pipe a dying child
@@ -141,6 +145,11 @@ class RenderAhead:
             self._child.terminate()
             self._child.join(timeout=STOP_WAIT_S)
         self._from_child.close()
+        self._to_child.close()
+
+    def _tell(self, order: str) -> None:
+        with contextlib.suppress(OSError):  # the child is gone already (closed, or it died): nothing to tell
+            self._to_child.send(order)
 
     def _next(self) -> tuple[str, Any]:
         """The child's next batch, "done" or error; its log records on the way go to our loggers."""
@@ -172,19 +181,47 @@ class _Sender:
             self.to_parent.send(("log", record))
 
 
-def _child_main(settings: Settings, holder: str, to_parent: Connection, go: Any, stop: Any, log_level: int) -> None:
+class _Orders:
+    """The parent's word, as the child reads it: "go" once everything is planned, "stop" when the run
+    ends early. The parent gone (its end of the pipe closed: it died, or closed) is a stop too."""
+
+    def __init__(self, from_parent: Connection) -> None:
+        self.from_parent = from_parent
+        self.go = self.stopped = False
+
+    def _read(self, timeout: float) -> None:
+        try:
+            while not self.stopped and self.from_parent.poll(timeout):
+                order = self.from_parent.recv()
+                self.go, self.stopped = self.go or order == "go", self.stopped or order == "stop"
+                timeout = 0
+        except (EOFError, OSError):
+            self.stopped = True
+
+    def wait_for_go(self, timeout: float) -> bool:
+        self._read(timeout)
+        return self.go
+
+    def is_set(self) -> bool:
+        """Whether to stop (the name ``threading.Event`` has, as the sender's own stop)."""
+        self._read(0)
+        return self.stopped
+
+
+def _child_main(settings: Settings, holder: str, to_parent: Connection, from_parent: Connection, log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(_Sender(to_parent))]  # type: ignore[arg-type]
     root.setLevel(log_level)
+    stop = _Orders(from_parent)
     try:
         runtime = Runtime.build(settings)
         runtime.holder = holder  # claims are the sender's: its lease renewal and release cover them
         for name in runtime.templates.list_templates():  # compiled while the parent plans
             runtime.templates.get_template(name)
         parent = multiprocessing.parent_process()
-        while not go.wait(timeout=POLL_S):
-            if stop.is_set() or (parent is not None and not parent.is_alive()):  # a killed parent sets nothing
+        while not stop.wait_for_go(POLL_S):
+            if stop.is_set() or (parent is not None and not parent.is_alive()):
                 return
         if _render_until_done(runtime, to_parent, stop):
             to_parent.send(("done", None))
@@ -196,7 +233,7 @@ def _child_main(settings: Settings, holder: str, to_parent: Connection, go: Any,
                 to_parent.send(("error", f"rendering ahead of the sending failed: {one_line(exc)}"))
 
 
-def _render_until_done(runtime: Runtime, to_parent: Connection, stop: Any) -> bool:
+def _render_until_done(runtime: Runtime, to_parent: Connection, stop: _Orders) -> bool:
     """Claim, render and hand over batches until none is due; False if told to stop on the way."""
     from newsletter.deliver import CLAIM_BATCH, BatchBuilder
 
@@ -204,7 +241,8 @@ def _render_until_done(runtime: Runtime, to_parent: Connection, stop: Any) -> bo
     limit = FIRST_BATCH
     parent = multiprocessing.parent_process()
     with runtime.sessions() as session:
-        # A killed parent sets nothing: claiming under its name after it died would hold rows from the next run.
+        # A parent gone (its pipe ended, or it is no longer alive): claiming under its name after it died would
+        # hold rows from the next run.
         while not stop.is_set() and (parent is None or parent.is_alive()):
             batch = builder.claim_and_build(session, now=dt.datetime.now(dt.UTC), subscriber_id=None, delivery_ids=None,
                                             limit=limit)

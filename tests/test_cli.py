@@ -192,6 +192,7 @@ def test_import_reports_invalid_rows_by_line_and_imports_nothing(cli, ready, tmp
                      "line 5: good@example.org already appears on line 2", "line 6: old@example.org is already a subscriber",
                      "line 7: hour 'noon' is not a whole number", "5 invalid rows, nothing imported"):
         assert expected in result.err
+    assert "imported" not in result.out  # "nothing imported" is said once, by the error
     assert [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)] == ["old@example.org"]
 
     skipped = cli("subscribers", "import", str(path), "--skip-invalid")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import String, func, insert, select, text, type_coerce
+from sqlalchemy import String, bindparam, func, insert, select, text, type_coerce, update
 from sqlalchemy.orm import Session
 
 from newsletter import records, schedule
@@ -148,6 +148,15 @@ def _subscriber_row(new: records.NewSubscriber, now: dt.datetime) -> dict[str, A
 def schedule_of(subscriber: records.NewSubscriber | Subscriber | Reader) -> schedule.Schedule:
     return schedule.Schedule(subscriber.timezone, subscriber.send_hour, subscriber.send_minute,
                              schedule.Frequency(subscriber.frequency), subscriber.send_weekday)
+
+
+def move_next_send_at(session: Session, *, moves: Sequence[tuple[int, dt.datetime | None]]) -> None:
+    """Set each (subscriber id, next send moment) in one executemany: through the ORM's change tracking,
+    the 5,000 of a planning pass were a quarter of its time."""
+    if moves:
+        session.connection().execute(
+            update(Subscriber).where(Subscriber.id == bindparam("subscriber")).values(next_send_at=bindparam("when")),
+            [{"subscriber": subscriber_id, "when": when} for subscriber_id, when in moves])
 
 
 def first_send_at(plan: schedule.Schedule, *, now: dt.datetime) -> dt.datetime:

@@ -53,18 +53,16 @@ def encoded_words(value: str) -> str:
 
     Written here because the stdlib's encoder costs about 1 ms a subject, a third of a digest's time.
     """
-    words: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    for char in value:
-        width = len(char.encode())
-        if size + width > WORD_BYTES:
-            words.append("".join(chunk))
-            chunk, size = [], 0
-        chunk.append(char)
-        size += width
-    words.append("".join(chunk))
-    return "\r\n ".join("=?utf-8?b?" + base64.b64encode(w.encode()).decode() + "?=" for w in words)
+    data = value.encode()
+    words: list[bytes] = []
+    start = 0
+    while start < len(data):
+        end = min(start + WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character: end the word before it
+            end -= 1
+        words.append(data[start:end])
+        start = end
+    return "\r\n ".join("=?utf-8?b?" + base64.b64encode(w).decode() + "?=" for w in words or [b""])
 
 
 def encode_header(name: str, value: str) -> str:

@@ -78,10 +78,13 @@ def test_css_is_inlined_and_dark_mode_rules_kept() -> None:
 def test_titles_and_reasons_are_escaped_and_cannot_forge_a_slot() -> None:
     renderer = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
     forged = f"@@{renderer.slots.token}:email@@"  # even knowing the token, a title is escaped text, not a slot name
-    email = renderer.render(digest(paper(title='<script>alert("x")</script> Attention'),
-                                   reasons=(f"<b>{forged}</b>",)))
+    braces = "{email} {0} }{ {{x}}"  # the renderer fills str.format templates: a value is never read as one
+    email = renderer.render(digest(paper(title='<script>alert("x")</script> Attention {email}'),
+                                   reasons=(f"<b>{forged}</b>", braces)))
     assert "<script>alert" not in email.html and "&lt;script&gt;" in email.html
     assert "&lt;b&gt;" in email.html
+    assert braces in email.html and braces in email.text and "Attention {email}" in email.text
+    assert re.search(r"@media[^{}]*\{[^{}]*\{", email.html)  # the template's own braces (kept styles) stay single
     fresh = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE)
     assert fresh.slots.token != renderer.slots.token
 
