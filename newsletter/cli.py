@@ -217,10 +217,11 @@ def ingest(
     if as_json:
         _print_json([r.as_dict() for r in reports])
     else:
-        table = Table("source", "fetched", "new", "updated", "unchanged", "errors", "time", title="ingest")
+        # "outcome": the error, or a note ("same content as the last fetch") that is not one.
+        table = Table("source", "fetched", "new", "updated", "unchanged", "outcome", "time", title="ingest")
         for r in reports:
             table.add_row(safe(r.source), str(r.fetched), str(r.new), str(r.updated), str(r.unchanged),
-                          Text(safe(r.error), style="red") if r.error else (r.note or "0"), f"{r.seconds:.2f}s")
+                          Text(safe(r.error), style="red") if r.error else (safe(r.note) if r.note else "ok"), f"{r.seconds:.2f}s")
         out.print(table)
     if any(r.new or r.updated for r in reports):  # embedded now, not while the morning's digests wait
         from newsletter.jobs import embed_after_ingest
@@ -651,9 +652,10 @@ def subscribers_import(
         if len(parsed.errors) + len(parsed.skipped) > 50:
             more = len(parsed.errors) + len(parsed.skipped) - 50
             err.print(f"... and {plural(more, 'more problem')} (--json lists them all)")
-        skipped = f" ({len(parsed.skipped):,} skipped)" if parsed.skipped else ""
+        left_out = [f"{plural(parsed.invalid_rows, 'invalid row')} left out"] if parsed.errors else []
+        left_out += [f"{len(parsed.skipped):,} skipped"] if parsed.skipped else []
         if skip_invalid or not parsed.errors:  # else the error below says "nothing imported", once
-            out.print(f"imported {plural(imported, 'subscriber')} from {file}{skipped}")
+            out.print(f"imported {plural(imported, 'subscriber')} from {file}" + (f" ({', '.join(left_out)})" if left_out else ""))
     if parsed.errors and not skip_invalid:
         raise NewsletterError(f"{file}: {plural(parsed.invalid_rows, 'invalid row')}, nothing imported; "
                               "fix them or pass --skip-invalid")
@@ -887,11 +889,22 @@ _DAY_WENT = {"sent": "went out already", "empty": "was a quiet day (nothing abov
 
 def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  # run: pipeline.DigestRun
     served = sum(1 for p in run.picks if p.papers)
-    missed = f"; {plural(run.missed, 'issue')} missed (not planned before its local day ended)" if run.missed else ""
-    # A dry run scores everyone's next digest, whatever their hour: nobody is "due" in it.
-    who = f"the next digests of {plural(len(run.picks), 'subscriber')}" if dry_run else f"{plural(len(run.picks), 'subscriber')} due"
-    out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {who}, scored against "
-              f"{plural(run.candidates, 'candidate paper')}; {served:,} with papers, {len(run.picks) - served:,} quiet{missed}")
+    missed = f"{plural(run.missed, 'issue')} missed (not planned before their local day ended)" if run.missed else ""
+    if not dry_run and not run.picks:
+        # Nobody newly due: what this run sent (a crashed run's rest, retries) was planned earlier, and "0
+        # subscribers due, scored against 0 candidate papers" above "sent 2,791" read as a contradiction.
+        # With nothing sent either, the next line says when the next digest is due.
+        earlier = "nobody newly due; sending what earlier runs planned" if run.outcomes else "nobody newly due"
+        if run.outcomes or missed:
+            out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {earlier}" + (f"; {missed}" if missed else ""))
+    else:
+        # A dry run scores everyone's next digest, whatever their hour: nobody is "due" in it.
+        who = f"the next digests of {plural(len(run.picks), 'subscriber')}" if dry_run else f"{plural(len(run.picks), 'subscriber')} due"
+        out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {who}, scored against {plural(run.candidates, 'candidate paper')}; "
+                  f"{served:,} with papers, {len(run.picks) - served:,} quiet" + (f"; {missed}" if missed else ""))
+        if not run.candidates:
+            out.print("no papers to pick from in their windows: 'newsletter ingest' fetches them "
+                      "('newsletter sources list' shows the sources)")
     if dry_run:
         out.print(f"dry run: nothing recorded or sent ({seconds:.1f} s)")
         return
@@ -1128,7 +1141,11 @@ def demo(
     """Run the whole pipeline offline on a bundled sample feed, three sample subscribers and the file backend."""
     from newsletter.demo import run_demo
 
-    result = run_demo(folder)
+    if err.is_terminal:  # a spinner with the step it is on; in a log, one line a step
+        with err.status("starting…") as status:
+            result = run_demo(folder, on_step=status.update)
+    else:
+        result = run_demo(folder, on_step=lambda step: err.print(f"demo: {step}"))
     print_picks(result.run.picks, title=f"demo digests: {plural(result.papers, 'paper')} ingested")
     out.print(f"{plural(len(result.emails), 'email')} written to {result.outbox}")
     out.print(Text.assemble("open this digest in a browser: ", (str(result.html_path), "bold")))

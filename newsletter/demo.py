@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import default
@@ -28,6 +29,7 @@ from newsletter.ingest.run import ingest_sources
 from newsletter.ingest.sources import SourceSpec
 from newsletter.paths import PACKAGE_DIR
 from newsletter.pipeline import DigestRun, run_digest
+from newsletter.plan import embed_new_papers
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.runtime import Runtime
 from newsletter.send.mailer import FileMailer
@@ -103,7 +105,8 @@ def prepare_folder(folder: Path) -> None:
     (folder / MARKER).write_text("made by 'newsletter demo'; it may clear its own files here\n", encoding="utf-8")
 
 
-def run_demo(folder: Path) -> DemoResult:
+def run_demo(folder: Path, *, on_step: Callable[[str], object] = lambda _step: None) -> DemoResult:
+    """``on_step(text)``: what it does now, for the user to see (embedding the papers takes about a minute)."""
     prepare_folder(folder)
     settings = Settings(
         database_url=f"sqlite:///{folder / 'demo.db'}",
@@ -118,6 +121,7 @@ def run_demo(folder: Path) -> DemoResult:
     engine = make_engine(settings.database_url)
     migrate.upgrade(engine)
     sessions = make_sessionmaker(engine)
+    on_step("ingesting the sample arXiv feed and trending data…")
     with make_client(timeout_s=settings.fetch_timeout_s) as client:
         reports = ingest_sources([SourceSpec(str(SAMPLE_FEED), "arxiv-rss"), SourceSpec(str(SAMPLE_TRENDING), "hf-daily")],
                                  sessions=sessions, fetcher=Fetcher.from_settings(settings, client), now=utcnow())
@@ -131,6 +135,11 @@ def run_demo(folder: Path) -> DemoResult:
         session.commit()
     mailer = FileMailer(settings.outbox_dir)
     runtime = Runtime.build(settings, engine=engine, connect=lambda: mailer)
+    if settings.semantic:  # as `newsletter ingest` does: once per paper, stored
+        on_step(f"embedding the {reports[0].new + reports[1].new} new papers for the semantic ranker "
+                "(once per paper; about a minute on a small machine)…")
+        embed_new_papers(runtime, now=utcnow())
+    on_step("scoring, rendering and writing the sample digests…")
     # Each sample subscriber's digest now, whatever their hour (as `digest --only` does): the daemon
     # would send them at 07:00 London, 08:00 New York and 06:00 Tokyo.
     now = dt.datetime.now(dt.UTC)

@@ -196,7 +196,7 @@ def test_import_reports_invalid_rows_by_line_and_imports_nothing(cli, ready, tmp
     assert [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)] == ["old@example.org"]
 
     skipped = cli("subscribers", "import", str(path), "--skip-invalid")
-    assert skipped.code == 0 and "imported 1 subscriber from" in skipped.out
+    assert skipped.code == 0 and "imported 1 subscriber from" in skipped.out and "(5 invalid rows left out)" in skipped.out
     emails = [s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)]
     assert emails == ["good@example.org", "old@example.org"]
 
@@ -262,7 +262,7 @@ def test_every_problem_of_a_csv_row_is_reported_with_plurals(cli, ready, tmp_pat
         assert problem in line
     assert "2 invalid rows, nothing imported" in result.err
     skipped = cli("subscribers", "import", str(file), "--skip-invalid")
-    assert skipped.code == 0 and "imported 1 subscriber from" in skipped.out
+    assert skipped.code == 0 and "imported 1 subscriber from" in skipped.out and "(2 invalid rows left out)" in skipped.out
 
 
 @pytest.mark.parametrize(
@@ -323,6 +323,14 @@ def test_a_first_digest_run_with_nobody_due_says_when_the_next_one_is_and_how_to
     assert ran.code == 0, ran.err
     assert re.search(r"nobody is due now; the next digest is due at \d{4}-\d{2}-\d{2} 07:00 UTC", ran.out), ran.out
     assert "'digest --only EMAIL' sends one now" in ran.out
+
+
+def test_a_digest_with_no_papers_at_all_says_to_ingest_some(cli, configured) -> None:
+    cli("init")
+    cli("subscribers", "add", "ada@example.org", "--topic", "graphs")
+    dry = cli("digest", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "scored against 0 candidate papers" in dry.out and "'newsletter ingest' fetches them" in dry.out
 
 
 def test_a_command_on_a_database_that_is_not_there_leaves_no_empty_file_behind(cli, env, tmp_path) -> None:

@@ -30,6 +30,10 @@ def html_of(message: EmailMessage) -> str:
 def test_the_demo_email_shows_the_whole_product(cli, tmp_path: Path) -> None:
     result = cli("demo", "--dir", str(tmp_path / "demo"))
     assert result.code == 0, result.err
+    # Each step is said (a line each, outside a terminal); the tests run without the semantic ranker,
+    # so no embedding step here (test_the_demo_says_it_is_embedding has it).
+    steps = result.err.splitlines()
+    assert [s.split(" ")[1] for s in steps] == ["ingesting", "scoring,"], steps
     sent = emails(tmp_path / "demo")
     assert len(sent) == 3
     trending = {item["paper"]["id"]: item["paper"] for item in json.loads(SAMPLE_TRENDING.read_text())}
@@ -80,3 +84,17 @@ def test_the_demo_refuses_a_file_and_an_empty_folder_is_fine(cli, tmp_path: Path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli("demo", "--dir", str(empty)).code == 0
+
+
+def test_the_demo_says_it_is_embedding_rather_than_going_silent_for_a_minute(cli, env, tmp_path: Path, monkeypatch) -> None:
+    import newsletter.demo as demo
+
+    embedded: list[int] = []
+    monkeypatch.setattr(demo, "embed_new_papers", lambda runtime, now: embedded.append(1) or 0)  # the minute itself
+    monkeypatch.setattr("newsletter.plan.embed_for_ranking", lambda *args, **kwargs: None)  # and scoring's own (lexical)
+    env(semantic="true")
+    result = cli("demo", "--dir", str(tmp_path / "demo"))
+    assert result.code == 0, result.err
+    steps = result.err.splitlines()
+    assert [s.split(" ")[1] for s in steps] == ["ingesting", "embedding", "scoring,"], steps
+    assert "211 new papers" in steps[1] and embedded == [1]

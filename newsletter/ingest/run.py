@@ -138,10 +138,11 @@ def _record_failure(source: Source, report: SourceReport, *, now: dt.datetime) -
     """A failed attempt; ``last_new`` and ``last_note`` keep describing the last success."""
     failures = (source.consecutive_failures or 0) + 1
     source.last_fetched_at, source.last_error, source.consecutive_failures = now, report.error, failures
+    why = (report.error or "").removeprefix(f"{report.source}: ")  # the error names the source too: once is enough
     if failures >= FAILURES_TO_WARN:
-        log.warning("%s: failed %d times in a row: %s", report.source, failures, report.error)
+        log.warning("%s: failed %d times in a row: %s", report.source, failures, why)
     else:
-        log.info("%s: failed: %s", report.source, report.error)
+        log.info("%s: failed: %s", report.source, why)
 
 
 @dataclass(frozen=True, slots=True)

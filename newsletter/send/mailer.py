@@ -145,13 +145,24 @@ class SmtpMailer:
                 f"SMTP relay {self.host}:{self.port} refused the login ({exc.code} {exc.message}); "
                 "check NEWSLETTER_SMTP_USERNAME and NEWSLETTER_SMTP_PASSWORD"
             ) from None
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            raise DeliveryError(
-                f"cannot reach SMTP relay {self.host}:{self.port} with security={self.security} ({exc}); "
-                "check NEWSLETTER_SMTP_HOST, NEWSLETTER_SMTP_PORT and NEWSLETTER_SMTP_SECURITY"
-            ) from None
+        except aiosmtplib.SMTPException as exc:
+            if self.security == "starttls" and "STARTTLS" in str(exc):  # reached, but it offers no STARTTLS
+                raise DeliveryError(
+                    f"SMTP relay {self.host}:{self.port} does not offer STARTTLS, so the mail would go unencrypted; "
+                    "use NEWSLETTER_SMTP_SECURITY=tls for a relay that speaks TLS from the start (often port 465), "
+                    "or none for a local relay you trust"
+                ) from None
+            raise self._unreachable(exc) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise self._unreachable(exc) from None
         self._smtp = smtp
         return smtp
+
+    def _unreachable(self, exc: Exception) -> DeliveryError:
+        return DeliveryError(
+            f"cannot reach SMTP relay {self.host}:{self.port} with security={self.security} ({exc}); "
+            "check NEWSLETTER_SMTP_HOST, NEWSLETTER_SMTP_PORT and NEWSLETTER_SMTP_SECURITY"
+        )
 
     async def announce(self, envelope: Envelope) -> None:
         """Open the message's transaction (MAIL and RCPT) without handing the message over.

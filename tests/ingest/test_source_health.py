@@ -72,6 +72,7 @@ def test_failures_in_a_row_are_counted_and_a_success_resets_them(cli, db, env, h
     assert health(db, url).consecutive_failures == 2
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.getMessage().startswith(f"{url}: failed 2 times in a row: ") and "HTTP 500" in warning.getMessage()
+    assert warning.getMessage().count(url) == 1, warning.getMessage()  # the source named once
 
     [report] = json.loads(cli("ingest", "--json").out)
     again = health(db, url)

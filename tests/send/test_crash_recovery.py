@@ -117,6 +117,8 @@ def test_a_run_right_after_a_sigkill_sends_what_the_killed_run_held_at_once(
     again = run_cli(environment(**settings), tmp_path, "digest")
     assert again.returncode == 0, again.stderr
     assert f"taken over: {left['pending'] + left['sending']:,} deliveries of a sender on this host that died" in again.stdout
+    # Everyone was planned by the killed run: not "0 subscribers due, scored against 0 candidate papers" above "sent 150".
+    assert "nobody newly due; sending what earlier runs planned" in again.stdout and "0 candidate papers" not in again.stdout
     assert "held by another sender" not in again.stdout
     per_recipient = relay.per_recipient()
     assert set(per_recipient) == set(readers), "everyone's digest went out in the run right after the kill"
