@@ -53,6 +53,10 @@ BACKGROUND_CUES: tuple[tuple[re.Pattern[str], float], ...] = tuple(
         (r"\b(?:code|data|models?|datasets?) (?:is|are|will be) (?:publicly |freely )?(?:available|released)\b", 2.0),
         (r"https?://|github\.com|\bwebsite\b", 2.0),
         (r"^[A-Z][a-z]+:", 1.0),  # "Background:", "Methods:" of a structured abstract
+        # Points back at what an earlier sentence described ("Repeating this process creates …"): the reader of
+        # a TL;DR never saw it. "This paper / work / study" is the paper itself, not a back reference.
+        (r"^\W*(?:\w+\W+){0,3}?(?:this|these|such|that) (?:process|procedure|approach|method|problem|issue|"
+         r"limitation|challenge|phenomenon|setting|loop|gap|idea|observation|insight|technique|strategy|scheme)s?\b", 1.0),
     ))
 FIRST_SENTENCE_PENALTY = 0.5  # the first sentence is background far more often than not
 MIN_WORDS, MAX_WORDS = 8, 60  # shorter says too little, longer is a paragraph in disguise

@@ -74,3 +74,22 @@ def test_a_tldr_does_not_open_by_pointing_at_sentences_the_reader_cannot_see() -
     # Kept when what follows would not stand on its own, or when nothing points back.
     assert tldr_of("Old methods fail. However, the results are mixed across datasets we tried.").startswith("However, ")
     assert tldr_of("Background here. We propose a thing that works.") == "We propose a thing that works."
+
+
+def test_a_sentence_about_what_an_earlier_one_described_gives_way_to_one_that_stands_alone() -> None:
+    """"Repeating this process creates … loop" was a demo email's TL;DR (arXiv 2307.01850's abstract): the
+    reader never saw the process. Its result sentence says what the paper found."""
+    abstract = ("Seismic advances in generative AI algorithms for imagery, text, and other data types has led to the "
+                "temptation to use synthetic data to train next-generation models. Repeating this process creates an "
+                "autophagous (self-consuming) loop whose properties are poorly understood. We conduct a thorough "
+                "analytical and empirical analysis using state-of-the-art generative image models of three families of "
+                "autophagous loops that differ in how fixed or fresh real training data is available through the "
+                "generations of training and in whether the samples from previous generation models have been biased "
+                "to trade off data quality versus diversity. Our primary conclusion across all scenarios is that "
+                "without enough fresh real data in each generation of an autophagous loop, future generative models "
+                "are doomed to have their quality (precision) or diversity (recall) progressively decrease. We term "
+                "this condition Model Autophagy Disorder (MAD), making analogy to mad cow disease.")
+    assert tldr_of(abstract).startswith("Our primary conclusion across all scenarios")
+    # "This paper" is the paper itself, not a back reference.
+    assert tldr_of("Models are large. This paper introduces a pruning rule for them, and it halves their size.").startswith(
+        "This paper introduces")
