@@ -215,8 +215,13 @@ def read_subscribers_csv(lines: Iterable[str], *, default_max_papers: int = 10, 
 
 def _read_rows(reader: csv.DictReader[str], result: CsvImport, *, default_max_papers: int, source: str) -> None:
     header = [h.strip().lower() for h in reader.fieldnames or []]
+    if not header:
+        raise InvalidInput(f"{source}: the file is empty; the first line names the columns, e.g. "
+                           "'email,topics,timezone,hour'")
     if "email" not in header:
-        raise InvalidInput(f"{source}, line 1: the header row has no 'email' column (columns: {', '.join(COLUMNS)})")
+        found = ", ".join(repr(h) for h in header[:10]) + (", …" if len(header) > 10 else "")
+        raise InvalidInput(f"{source}, line 1: the header row has no 'email' column (it has {found}; "
+                           f"the columns read are: {', '.join(COLUMNS)})")
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
         raise InvalidInput(f"{source}, line 1: unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")

@@ -235,7 +235,8 @@ def test_more_bad_input_is_one_line_and_changes_nothing(cli, ready, args, expect
         (b"email,topics\na@example.org," + b"x" * 1_000_000 + b"\n", "fields hold 10,000 characters at most"),
         ("email,describe\njürgen@example.org,Ich erforsche Graphen\n".encode("latin-1"), "not UTF-8 text"),
         ("email,describe\na@example.org,graphs\n".encode("utf-16"), "re-save it as CSV UTF-8"),
-        (b"address,topics\na@example.org,graphs\n", "the header row has no 'email' column"),
+        (b"address,topics\na@example.org,graphs\n", "the header row has no 'email' column (it has 'address', 'topics';"),
+        (b"", "the file is empty; the first line names the columns"),
     ],
 )
 def test_a_broken_csv_is_refused_in_one_line(cli, ready, tmp_path, content, expected) -> None:
