@@ -893,7 +893,7 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
     if not dry_run and not run.picks:
         # Nobody newly due: what this run sent (a crashed run's rest, retries) was planned earlier, and "0
         # subscribers due, scored against 0 candidate papers" above "sent 2,791" read as a contradiction.
-        # With nothing sent either, the next line says when the next digest is due.
+        # With nothing sent either, 'digest' says after the summary when the next digest is due.
         earlier = "nobody newly due; sending what earlier runs planned" if run.outcomes else "nobody newly due"
         if run.outcomes or missed:
             out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {earlier}" + (f"; {missed}" if missed else ""))
@@ -902,7 +902,7 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
         who = f"the next digests of {plural(len(run.picks), 'subscriber')}" if dry_run else f"{plural(len(run.picks), 'subscriber')} due"
         out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {who}, scored against {plural(run.candidates, 'candidate paper')}; "
                   f"{served:,} with papers, {len(run.picks) - served:,} quiet" + (f"; {missed}" if missed else ""))
-        if not run.candidates:
+        if run.picks and not run.candidates:
             out.print("no papers to pick from in their windows: 'newsletter ingest' fetches them "
                       "('newsletter sources list' shows the sources)")
     if dry_run:

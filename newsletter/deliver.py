@@ -98,8 +98,8 @@ async def send_due(
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
                                                           bounce_limit=settings.bounce_limit), holder=runtime.holder)
 
-        # The ledger session is used by the group commit (in a worker thread) and by lease renewal (on
-        # the event loop): one at a time.
+        # The ledger session is used by the group commit (in a worker thread, or inline on the event loop) and
+        # by lease renewal (in a worker thread): one at a time.
         writing = threading.Lock()
 
         def write(started: list[int], finished: list[Outcome]) -> set[int]:
@@ -143,7 +143,11 @@ async def send_due(
         messages = _messages(batches, stop=stop)
         keeper = asyncio.create_task(_keep_leases(renew, every_s=settings.lease_s / 3))
         try:
-            committer = GroupCommitter(write, in_thread=runtime.engine.dialect.name != "sqlite")  # a local file: inline
+            # Inline on a local SQLite file, in a big `digest` run only: its loop has nothing else to do while a
+            # commit waits. The daemon's loop also runs its scheduler, heartbeat and SIGTERM, and its planning (in a
+            # thread) holds SQLite's write lock for seconds while it scores: a commit waiting there must not freeze it.
+            inline = ahead is not None and runtime.engine.dialect.name == "sqlite"
+            committer = GroupCommitter(write, in_thread=not inline)
             result = await dispatch(messages, mailers=mailers, committer=committer, limiter=limiter, on_outcome=counted)
         finally:
             keeper.cancel()

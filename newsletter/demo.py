@@ -135,7 +135,7 @@ def run_demo(folder: Path, *, on_step: Callable[[str], object] = lambda _step: N
         session.commit()
     mailer = FileMailer(settings.outbox_dir)
     runtime = Runtime.build(settings, engine=engine, connect=lambda: mailer)
-    if settings.semantic:  # as `newsletter ingest` does: once per paper, stored
+    if settings.semantic and runtime.semantic_model() is not None:  # as `newsletter ingest` does: once per paper, stored
         on_step(f"embedding the {reports[0].new + reports[1].new} new papers for the semantic ranker "
                 "(once per paper; about a minute on a small machine)…")
         embed_new_papers(runtime, now=utcnow())

@@ -215,9 +215,9 @@ def read_subscribers_csv(lines: Iterable[str], *, default_max_papers: int = 10, 
 
 def _read_rows(reader: csv.DictReader[str], result: CsvImport, *, default_max_papers: int, source: str) -> None:
     header = [h.strip().lower() for h in reader.fieldnames or []]
-    if not header:
-        raise InvalidInput(f"{source}: the file is empty; the first line names the columns, e.g. "
-                           "'email,topics,timezone,hour'")
+    if not header:  # nothing at all (no line read), or a blank first line
+        what = "the file is empty" if reader.line_num == 0 else "line 1 is blank"
+        raise InvalidInput(f"{source}: {what}; the first line names the columns, e.g. 'email,topics,timezone,hour'")
     if "email" not in header:
         found = ", ".join(repr(h) for h in header[:10]) + (", …" if len(header) > 10 else "")
         raise InvalidInput(f"{source}, line 1: the header row has no 'email' column (it has {found}; "

@@ -237,6 +237,7 @@ def test_more_bad_input_is_one_line_and_changes_nothing(cli, ready, args, expect
         ("email,describe\na@example.org,graphs\n".encode("utf-16"), "re-save it as CSV UTF-8"),
         (b"address,topics\na@example.org,graphs\n", "the header row has no 'email' column (it has 'address', 'topics';"),
         (b"", "the file is empty; the first line names the columns"),
+        (b"\nemail\na@example.org\n", "line 1 is blank; the first line names the columns"),
     ],
 )
 def test_a_broken_csv_is_refused_in_one_line(cli, ready, tmp_path, content, expected) -> None:
@@ -328,6 +329,8 @@ def test_a_first_digest_run_with_nobody_due_says_when_the_next_one_is_and_how_to
 
 def test_a_digest_with_no_papers_at_all_says_to_ingest_some(cli, configured) -> None:
     cli("init")
+    nobody = cli("digest", "--dry-run")
+    assert nobody.code == 0 and "newsletter ingest" not in nobody.out  # no subscriber: papers are not what is missing
     cli("subscribers", "add", "ada@example.org", "--topic", "graphs")
     dry = cli("digest", "--dry-run")
     assert dry.code == 0, dry.err

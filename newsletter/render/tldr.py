@@ -53,11 +53,14 @@ BACKGROUND_CUES: tuple[tuple[re.Pattern[str], float], ...] = tuple(
         (r"\b(?:code|data|models?|datasets?) (?:is|are|will be) (?:publicly |freely )?(?:available|released)\b", 2.0),
         (r"https?://|github\.com|\bwebsite\b", 2.0),
         (r"^[A-Z][a-z]+:", 1.0),  # "Background:", "Methods:" of a structured abstract
-        # Points back at what an earlier sentence described ("Repeating this process creates …"): the reader of
-        # a TL;DR never saw it. "This paper / work / study" is the paper itself, not a back reference.
-        (r"^\W*(?:\w+\W+){0,3}?(?:this|these|such|that) (?:process|procedure|approach|method|problem|issue|"
-         r"limitation|challenge|phenomenon|setting|loop|gap|idea|observation|insight|technique|strategy|scheme)s?\b", 1.0),
     ))
+# Points back at what an earlier sentence described ("Repeating this process creates …"): the reader of a
+# TL;DR never saw it. Read after ``standalone`` drops an opening it can drop ("To address this problem, we
+# introduce X" shows as "We introduce X", which stands). "This paper / work / study" is the paper itself.
+BACK_REFERENCE_CUE = (re.compile(
+    r"^\W*(?:\w+\W+){0,3}?(?:this|these|such|that) (?:process(?:es)?|procedures?|approach(?:es)?|methods?|problems?|"
+    r"issues?|limitations?|challenges?|phenomen(?:on|a)|settings?|loops?|gaps?|ideas?|observations?|insights?|"
+    r"techniques?|strateg(?:y|ies)|schemes?|events?)\b", re.IGNORECASE), 1.0)
 FIRST_SENTENCE_PENALTY = 0.5  # the first sentence is background far more often than not
 MIN_WORDS, MAX_WORDS = 8, 60  # shorter says too little, longer is a paragraph in disguise
 LENGTH_PENALTY = 1.0
@@ -84,6 +87,9 @@ def sentence_score(sentence: str, position: int, count: int) -> float:
     """How well ``sentence`` (at ``position`` of ``count``) says what the paper does or finds."""
     score = sum(weight for cue, weight in CONTRIBUTION_CUES if cue.search(sentence))
     score -= sum(weight for cue, weight in BACKGROUND_CUES if cue.search(sentence))
+    back_reference, weight = BACK_REFERENCE_CUE
+    if back_reference.search(_BACK_REFERENCE.sub("", sentence, count=1)):
+        score -= weight
     if position == 0 and count > 1:
         score -= FIRST_SENTENCE_PENALTY
     words = len(sentence.split())

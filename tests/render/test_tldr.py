@@ -90,6 +90,12 @@ def test_a_sentence_about_what_an_earlier_one_described_gives_way_to_one_that_st
                 "are doomed to have their quality (precision) or diversity (recall) progressively decrease. We term "
                 "this condition Model Autophagy Disorder (MAD), making analogy to mad cow disease.")
     assert tldr_of(abstract).startswith("Our primary conclusion across all scenarios")
+    # An opening that ``standalone`` drops is no back reference left: "We introduce FooNet, …" stands.
+    kept = ("Forecasting many series at once is costly. Existing methods either ignore the dependencies between series or "
+            "scale quadratically with their number. To address this problem, we introduce FooNet, a linear-time "
+            "forecaster that learns which series depend on which. To train it quickly, we propose a curriculum over "
+            "series lengths.")
+    assert tldr_of(kept).startswith("We introduce FooNet")
     # "This paper" is the paper itself, not a back reference.
     assert tldr_of("Models are large. This paper introduces a pruning rule for them, and it halves their size.").startswith(
         "This paper introduces")
