@@ -42,8 +42,11 @@ app = typer.Typer(help="A self-hosted research-paper digest: ingest â†’ score â†
 sources_app = typer.Typer(help="Manage the feeds papers come from.", no_args_is_help=True)
 subscribers_app = typer.Typer(help="Manage subscribers (the admin path: added subscribers are active at once).",
                               no_args_is_help=True)
-app.add_typer(sources_app, name="sources")
-app.add_typer(subscribers_app, name="subscribers")
+# `--help` groups the commands by when a user needs them: setting up first, then the daily work, then the
+# long-running services (in the order Typer registered them, sources and subscribers came last).
+START, DAILY, SERVICES = "Set up", "Daily work", "Services (long-running)"
+app.add_typer(sources_app, name="sources", rich_help_panel=START)
+app.add_typer(subscribers_app, name="subscribers", rich_help_panel=START)
 
 # Text from outside (paper titles, feed names, addresses) is printed as it is: no Rich markup, no
 # emoji codes, no highlighting, so "[/]" in a title can neither crash a command nor style it.
@@ -169,7 +172,7 @@ def _root(typer_ctx: typer.Context) -> None:
     typer_ctx.obj = Context(load_settings())
 
 
-@app.command()
+@app.command(rich_help_panel=START)
 def init(typer_ctx: typer.Context) -> None:
     """Create the database, or migrate it to the latest schema."""
     ctx = _ctx(typer_ctx)
@@ -184,7 +187,7 @@ def init(typer_ctx: typer.Context) -> None:
 # --- ingest --------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel=START)
 def ingest(
     typer_ctx: typer.Context,
     sources: Annotated[list[str] | None, typer.Argument(
@@ -492,7 +495,7 @@ def _fetch_seeds(ctx: Context, session: Session, ids: list[str]) -> None:
         raise NewsletterError(f"arXiv does not know the seed paper(s) {', '.join(missing)}: check the ids")
 
 
-@app.command()
+@app.command(rich_help_panel=DAILY)
 def feedback(
     typer_ctx: typer.Context,
     email: str,
@@ -694,7 +697,7 @@ def subscribers_export(
     out.print(f"exported {plural(count, 'subscriber')} to {out_file}")
 
 
-@app.command()
+@app.command(rich_help_panel=DAILY)
 def stats(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Subscribers by status; sends, bounces, unsubscribes and confirmations over 7 and 30 days; the top topics."""
     from newsletter.stats import read_stats
@@ -760,7 +763,7 @@ AtOption = Annotated[str | None, typer.Option(
                  "a time without a zone is UTC (tests, backfills, checking a schedule).")]
 
 
-@app.command()
+@app.command(rich_help_panel=DAILY)
 def digest(
     typer_ctx: typer.Context,
     at: AtOption = None,
@@ -928,7 +931,7 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
 # --- status --------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel=DAILY)
 def status(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The daemon's heartbeat, each source's health, deliveries and the next sends; exit 1 if a person is needed.
 
@@ -1020,7 +1023,7 @@ def print_status(report: Any) -> None:  # report: status.Report
         out.print(Text("warning: ", style="yellow").append(safe(warning)))
 
 
-@app.command()
+@app.command(rich_help_panel=DAILY)
 def preview(
     typer_ctx: typer.Context,
     email: str,
@@ -1064,7 +1067,7 @@ def print_picks(picks: list, *, title: str) -> None:  # picks: list[pipeline.Pic
     out.print(table)
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
 def serve(
     typer_ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -1079,7 +1082,7 @@ def serve(
     uvicorn.run(create_app(settings=ctx.settings, sessions=ctx.sessions), host=host, port=port)
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
 def inbound(
     typer_ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: NEWSLETTER_INBOUND_HOST, 127.0.0.1).")] = None,
@@ -1096,7 +1099,7 @@ def inbound(
                 port=settings.inbound_port if port is None else port)
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
 def worker(
     typer_ctx: typer.Context,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help=(
@@ -1121,7 +1124,7 @@ def worker(
     raise typer.Exit(run_worker(settings, concurrency=concurrency, queues=queues))
 
 
-@app.command()
+@app.command(rich_help_panel=SERVICES)
 def daemon(typer_ctx: typer.Context) -> None:
     """Run the schedule in one process: ingest on a cron, plan and send every minute, retries, a daily cleanup.
 
@@ -1134,7 +1137,7 @@ def daemon(typer_ctx: typer.Context) -> None:
     raise typer.Exit(run_daemon(ctx.settings, engine=ctx.engine))
 
 
-@app.command()
+@app.command(rich_help_panel=START)
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its database and outbox.")] = Path("newsletter-demo"),
 ) -> None:

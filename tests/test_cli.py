@@ -42,6 +42,15 @@ def test_every_command_has_help(cli) -> None:
         assert result.code == 0 and "Usage" in result.out, command
 
 
+def test_the_command_list_is_grouped_by_when_a_user_needs_it(cli) -> None:
+    page = cli("--help").out
+    rows = {re.search(rf"^\W*{re.escape(name)}\b", page, re.MULTILINE) for name in ("subscribers", "sources", "digest", "daemon")}
+    places = {m.group().strip(" │|"): m.start() for m in rows if m is not None}
+    places |= {name: page.index(name) for name in ("Set up", "Daily work", "Services (long-running)")}
+    assert places["Set up"] < places["sources"] < places["Daily work"] < places["digest"] < places["Services (long-running)"]
+    assert places["subscribers"] < places["Daily work"] and places["Services (long-running)"] < places["daemon"]
+
+
 def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
     added = cli("subscribers", "add", "Ada.Lovelace@Example.ORG", "--topic", "diffusion models", "--topic", "sampling",
                 "--exclude", "video", "--category", "cs.CV", "--author", "Yann LeCun",
