@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     min_score: float = Field(default=1.5, ge=0)  # BM25 units; below it a paper is noise
     send_empty_digest: bool = False  # quiet days: no email unless this is set
     trending_count: int = Field(default=5, ge=0, le=20)  # papers in the "trending today" section
-    trending_weight: float = Field(default=0.3, ge=0)  # score per log(1 + upvotes) among relevant papers
+    trending_weight: float = Field(default=0.1, ge=0)  # score per log(1 + upvotes) among relevant papers
     recency_penalty_per_day: float = Field(default=0.2, ge=0)  # score lost per day since a paper was first seen
     feedback_link_days: int = Field(default=60, ge=1)  # "more / less like this" links expire after this
     semantic: bool = True  # fuse the MiniLM sentence-embedding ranker in (on whenever its model is installed)

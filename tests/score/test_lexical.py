@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from newsletter.ingest.feeds import parse_feed
 from newsletter.paths import PACKAGE_DIR
 from newsletter.records import Preferences, Profile
-from newsletter.score import PaperIndex, rank_papers
+from newsletter.score import PaperIndex, lexical, rank_papers
 from newsletter.score.text import name_keys, phrase_terms
 
 MIN_SCORE = 1.5
@@ -143,11 +145,22 @@ def test_a_seed_in_the_days_listing_is_never_picked_for_its_owner(index, papers)
 def test_the_order_says_what_besides_relevance_placed_a_paper(papers) -> None:
     from dataclasses import replace
 
-    lifted = [replace(p, upvotes=500) if i == 150 else p for i, p in enumerate(papers)]
+    topics = ["diffusion models", "language models"]
+    [ranked] = rank_papers(PaperIndex.build(papers), [profile(topics=topics, max_papers=11)], min_score=MIN_SCORE)
+    below_the_cut = ranked[10].paper  # relevant, just below a digest of 10: upvotes are a tie-breaker and lift it in
+    assert lexical.TRENDING_WEIGHT * math.log1p(500) > ranked[9].score - ranked[10].score
+    lifted = [replace(p, upvotes=500) if p.key == below_the_cut.key else p for p in papers]
     index = PaperIndex.build(lifted)
-    [picks] = rank_papers(index, [profile(topics=["diffusion models", "language models"], max_papers=10)], min_score=MIN_SCORE)
+    [picks] = rank_papers(index, [profile(topics=topics, max_papers=10)], min_score=MIN_SCORE)
     trending = [p for p in picks if p.paper.upvotes]
-    assert trending and all(p.placement.startswith("trending +") for p in trending)
+    assert [p.paper.key for p in trending] == [below_the_cut.key]
+    assert trending[0].placement.startswith("trending +")
+    # ...but never over a clearly better paper: one a whole point below the cut stays out, 500 upvotes or not.
+    [wider] = rank_papers(PaperIndex.build(papers), [profile(topics=topics, max_papers=30)], min_score=MIN_SCORE)
+    far_below = next(r.paper for r in wider[10:] if ranked[9].score - r.score > 1.0)
+    popular = [replace(p, upvotes=500) if p.key == far_below.key else p for p in papers]
+    [picks] = rank_papers(PaperIndex.build(popular), [profile(topics=topics, max_papers=10)], min_score=MIN_SCORE)
+    assert far_below.key not in {p.paper.key for p in picks}
     assert all(p.placement == "" for p in picks if not p.paper.upvotes)
     author = name_keys(papers[3].authors[0]) and papers[3].authors[0]
     [followed] = rank_papers(index, [profile(topics=["diffusion models"], authors=[author])], min_score=MIN_SCORE)
