@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from newsletter import subscriptions, validate
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker, sqlite_file
-from newsletter.db.models import Subscriber, utcnow
+from newsletter.db.models import SUBSCRIBER_STATUSES, Subscriber, utcnow
 from newsletter.errors import InvalidInput, NewsletterError, NotFound, redact
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.settings import Settings, load_settings
@@ -524,6 +524,8 @@ def subscribers_list(
     as_json: JsonOption = False,
 ) -> None:
     """List subscribers."""
+    if status is not None and status not in SUBSCRIBER_STATUSES:  # it printed "0 subscribers"
+        raise NewsletterError(f"--status {status!r} is not a subscriber status: use {', '.join(SUBSCRIBER_STATUSES)}")
     with _ctx(typer_ctx).sessions() as session:
         rows = [repo.subscriber_view(s) for s in repo.list_subscribers(session, status=status)]
     if as_json:
@@ -738,13 +740,20 @@ def print_stats(report: Any) -> None:  # report: stats.Stats
 # --- digest --------------------------------------------------------------------------------------
 
 
+YEARS = range(1970, 3000)  # what --at and --date accept: schedules add weeks to a moment, and year 9999 overflows
+FUTURE_SLACK = dt.timedelta(minutes=5)  # a real run's --at may be this far ahead of the clock (a typed "now")
+
+
 def _parse_date(value: str | None) -> dt.date | None:
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError:
         raise NewsletterError(f"--date {value!r} is not a date: use YYYY-MM-DD") from None
+    if day.year not in YEARS:
+        raise NewsletterError(f"--date {value!r} is out of range: years {YEARS.start}–{YEARS.stop - 1}")
+    return day
 
 
 def _parse_instant(value: str | None) -> dt.datetime:
@@ -755,7 +764,19 @@ def _parse_instant(value: str | None) -> dt.datetime:
         moment = dt.datetime.fromisoformat(value.strip().replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise NewsletterError(f"--at {value!r} is not an instant: use e.g. 2026-12-01T06:00:00Z") from None
+    if not YEARS.start < moment.year < YEARS.stop - 1:  # a day's margin each side for the zone offset
+        raise NewsletterError(f"--at {value!r} is out of range: years {YEARS.start + 1}–{YEARS.stop - 2}")
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def _refuse_future(at: dt.datetime) -> None:
+    """A real run at a future --at records every issue until then as missed and moves each schedule past it:
+    one mistyped year stopped every digest for decades. Only on purpose (--allow-future: a test database)."""
+    if at > dt.datetime.now(dt.UTC) + FUTURE_SLACK:
+        raise NewsletterError(
+            f"--at {at:%Y-%m-%d %H:%M} UTC is in the future: a real run then would record every digest until then as "
+            "missed and move each subscriber's schedule past it. See that moment's digests with --dry-run; on a test "
+            "database, add --allow-future")
 
 
 AtOption = Annotated[str | None, typer.Option(
@@ -773,6 +794,8 @@ def digest(
         help="Send this subscriber's digest now, whatever their hour (still one per local date); prints its picks.")] = None,
     verbose: VerboseOption = False,
     as_json: JsonOption = False,
+    allow_future: Annotated[bool, typer.Option(
+        help="Let a real run's --at be in the future (a test database: every issue until then counts as missed).")] = False,
 ) -> None:
     """Plan and send every digest due now: each subscriber's at their own local hour, at most one per local date.
 
@@ -786,6 +809,8 @@ def digest(
 
     ctx = _ctx(typer_ctx)
     now = _parse_instant(at)
+    if not dry_run and not allow_future:
+        _refuse_future(now)
     runtime = Runtime.build(ctx.settings, engine=ctx.engine, connect=RecordingMailer if dry_run else None)
     started = time.perf_counter()
     with _progress(as_json) as bar, hint(SUBSCRIBERS_HINT, about="no subscriber "):
@@ -978,7 +1003,8 @@ def print_status(report: Any) -> None:  # report: status.Report
     if process is not None and process.stopped_at is not None:
         line.append(f" ({safe(process.id)} stopped {when(process.stopped_at)})")
     elif process is not None:
-        line.append(f" ({safe(process.id)}, up {span(process.beat_at - process.started_at)}, last beat {when(process.beat_at)})")
+        up = daemon.uptime(now=report.now) or dt.timedelta()
+        line.append(f" ({safe(process.id)}, up {span(up)}, last beat {when(process.beat_at)})")
     out.print(line)
     if process is not None and process.jobs and daemon.state != "not running":
         jobs = table("job", "next run", "last run", "took", "last result", title="jobs (UTC)")

@@ -5,8 +5,9 @@ arXiv RSS feed and trending data (real titles and abstracts, see ``scripts/make_
 sample subscribers and the file backend.
 
 The folder is the user's disk, so the demo is careful with it: it marks a folder it made with
-``.newsletter-demo``, starts over only in a folder that carries that mark (and then removes only
-the files it writes itself), and refuses any other folder that is not empty.
+``.newsletter-demo``, which lists every file the demo wrote there; it starts over only in a folder
+that carries that mark (and then removes only the files listed), and refuses any other folder that
+is not empty.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import default
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker
@@ -76,15 +77,17 @@ class DemoResult:
     html_path: Path
 
 
-MARKER = ".newsletter-demo"  # says "the demo made this folder": only then does it clear it
-DEMO_FILES = ("demo.db", "demo.db-wal", "demo.db-shm", "digest.html")  # what a run writes, besides outbox/*/*.eml
+MARKER = ".newsletter-demo"  # says "the demo made this folder", and lists the files it wrote: a rerun removes those only
+MARKER_HEADER = "made by 'newsletter demo'; run again, it removes the files listed below and nothing else"
+DEMO_FILES = ("demo.db", "demo.db-wal", "demo.db-shm", "digest.html")  # what every run writes, besides its emails
 
 
 def prepare_folder(folder: Path) -> None:
-    """An empty folder of the demo's own: made, or cleared of the demo's files from a previous run.
+    """An empty folder of the demo's own: made, or cleared of the files a previous run wrote.
 
-    Only files the demo writes itself are removed, and only from a folder carrying its marker; a
-    folder that holds anything else is refused, so ``--dir ~`` can never cost anyone a file.
+    Only the files its marker lists are removed (a user's own email in the outbox stays), and only
+    from a folder carrying the marker; a folder that holds anything else is refused, so ``--dir ~``
+    can never cost anyone a file.
     """
     if folder.exists() and not folder.is_dir():
         raise NewsletterError(f"{folder} is a file, not a folder: give --dir a new folder's name")
@@ -92,17 +95,36 @@ def prepare_folder(folder: Path) -> None:
         if not (folder / MARKER).is_file():
             raise NewsletterError(f"{folder} is not empty and was not made by the demo: "
                                   "give --dir a new or empty folder (nothing was changed)")
-        for name in DEMO_FILES:
-            (folder / name).unlink(missing_ok=True)
-        outbox = folder / "outbox"
-        if outbox.is_dir():
-            for eml in outbox.glob("*/*.eml"):  # outbox/<recipient>/<message-id>.eml
-                eml.unlink()
-            for recipient in outbox.iterdir():
-                if recipient.is_dir() and not any(recipient.iterdir()):
-                    recipient.rmdir()
+        remove_own_files(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("made by 'newsletter demo'; it may clear its own files here\n", encoding="utf-8")
+    (folder / MARKER).write_text(MARKER_HEADER + "\n", encoding="utf-8")
+    record_own_files(folder, [Path(name) for name in DEMO_FILES])
+
+
+def record_own_files(folder: Path, written: list[Path]) -> None:
+    """Add ``written`` (paths inside ``folder``, relative to it) to the marker's list."""
+    with (folder / MARKER).open("a", encoding="utf-8") as marker:
+        marker.writelines(f"{path.as_posix()}\n" for path in written)
+
+
+def own_files(folder: Path) -> list[Path]:
+    """The files the marker lists, and the fixed ones every run writes (a marker of an older demo lists
+    nothing). A line leading out of the folder names no file of the demo's and is skipped."""
+    lines = (folder / MARKER).read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    relative = [PurePosixPath(line) for line in dict.fromkeys([*DEMO_FILES, *lines]) if line.strip()]
+    return [folder.joinpath(*path.parts) for path in relative if not path.is_absolute() and ".." not in path.parts]
+
+
+def remove_own_files(folder: Path) -> None:
+    """Remove the files the demo wrote, and any folder inside ``folder`` that this leaves empty."""
+    for path in own_files(folder):
+        if not (path.is_file() or path.is_symlink()):
+            continue  # gone already, or the user put a folder of that name there
+        path.unlink()
+        for parent in path.parents:
+            if parent == folder or not parent.is_relative_to(folder) or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def run_demo(folder: Path, *, on_step: Callable[[str], object] = lambda _step: None) -> DemoResult:
@@ -144,11 +166,14 @@ def run_demo(folder: Path, *, on_step: Callable[[str], object] = lambda _step: N
     # would send them at 07:00 London, 08:00 New York and 06:00 Tokyo.
     now = dt.datetime.now(dt.UTC)
     run = DigestRun(now)
-    for subscriber in SAMPLE_SUBSCRIBERS:
-        one = asyncio.run(run_digest(runtime, now=now, only=subscriber.email))
-        run.picks += one.picks
-        run.outcomes.update(one.outcomes)
-        run.candidates = max(run.candidates, one.candidates)
+    try:
+        for subscriber in SAMPLE_SUBSCRIBERS:
+            one = asyncio.run(run_digest(runtime, now=now, only=subscriber.email))
+            run.picks += one.picks
+            run.outcomes.update(one.outcomes)
+            run.candidates = max(run.candidates, one.candidates)
+    finally:  # even a run that failed halfway: what it wrote is the demo's to remove next time
+        record_own_files(folder, [path.relative_to(folder) for path in mailer.written])
     engine.dispose()
     html_path = folder / "digest.html"
     html_path.write_text(html_part(mailer.written[0]), encoding="utf-8")

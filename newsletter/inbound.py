@@ -69,6 +69,7 @@ MAX_MESSAGE_BYTES = 1_048_576  # commands are a few lines; a reply quoting a dig
 REPLIES_PER_ADDRESS_PER_HOUR = 5  # a person sends one or two; more is a loop the guard missed
 REPLY_WINDOW_S = 3600.0
 MAX_TOKENS_CHECKED = 10  # unsubscribe tokens tried per message: each is an HMAC and a row read
+SMTP_LIBRARY_LOG = "mail.log"  # aiosmtpd's logger: about 15 INFO lines a message (connection, envelope, each command)
 
 CHECK_INBOX = ("We got your request. To make sure it came from you, we have sent a separate email to this "
                "address: check your inbox for a confirmation link and open it. Nothing changes until you do.")
@@ -298,17 +299,24 @@ class InboundHandler:
 
 @contextlib.contextmanager
 def listening(handler: InboundHandler, *, host: str, port: int) -> Iterator[Controller]:
-    """The listener on ``host:port`` (in its own thread) while the block runs."""
+    """The listener on ``host:port`` (in its own thread) while the block runs; aiosmtpd's own log says
+    only warnings meanwhile (the one line per message is ours)."""
     controller = Controller(handler, hostname=host, port=port, data_size_limit=MAX_MESSAGE_BYTES, enable_SMTPUTF8=True,
                             server_hostname=handler.runtime.settings.from_domain)
+    library_log = logging.getLogger(SMTP_LIBRARY_LOG)
+    level_before = library_log.level
+    library_log.setLevel(logging.WARNING)
     try:
-        controller.start()
-    except (OSError, RuntimeError) as exc:
-        raise ConfigError(f"newsletter inbound cannot listen on {host}:{port}: {exc}") from None
-    try:
-        yield controller
+        try:
+            controller.start()
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"newsletter inbound cannot listen on {host}:{port}: {exc}") from None
+        try:
+            yield controller
+        finally:
+            controller.stop()
     finally:
-        controller.stop()
+        library_log.setLevel(level_before)
 
 
 def run(settings: Settings, *, host: str, port: int) -> None:

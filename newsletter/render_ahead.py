@@ -163,11 +163,21 @@ class RenderAhead:
                     continue
                 if self._child.is_alive():
                     continue
-            except EOFError:  # every writer gone: it died (mid-batch, perhaps) or ended without a word
+            except (EOFError, OSError):  # every writer gone (it died or ended without a word), or it died mid-message
                 pass
             self._child.join(timeout=POLL_S)
-            return "error", (f"the rendering process stopped (exit status {self._child.exitcode}); "
+            return "error", (f"the rendering process (pid {self._child.pid}) {_ended(self._child.exitcode)}; "
                              "what it claimed is released and sent by the next run")
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a child process ended, in words: "was killed (SIGKILL)" reads better than "exit status -9"."""
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed ({signal.Signals(-exitcode).name})"
+    return f"stopped (exit status {exitcode})"
 
 
 class _Sender:

@@ -34,7 +34,16 @@ def dkim_key(settings: Settings) -> DkimKey | None:
         pem = settings.dkim_private_key_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"NEWSLETTER_DKIM_PRIVATE_KEY_PATH: cannot read {settings.dkim_private_key_path} ({exc.strerror})") from None
-    return DkimKey(settings.dkim_selector, settings.dkim_domain or settings.from_domain, pem)
+    key = DkimKey(settings.dkim_selector, settings.dkim_domain or settings.from_domain, pem)
+    import dkim  # dkimpy
+
+    try:  # a file that is not a key failed every message, one "failed" delivery at a time: say so at start instead
+        dkim.sign(b"From: check@example.org\r\nSubject: key check\r\n\r\nx\r\n", key.selector.encode(), key.domain.encode(), pem)
+    except Exception as exc:  # dkimpy raises several kinds (KeyFormatError, UnparsableKeyError, ValueError …)
+        raise ConfigError(f"NEWSLETTER_DKIM_PRIVATE_KEY_PATH: {settings.dkim_private_key_path} is not a private key dkimpy can sign "
+                          f"with ({type(exc).__name__}: {str(exc).strip() or 'unreadable'}); give a PEM RSA key, e.g. from "
+                          "'openssl genrsa -out dkim.pem 2048'") from None
+    return key
 
 
 def new_holder() -> str:

@@ -6,11 +6,13 @@ lists them all. Nothing in the package reads the environment anywhere else.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from newsletter.errors import ConfigError, redact
 
@@ -20,7 +22,8 @@ MIN_SECRET_KEY_CHARS = 32
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        allow_inf_nan=False,  # NEWSLETTER_TRENDING_WEIGHT=inf made every paper's score inf, and every day quiet
     )
 
     database_url: str = "sqlite:///newsletter.db"
@@ -135,6 +138,23 @@ class Settings(BaseSettings):
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
 
+    @field_validator("base_url")
+    @classmethod
+    def _web_address(cls, value: str) -> str:
+        # Every link in every email is built on it: javascript: or ftp: there is a broken (or hostile) link.
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) address (e.g. https://digest.example.org)")
+        return value.strip()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        names = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if not isinstance(value, str) or value.strip().upper() not in names:
+            raise ValueError(f"{value!r} is not a log level (one of {', '.join(names)})")
+        return value.strip().upper()
+
     @field_validator("dispatch")
     @classmethod
     def _dispatch_needs_postgres(cls, value: str, info: ValidationInfo) -> str:
@@ -194,6 +214,11 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings from the environment and .env, turning validation errors into one line."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a list setting that is not JSON: pydantic-settings fails before validating
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = ENV_PREFIX + field.group(1).upper() if field else "a setting"
+        raise ConfigError(f'{name} is invalid: not JSON ({exc.__cause__ or exc}); write a JSON list, e.g. '
+                          f'["arxiv:cs.LG", "hf-daily"]. Fix it in the environment or in .env') from None
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "settings"

@@ -92,6 +92,14 @@ class Daemon:
     state: DaemonState
     process: Heartbeat | None = None  # the one running, the one gone silent, or the last one that stopped
 
+    def uptime(self, *, now: dt.datetime) -> dt.timedelta | None:
+        """How long the process has been up: until ``now`` while it beats (a beat is up to a tick old), until
+        its last beat once it went silent (nothing says it lived longer); None when none runs."""
+        if self.process is None or self.state == DaemonState.NOT_RUNNING:
+            return None
+        until = now if self.state == DaemonState.RUNNING else self.process.beat_at
+        return until - self.process.started_at
+
 
 @dataclass(frozen=True, slots=True)
 class SourceHealth:
@@ -160,7 +168,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         """The whole report as JSON-ready data; times as ISO 8601 UTC strings ("...Z")."""
-        process = self.daemon.process
+        process, uptime = self.daemon.process, self.daemon.uptime(now=self.now)
         return _jsonable({
             "ok": self.ok, "now": self.now, "needs_a_person": list(self.needs_a_person), "warnings": list(self.warnings),
             "daemon": {
@@ -168,6 +176,7 @@ class Report:
                 "process": None if process is None else {
                     "id": process.id, "started_at": process.started_at, "beat_at": process.beat_at,
                     "stopped_at": process.stopped_at, "seconds_since_beat": round((self.now - process.beat_at).total_seconds()),
+                    "seconds_up": None if uptime is None else round(uptime.total_seconds()),
                 },
                 "jobs": [asdict(job) for job in (process.jobs if process else ())],
             },

@@ -77,10 +77,34 @@ def _items(value: Any, name: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        value = value.split(";")
+        value = split_items(value)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidInput(f"{name} must be a list of text")
     return [item.strip() for item in value if item.strip()]
+
+
+def split_items(cell: str) -> list[str]:
+    r"""A CSV list cell's items: ``;`` separates them, ``\;`` is a semicolon inside one and ``\\`` a backslash
+    (what ``join_items`` writes); any other backslash is itself."""
+    items, current, position = [], [], 0
+    while position < len(cell):
+        char = cell[position]
+        if char == "\\" and cell[position + 1 : position + 2] in (";", "\\"):
+            current.append(cell[position + 1])
+            position += 2
+            continue
+        if char == ";":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        position += 1
+    return [*items, "".join(current)]
+
+
+def join_items(items: Iterable[str]) -> str:
+    """The CSV cell of a list: a topic "graphs; and trees" exported as two topics came back as two."""
+    return "; ".join(item.replace("\\", "\\\\").replace(";", "\\;") for item in items)
 
 
 def _text(value: Any, name: str) -> str:
@@ -257,6 +281,8 @@ def read_subscribers_json(text: str, *, default_max_papers: int = 10, source: st
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{source}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:  # '[' nested 100,000 deep: the parser's stack ends before the text does
+        raise InvalidInput(f'{source}: nested too deeply to be a list of subscribers (expected [{{"email": …}}, …])') from None
     if not isinstance(data, list):
         raise InvalidInput(f'{source}: not a list of subscribers (expected [{{"email": …}}, …])')
     result = CsvImport(unit="item")
@@ -335,6 +361,6 @@ def write_subscribers(subscribers: Iterable[NewSubscriber], out: TextIO, *, fmt:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow([guarded("; ".join(row[name]) if name in LISTS else "" if row[name] is None
+        writer.writerow([guarded(join_items(row[name]) if name in LISTS else "" if row[name] is None
                                  else _number(row[name]) if isinstance(row[name], float) else row[name]) for name in COLUMNS])
     return len(rows)

@@ -36,9 +36,12 @@ def check_hour(hour: int) -> int:
     return hour
 
 
+MAX_PAPERS = 100  # a digest's papers at most, wherever a subscriber sets it (CLI, CSV, web, email)
+
+
 def check_max_papers(count: int) -> int:
-    if not 1 <= count <= 100:
-        raise InvalidInput(f"max papers {count} is out of range: use 1 to 100")
+    if not 1 <= count <= MAX_PAPERS:
+        raise InvalidInput(f"max papers {count} is out of range: use 1 to {MAX_PAPERS}")
     return count
 
 

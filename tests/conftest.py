@@ -183,7 +183,7 @@ def cli(capsys: pytest.CaptureFixture[str]):
         capsys.readouterr()
         url = os.environ.get("NEWSLETTER_DATABASE_URL")
         if args and args[0] in ("digest", "preview") and url and not {"--at", "--only", "--dry-run", "--date"} & set(args):
-            args = (*args, "--at", fixed_send_moment(url))
+            args = (*args, *(["--allow-future"] if args[0] == "digest" else []), "--at", fixed_send_moment(url))
         code = main(list(args))
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)

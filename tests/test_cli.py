@@ -79,15 +79,24 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
         (["subscribers", "add", "a@example.org", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
         (["subscribers", "add", "a@example.org", "--hour", "25"], "send hour 25 is out of range"),
         (["subscribers", "add", "a@example.org", "--category", "machine learning"], "is not an arXiv category"),
+        (["subscribers", "list", "--status", "bogus"], "--status 'bogus' is not a subscriber status: use pending, active"),
         (["subscribers", "show", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
         (["subscribers", "remove", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
         (["digest", "--only", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
         (["digest", "--at", "28/11/2026"], "is not an instant: use e.g. 2026-12-01T06:00:00Z"),
         (["preview", "kept@example.org", "--date", "28/11/2026"], "is not a date: use YYYY-MM-DD"),
+        # A mistyped year on a real run would record every digest until then as missed: refused, nothing written.
+        (["digest", "--at", "2062-12-01T06:00:00Z"], "is in the future: a real run then would record every digest"),
+        (["digest", "--at", "9999-12-31T23:59:59Z"], "is out of range: years 1971–2998"),
+        (["digest", "--dry-run", "--at", "0001-01-01T00:00:00Z"], "is out of range: years 1971–2998"),
+        (["preview", "kept@example.org", "--date", "9999-12-31"], "is out of range: years 1970–2999"),
+        (["preview", "kept@example.org", "--at", "9999-12-31T00:00:00Z"], "is out of range: years 1971–2998"),
         (["sources", "remove", "42"], "no source '42'; 'newsletter sources list' shows the configured ones"),
         (["feedback", "kept@example.org", "2611.99999", "up"], "no paper '2611.99999' has been ingested; ingest it first"),
         (["ingest"], "no sources configured"),
         (["ingest", "/nowhere/feed.xml"], "/nowhere/feed.xml: no such file"),
+        (["ingest", "/dev/zero"], "/dev/zero is not a regular file (a device or a pipe)"),  # it used to say "no such file"
+        (["ingest", "/"], "/ is a folder: give the path of a feed file in it"),
     ],
 )
 def test_bad_input_is_one_line_names_the_thing_and_changes_nothing(cli, ready, args, expected) -> None:
@@ -283,6 +292,12 @@ def test_every_problem_of_a_csv_row_is_reported_with_plurals(cli, ready, tmp_pat
         ({"database_url": "postgresql://u:hunter2@db.example.org:abc/x"}, "has an invalid port"),
         ({"from_address": "not-an-address"}, "NEWSLETTER_FROM_ADDRESS is invalid: 'not-an-address' is not an email address"),
         ({"secret_key": "x"}, "NEWSLETTER_SECRET_KEY is invalid: must be at least 32 characters"),
+        ({"sources": "[not json"}, "NEWSLETTER_SOURCES is invalid: not JSON"),
+        ({"log_level": "LOUD"}, "NEWSLETTER_LOG_LEVEL is invalid: 'LOUD' is not a log level"),
+        ({"trending_weight": "inf"}, "NEWSLETTER_TRENDING_WEIGHT is invalid"),
+        ({"min_score": "nan"}, "NEWSLETTER_MIN_SCORE is invalid"),
+        ({"base_url": "javascript:alert(1)"}, "NEWSLETTER_BASE_URL is invalid: 'javascript:alert(1)' is not an http(s) address"),
+        ({"base_url": "ftp://x"}, "NEWSLETTER_BASE_URL is invalid"),
     ],
 )
 def test_invalid_settings_are_one_line_and_hide_passwords(cli, env, ready, settings, expected) -> None:
@@ -371,8 +386,8 @@ def test_sending_one_subscribers_digest_again_says_it_went_already(cli, configur
     cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))  # first seen now: tomorrow's digest can pick them
     cli("subscribers", "add", "ada@example.org", "--topic", "sequential recommendation", "--timezone", "UTC")
     tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
-    first = cli("digest", "--only", "ada@example.org", "--at", tomorrow.isoformat())
+    first = cli("digest", "--allow-future", "--only", "ada@example.org", "--at", tomorrow.isoformat())
     assert first.code == 0 and "sent 1" in first.out, first.out + first.err
-    again = cli("digest", "--only", "ada@example.org", "--at", (tomorrow + dt.timedelta(hours=3)).isoformat())
+    again = cli("digest", "--allow-future", "--only", "ada@example.org", "--at", (tomorrow + dt.timedelta(hours=3)).isoformat())
     assert again.code == 0, again.err
     assert f"ada@example.org: their digest of {tomorrow.date()} (their local date) went out already; at most one a day" in again.out

@@ -138,7 +138,7 @@ def test_three_digest_runs_started_apart_send_each_digest_once(cli, env, databas
     emails, at = import_readers(cli, tmp_path, RECIPIENTS)
 
     environ = {**os.environ, **{f"NEWSLETTER_{k.upper()}": str(v) for k, v in settings.items()}}
-    command = [sys.executable, "-m", "newsletter", "digest", "--at", at, "--json"]
+    command = [sys.executable, "-m", "newsletter", "digest", "--allow-future", "--at", at, "--json"]
     runs: list[Run] = []
     origin = time.monotonic()
     try:
@@ -202,7 +202,7 @@ def test_a_retry_from_yesterday_is_sent_today_and_one_past_the_window_expires_by
     late, stale = emails[0], emails[1]
     sink.temporary = lambda address: address in (late, stale)  # 451 the first time only
 
-    first = cli("digest", "--at", yesterday, "--json")
+    first = cli("digest", "--allow-future", "--at", yesterday, "--json")
     assert first.code == 0, first.err
     assert json.loads(first.out)["outcomes"] == {"sent": 2, "retry": 2}
     before = ledger_rows(database_url)
@@ -225,7 +225,7 @@ def test_a_retry_from_yesterday_is_sent_today_and_one_past_the_window_expires_by
         runtime.close()
     assert (dict(drained.outcomes), drained.expired) == ({"sent": 1}, 1), "yesterday's retry sent; the stale one expired"
 
-    second = cli("digest", "--at", today, "--json")
+    second = cli("digest", "--allow-future", "--at", today, "--json")
     assert second.code == 0, second.err
     report = json.loads(second.out)
     assert len(report["picks"]) == 4, "today's digests are planned for everyone"
@@ -285,7 +285,7 @@ def test_a_delivery_leased_by_a_live_sender_is_left_alone_until_the_lease_lapses
     planned = ledger_rows(database_url)
     assert (planned[held].status, planned[held].attempts, planned[held].leased_by) == ("sending", 1, "elsewhere:4242:cafe0000")
 
-    alongside = cli("digest", "--at", at, "--json")
+    alongside = cli("digest", "--allow-future", "--at", at, "--json")
     assert alongside.code == 0, alongside.err
     assert json.loads(alongside.out)["outcomes"] == {"sent": 2}, "only the two nobody holds"
     rows = ledger_rows(database_url)
@@ -297,7 +297,7 @@ def test_a_delivery_leased_by_a_live_sender_is_left_alone_until_the_lease_lapses
     # The other sender died: its lease runs out.
     execute(database_url, update(Delivery).where(Delivery.leased_by == "elsewhere:4242:cafe0000")
             .values(lease_until=naive_utcnow() - dt.timedelta(seconds=1)))
-    after = cli("digest", "--at", at, "--json")
+    after = cli("digest", "--allow-future", "--at", at, "--json")
     assert after.code == 0, after.err
     assert json.loads(after.out)["outcomes"] == {"sent": 1}, "the unknown outcome is retried once; the twice-tried one is not"
     rows = ledger_rows(database_url)
@@ -305,7 +305,7 @@ def test_a_delivery_leased_by_a_live_sender_is_left_alone_until_the_lease_lapses
     assert (rows[twice].status, rows[twice].attempts) == ("unknown", 2)
     assert [m for r, m, _ in sink.received if r == held] == [planned[held].message_id], "resent with the same Message-ID"
 
-    again = cli("digest", "--at", at, "--json")
+    again = cli("digest", "--allow-future", "--at", at, "--json")
     assert again.code == 0, again.err
     assert json.loads(again.out)["outcomes"] == {}
     assert sink.per_recipient() == {held: 1, **{email: 1 for email in free}}
@@ -328,7 +328,7 @@ def test_a_live_sender_stuck_on_a_slow_relay_keeps_its_lease_and_nothing_is_sent
         assert cli("subscribers", "import", str(tmp_path / "l.csv")).code == 0
         assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
         environ = {**os.environ, **{f"NEWSLETTER_{k.upper()}": str(v) for k, v in settings.items()}}
-        command = [sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(sqlite_url)]
+        command = [sys.executable, "-m", "newsletter", "digest", "--allow-future", "--at", fixed_send_moment(sqlite_url)]
         first = subprocess.Popen(command, env=environ, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while (row := ledger_rows(sqlite_url).get("reader0@example.org")) is None or row.status != "sending":

@@ -75,6 +75,22 @@ def test_the_demo_runs_again_in_its_own_folder_and_removes_only_its_own_files(cl
     assert len(emails(folder)) == 3  # the previous run's emails were cleared, not added to
 
 
+def test_a_rerun_keeps_the_users_files_in_the_outbox_even_emails_it_did_not_write(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    assert cli("demo", "--dir", str(folder)).code == 0
+    first_run = sorted((folder / "outbox").glob("*/*.eml"))
+    (folder / "outbox" / "ada_example.org" / "note.eml").write_text("mine")  # beside the demo's own email to Ada
+    (folder / "outbox" / "mine2.txt").write_text("mine too")
+    (folder / "outbox" / "drafts").mkdir()
+    (folder / "outbox" / "drafts" / "letter.eml").write_text("and mine")
+    again = cli("demo", "--dir", str(folder))
+    assert again.code == 0, again.err
+    assert [(folder / "outbox" / name).read_text() for name in ("ada_example.org/note.eml", "mine2.txt", "drafts/letter.eml")] == [
+        "mine", "mine too", "and mine"]
+    assert not any(path.exists() for path in first_run), "the first run's emails are the demo's own: cleared"
+    assert len(emails(folder)) == 5  # this run's three, the user's two
+
+
 def test_the_demo_refuses_a_file_and_an_empty_folder_is_fine(cli, tmp_path: Path) -> None:
     file = tmp_path / "report.pdf"
     file.write_bytes(b"%PDF")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import signal
@@ -291,6 +292,16 @@ def test_only_the_list_address_is_accepted(listener: Listener) -> None:
     assert refused.value.recipients["someone@example.org"][0] == 550
     listener.send("help\n", to="DIGEST@Example.ORG")  # addresses are case-insensitive
     assert len(listener.mail_to("ada@example.org")) == 1
+
+
+def test_a_message_is_one_line_of_log_without_the_smtp_librarys_own(listener: Listener, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    listener.send("help\n")
+    assert len(listener.mail_to("ada@example.org")) == 1
+    chatter = [r.getMessage() for r in caplog.records if r.name == "mail.log" and r.levelno < logging.WARNING]
+    assert chatter == []  # aiosmtpd's envelope and SMTP commands: about 15 lines a message
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("newsletter")]
+    assert len(ours) == 1 and ours[0].startswith("from ada@example.org: help [help] 1 sent in "), ours
 
 
 def test_a_commands_address_is_the_one_accepted_and_our_own_too(sqlite_url: str, smtp_server: SmtpSink) -> None:

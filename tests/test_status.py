@@ -14,6 +14,7 @@ from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import DaemonHeartbeat, Delivery, Source, Subscriber, utcnow
 from newsletter.ingest.run import EMPTY_LISTING
 from newsletter.ingest.sources import ARXIV_RSS
+from newsletter.status import DaemonState, read_status, span
 
 WEDNESDAY = dt.datetime(2026, 12, 2, 15, 0)  # 10:00 in New York: arXiv's listing should carry papers
 SATURDAY = dt.datetime(2026, 12, 5, 15, 0)
@@ -79,6 +80,24 @@ def test_a_daemon_that_stopped_cleanly_is_not_running_and_that_is_fine(cli, db) 
     result, first = status(cli)
     assert (result.code, first) == (0, "status: OK")
     assert "daemon: not running (host:2 stopped " in result.out and ", 60 min ago)" in result.out
+
+
+@pytest.mark.parametrize(("started_ago", "beat_ago", "stopped", "state", "up"), [
+    (dt.timedelta(seconds=42), dt.timedelta(seconds=28), False, DaemonState.RUNNING, "42 s"),  # it beats, so it is up now
+    (dt.timedelta(minutes=42), dt.timedelta(minutes=30), False, DaemonState.SILENT, "12 min"),  # nothing says it lived on
+    (dt.timedelta(minutes=42), dt.timedelta(minutes=30), True, DaemonState.NOT_RUNNING, None),
+])
+def test_a_daemon_is_up_until_now_while_it_beats(db, started_ago: dt.timedelta, beat_ago: dt.timedelta, stopped: bool,
+                                                  state: DaemonState, up: str | None) -> None:
+    beat_at = WEDNESDAY - beat_ago
+    add(db, DaemonHeartbeat(id="host:1", started_at=WEDNESDAY - started_ago, beat_at=beat_at,
+                            stopped_at=beat_at if stopped else None, jobs={}))
+    with db() as session:
+        report = read_status(session, now=WEDNESDAY)
+    uptime = report.daemon.uptime(now=WEDNESDAY)
+    assert report.daemon.state == state
+    assert (uptime and span(uptime)) == up
+    assert report.as_dict()["daemon"]["process"]["seconds_up"] == (uptime and uptime.total_seconds())
 
 
 def test_a_beating_daemon_shows_the_next_run_of_each_job(cli, db) -> None:

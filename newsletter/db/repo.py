@@ -34,6 +34,7 @@ from newsletter.db.models import (
     utcnow,
 )
 from newsletter.errors import InvalidInput, NotFound
+from newsletter.ingest.feeds import plain_text
 from newsletter.ingest.sources import Trust
 
 IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
@@ -43,13 +44,18 @@ IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parame
 
 
 def preferences_row(prefs: records.Preferences) -> dict[str, Any]:
+    """The stored form; every way in (CLI, CSV, JSON, web, email) passes here, so what is stored is inert text:
+    a topic typed as "\x1b]0;…\x07" or with a bidi override reached the export file as typed."""
+    def texts(values: Sequence[str]) -> list[str]:
+        return [text for text in map(plain_text, values) if text]
+
     return {
-        "topics": [{"phrase": t.phrase, "weight": t.weight} for t in prefs.topics],
-        "exclude": list(prefs.exclude),
-        "categories": list(prefs.categories),
-        "authors": list(prefs.authors),
-        "describe": prefs.describe,
-        "seed_papers": list(prefs.seed_papers),
+        "topics": [{"phrase": phrase, "weight": t.weight} for t in prefs.topics if (phrase := plain_text(t.phrase))],
+        "exclude": texts(prefs.exclude),
+        "categories": texts(prefs.categories),
+        "authors": texts(prefs.authors),
+        "describe": "\n".join(map(plain_text, prefs.describe.splitlines())).strip(),  # their line breaks kept
+        "seed_papers": texts(prefs.seed_papers),
         "min_score": prefs.min_score,
     }
 

@@ -50,8 +50,13 @@ def clean_text(value: str | None) -> str:
         return ""
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
         value = html.unescape(nh3.clean(value, tags=set()))
-    value = ESCAPE_SEQUENCE.sub("", value).translate(INVISIBLE)
-    return WHITESPACE.sub(" ", value).strip()
+    return plain_text(value)
+
+
+def plain_text(value: str) -> str:
+    """``value`` inert on a terminal and in an email: escape sequences, control, bidi and zero-width characters
+    removed, whitespace folded. For text people type too (topics, names), where "<" is not HTML."""
+    return WHITESPACE.sub(" ", ESCAPE_SEQUENCE.sub("", value).translate(INVISIBLE)).strip()
 
 
 def web_url(value: str | None) -> str | None:

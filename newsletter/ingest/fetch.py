@@ -103,7 +103,7 @@ class Fetcher:
     @classmethod
     def from_settings(cls, settings: Settings, client: httpx.Client) -> Fetcher:
         api_host = urlsplit(settings.arxiv_api_url).hostname  # the configured arXiv API speaks for arXiv too
-        return cls(client=client, max_bytes=settings.max_feed_bytes, time_cap_s=settings.fetch_timeout_s * 2,
+        return cls(client=client, max_bytes=settings.max_feed_bytes, time_cap_s=settings.fetch_timeout_s,
                    retries=settings.fetch_retries, host_interval_s=settings.host_interval_s,
                    max_retry_after_s=settings.max_retry_after_s, allow_private=settings.allow_private_sources,
                    arxiv_hosts=arxiv.ARXIV_HOSTS | ({api_host} if api_host else set()))
@@ -221,8 +221,12 @@ def retry_after_s(value: str | None) -> float | None:
 
 def read_file(path: str, *, max_bytes: int) -> Fetched:
     file = Path(path).expanduser()
-    if not file.is_file():
+    if not file.exists():
         raise FeedError(f"{path}: no such file (give an http(s) URL or the path of a feed file)")
+    if file.is_dir():
+        raise FeedError(f"{path} is a folder: give the path of a feed file in it, or an http(s) URL")
+    if not file.is_file():  # /dev/zero, a FIFO: reading would never end, or block
+        raise FeedError(f"{path} is not a regular file (a device or a pipe): give the path of a feed file")
     size = file.stat().st_size
     if size > max_bytes:
         raise FeedError(f"{path}: {size:,} bytes is larger than {max_bytes:,}; raise NEWSLETTER_MAX_FEED_BYTES")

@@ -25,7 +25,6 @@ MAX_PHRASE_CHARS = 200
 MAX_DESCRIBE_CHARS = 1_000  # a sentence or three
 MAX_EMAIL_CHARS = 320  # RFC 5321's longest address
 MAX_CATEGORY_CHARS = 40  # the longest arXiv category is 18
-MAX_PAPERS_OFFERED = 50
 T = TypeVar("T")
 LIST_SPLIT = re.compile(r"[\n;]")
 
@@ -185,10 +184,10 @@ def _weekday(text: str) -> int:
 
 
 def _papers(text: str) -> int:
-    count = _number(text, "number of papers") if text else 0
-    if not 1 <= count <= MAX_PAPERS_OFFERED:
-        raise InvalidInput(f"choose from 1 to {MAX_PAPERS_OFFERED} papers")
-    return count
+    try:
+        return validate.check_max_papers(_number(text, "number of papers") if text else 0)
+    except InvalidInput:
+        raise InvalidInput(f"choose from 1 to {validate.MAX_PAPERS} papers") from None
 
 
 def _sentence(text: str) -> str:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from newsletter import subscriptions, tokens
+from newsletter import subscriptions, tokens, validate
 from newsletter.db.models import aware
 from newsletter.errors import InvalidInput
 from newsletter.records import NewSubscriber
@@ -37,7 +37,7 @@ def form_context(values: FormValues, errors: dict[str, str] | None = None) -> di
     categories += [(code, "", True) for code in values.categories if code not in common]
     return {"values": values, "errors": errors or {}, "categories": categories, "time_zones": forms.time_zones(),
             "weekdays": list(enumerate(forms.WEEKDAY_NAMES)), "frequencies": forms.FREQUENCY_LABELS,
-            "max_papers": forms.MAX_PAPERS_OFFERED}
+            "max_papers": validate.MAX_PAPERS}
 
 
 def refuse_link(exc: InvalidInput) -> Refused:

@@ -88,8 +88,8 @@ def test_no_paper_is_sent_twice_across_days(cli, ready) -> None:
     cli("subscribers", "add", "lm@example.org", "--topic", "language models", "--max-papers", "4")
     first_at = dt.datetime.fromisoformat(fixed_send_moment(ready).replace("Z", "+00:00"))
     today, tomorrow = first_at.date(), first_at.date() + dt.timedelta(days=1)  # local dates: the subscriber is on UTC
-    cli("digest", "--at", first_at.isoformat())
-    cli("digest", "--at", (first_at + dt.timedelta(days=1)).isoformat())
+    cli("digest", "--allow-future", "--at", first_at.isoformat())
+    cli("digest", "--allow-future", "--at", (first_at + dt.timedelta(days=1)).isoformat())
     first = cli("preview", "lm@example.org", "--date", today.isoformat(), "--out", "a.html")
     second = cli("preview", "lm@example.org", "--date", tomorrow.isoformat(), "--out", "b.html")
     assert first.code == second.code == 0

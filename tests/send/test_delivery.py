@@ -200,6 +200,18 @@ def test_dkim_signs_when_a_key_is_configured(cli, env, list_ready, sink, tmp_pat
     assert captured and all(m.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;") and b"s=news;" in m[:600] for m in captured)
 
 
+def test_a_dkim_key_file_that_is_no_key_stops_the_run_at_start_and_fails_nobody(cli, env, list_ready, sink, sqlite_url,
+                                                                                 tmp_path) -> None:
+    not_a_key = tmp_path / "passwd"
+    not_a_key.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    env(dkim_private_key_path=not_a_key)
+    result = cli("digest")
+    assert result.code == 1 and len(result.err.strip().splitlines()) == 1, result.err
+    assert result.err.startswith(f"error: NEWSLETTER_DKIM_PRIVATE_KEY_PATH: {not_a_key} is not a private key dkimpy can sign")
+    assert not sink.per_recipient()
+    assert {d.status for d in deliveries(sqlite_url).values()} <= {"pending"}, "no delivery failed for a setting"
+
+
 def test_retries_back_off_exponentially_with_jitter() -> None:
     import datetime as dt
 

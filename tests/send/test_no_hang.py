@@ -65,7 +65,7 @@ sys.exit(main(["digest", *sys.argv[1:]]))
 
 def run_cli(environ: dict[str, str], cwd: Path, *args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
     if args[:1] == ("digest",) or script:  # at the moment every subscriber is due (they send at their own hour)
-        args = (*(args or ()), "--at", fixed_send_moment(environ["NEWSLETTER_DATABASE_URL"]))
+        args = (*(args or ()), "--allow-future", "--at", fixed_send_moment(environ["NEWSLETTER_DATABASE_URL"]))
     command = [sys.executable, "-c", script, *args[1:]] if script else [sys.executable, "-m", "newsletter", *args]
     return subprocess.run(command, env=environ, cwd=cwd, capture_output=True, text=True, timeout=HARD_TIMEOUT_S)
 
@@ -94,7 +94,7 @@ def statuses(url: str) -> dict[str, str]:
 def digest_disturbed(environ: dict[str, str], cwd: Path, url: str, sink: FaultySink, *, after: int,
                      disturb: Callable[[subprocess.Popen[str]], object]) -> tuple[int, str]:
     """`newsletter digest` in a process, ``disturb``ed once the sink has ``after`` messages; (exit status, stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--at", fixed_send_moment(url)],
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--allow-future", "--at", fixed_send_moment(url)],
                                env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + HARD_TIMEOUT_S

@@ -151,7 +151,7 @@ def test_subscribe_confirm_tune_receive_and_leave(browser: Any, cli, env, sqlite
 
     # The next send skips them.
     tomorrow = (dt.datetime.fromisoformat(fixed_send_moment(sqlite_url).removesuffix("Z")) + dt.timedelta(days=1)).isoformat() + "Z"
-    assert beside_the_browser(cli, "digest", "--at", tomorrow).code == 0
+    assert beside_the_browser(cli, "digest", "--allow-future", "--at", tomorrow).code == 0
     assert len(smtp_server.received) == 2, "nothing more was sent"
     with sessions() as session:
         assert len(session.scalars(select(Delivery)).all()) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import pytest
 from sqlalchemy import select
 
@@ -16,6 +18,53 @@ PAPERS = [
 ]
 FORM = {"topics": "diffusion models", "exclude": "", "authors": "", "describe": "", "timezone": "Europe/Berlin",
         "send_hour": "7", "frequency": "daily", "weekday": "0", "max_papers": "10"}
+
+
+class FormAsShown(HTMLParser):
+    """What a browser submits for a page's form left as it is: each field's shown value, the number
+    fields' ``max`` (a browser will not submit a number above it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, list[str]] = {}
+        self.max: dict[str, int] = {}
+        self._open: tuple[str, str] | None = None  # (tag, name) of the textarea, select or option being read
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        name = a.get("name", "")
+        if tag == "input" and name and (a.get("type") not in ("checkbox", "radio") or "checked" in a):
+            self.fields.setdefault(name, []).append(a.get("value", ""))
+            if a.get("type") == "number" and "max" in a:
+                self.max[name] = int(a["max"])
+        elif tag == "textarea":
+            self.fields[name] = [""]
+            self._open = ("textarea", name)
+        elif tag == "select":
+            self._select = name
+        elif tag == "option" and self._select and "selected" in a:
+            self._open = ("option", self._select)
+            if "value" in a:
+                self.fields[self._select] = [a["value"]]
+                self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            tag, name = self._open
+            self.fields[name] = [(self.fields.get(name) or [""])[0] + data]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("textarea", "option"):
+            self._open = None
+        elif tag == "select":
+            self._select = None
+
+
+def form_as_shown(page: str) -> FormAsShown:
+    parser = FormAsShown()
+    parser.feed(page)
+    return parser
 
 
 @pytest.fixture
@@ -69,6 +118,20 @@ def test_save_stores_everything_on_the_form(front: Front, ada: str) -> None:
         assert session.scalars(select(SubscriptionEvent.kind).order_by(SubscriptionEvent.id)).all()[-1] == "changed"
     page = front.client.get(ada)
     assert ">diffusion models^2\nsampling</textarea>" in page.text and '<option value="4" selected>Friday</option>' in page.text
+
+
+def test_saving_unchanged_keeps_a_count_of_papers_the_cli_allows_above_fifty(front: Front, ada: str) -> None:
+    with front.sessions() as session:  # as `newsletter subscribers update ada@example.org --max-papers 80` stores it
+        session.scalars(select(Subscriber)).one().max_papers = 80
+        session.commit()
+    shown = form_as_shown(front.client.get(ada).text)
+    assert shown.fields["max_papers"] == ["80"] and shown.max["max_papers"] >= 80, "a browser would refuse to submit it"
+    answer = front.client.post(ada, data={**shown.fields, "action": "save"})
+    assert answer.status_code == 200 and "Saved." in answer.text, answer.text
+    with front.sessions() as session:
+        row = session.scalars(select(Subscriber)).one()
+        assert (row.max_papers, row.timezone, row.preferences.topics) == (80, "Europe/Berlin", [{"phrase": "graph neural networks",
+                                                                                              "weight": 1.0}])
 
 
 def test_a_form_with_mistakes_saves_nothing_and_escapes_what_came_back(front: Front, ada: str) -> None:

@@ -122,7 +122,7 @@ def test_a_form_with_mistakes_comes_back_filled_in_and_changes_nothing(front: Fr
                              frequency="hourly", max_papers="0")
     assert answer.status_code == 400
     for message in ("Invalid email address", "Choose a time zone from the list", "Send hour 25 is out of range",
-                    "Unknown frequency", "Choose from 1 to 50 papers"):
+                    "Unknown frequency", "Choose from 1 to 100 papers"):
         assert message in answer.text, message
     assert 'value="not an address"' in answer.text and ">diffusion models</textarea>" in answer.text
     assert 'aria-invalid="true" aria-describedby="email-error"' in answer.text
