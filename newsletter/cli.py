@@ -503,6 +503,7 @@ def feedback(
     direction: Annotated[str, typer.Argument(help="up (more like this) or down (less like this).")],
 ) -> None:
     """Record "more like this" / "less like this" for a subscriber; their next digest follows it."""
+    direction = direction.strip().lower()  # "UP" too
     if direction not in ("up", "down"):
         raise NewsletterError(f"{direction!r}: say up (more like this) or down (less like this)")
     with _ctx(typer_ctx).sessions() as session:
@@ -751,8 +752,8 @@ def _parse_date(value: str | None) -> dt.date | None:
         day = dt.date.fromisoformat(value)
     except ValueError:
         raise NewsletterError(f"--date {value!r} is not a date: use YYYY-MM-DD") from None
-    if day.year not in YEARS:
-        raise NewsletterError(f"--date {value!r} is out of range: years {YEARS.start}–{YEARS.stop - 1}")
+    if not YEARS.start < day.year < YEARS.stop - 1:  # as --at's
+        raise NewsletterError(f"--date {value!r} is out of range: years {YEARS.start + 1}–{YEARS.stop - 2}")
     return day
 
 
@@ -1040,8 +1041,8 @@ def print_status(report: Any) -> None:  # report: status.Report
     else:
         out.print("next sends: none scheduled")
     if report.queue is not None:
-        queue = table("queue", "waiting", "scheduled", "running", "failed", title=f"job queue ({report.queue['workers_seen']} "
-                      "workers seen in the last minute)")
+        seen = plural(report.queue["workers_seen"], "worker")
+        queue = table("queue", "waiting", "scheduled", "running", "failed", title=f"job queue ({seen} seen in the last minute)")
         for name, counts in sorted(report.queue["queues"].items()):
             queue.add_row(safe(name), *(f"{counts[k]:,}" for k in ("waiting", "scheduled", "running", "failed")))
         out.print(queue)

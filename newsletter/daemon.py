@@ -51,7 +51,7 @@ from newsletter.deliver import send_due, wall_clock
 from newsletter.errors import NewsletterError
 from newsletter.jobs import cleanup, ingest_configured, job_table, missed_at_start, queue_configured
 from newsletter.plan import plan_due
-from newsletter.runtime import Runtime
+from newsletter.runtime import Runtime, holder_is_dead
 from newsletter.send.dispatch import one_line
 from newsletter.settings import Settings
 from newsletter.wording import plural
@@ -170,7 +170,7 @@ class Daemon:
 
 
     async def _send(self) -> Done:
-        if not await asyncio.to_thread(self._with_session, anything_to_send, now=naive(self.clock())):
+        if not await asyncio.to_thread(self._with_session, anything_to_send, now=naive(self.clock()), is_dead=holder_is_dead):
             return Done("nothing due", level=logging.DEBUG)
         async with contextlib.AsyncExitStack() as stack:
             try:  # reach the relay before claiming anything
@@ -246,7 +246,7 @@ class Daemon:
         seconds = time.perf_counter() - started
         state = self.jobs[job]
         state.last_run_at, state.last_seconds, state.last_result, state.last_error = started_at, round(seconds, 3), done.summary, done.error
-        log.log(done.level, "%s: %s in %.2f s", job, done.summary, seconds, exc_info=failure,
+        log.log(done.level, "%s: %s (took %.2f s)", job, done.summary, seconds, exc_info=failure,
                 extra={"job": job, "seconds": round(seconds, 3), **done.counts, **({"error": done.error} if done.error else {})})
         await self._beat()
 

@@ -90,6 +90,10 @@ async def send_due(
         report.taken_over = sum(dead.values())
         report.recovered = ledger.recover_interrupted(session, now=at)
         report.expired = ledger.expire_stale(session, now=at, window=dt.timedelta(hours=settings.retry_window_h))
+        # Subscribers who left by a way that does not cancel (a status changed by hand). Not per worker batch:
+        # leaving cancels at the source, and the send re-checks the status anyway.
+        if delivery_ids is None and (cancelled := ledger.cancel_unsent(session, now=at)):
+            logger.info("cancelled %s digests of subscribers no longer active", cancelled)
         session.commit()
         recent = ledger.recent_send_times(session, since=at - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
     limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])

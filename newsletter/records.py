@@ -71,6 +71,12 @@ class Preferences:
     seed_papers: tuple[str, ...] = ()  # arXiv ids: "more like these"
     min_score: float | None = None  # None: the installation's NEWSLETTER_MIN_SCORE
 
+    @property
+    def selects_nothing(self) -> bool:
+        """No topic, author, sentence or seed paper: no paper can score, so no digest ever comes (categories
+        and exclusions only narrow what those select)."""
+        return not (self.topics or self.authors or self.describe or self.seed_papers)
+
     @classmethod
     def from_lists(
         cls,

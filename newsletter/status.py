@@ -91,6 +91,7 @@ class DaemonState(enum.StrEnum):
 class Daemon:
     state: DaemonState
     process: Heartbeat | None = None  # the one running, the one gone silent, or the last one that stopped
+    gone: bool = False  # silent because its process (of this host) no longer exists
 
     def uptime(self, *, now: dt.datetime) -> dt.timedelta | None:
         """How long the process has been up: until ``now`` while it beats (a beat is up to a tick old), until
@@ -192,7 +193,7 @@ class Report:
 
 def read_status(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool] = lambda _holder: False) -> Report:
     """Everything ``newsletter status`` shows, as of ``now`` (naive UTC), assessed. ``is_dead``: whether a
-    lease holder is known to be a process that no longer exists (``runtime.holder_is_dead``)."""
+    lease holder or a daemon is known to be a process that no longer exists (``runtime.holder_is_dead``)."""
     heartbeats = [Heartbeat(row.id, row.started_at, row.beat_at, row.stopped_at,
                             tuple(Job.from_heartbeat(str(k), v) for k, v in sorted((row.jobs or {}).items())))
                   for row in session.scalars(select(DaemonHeartbeat))]
@@ -208,8 +209,8 @@ def read_status(session: Session, *, now: dt.datetime, is_dead: Callable[[str], 
     ) if at is not None)
     from newsletter.scale.status import queue_status  # SQL only: no procrastinate needed to read its tables
 
-    report = Report(now, daemon_state(heartbeats, now=now), sources, _deliveries(session, now=now, is_dead=is_dead), next_sends,
-                    queue=queue_status(session))
+    report = Report(now, daemon_state(heartbeats, now=now, is_dead=is_dead), sources,
+                    _deliveries(session, now=now, is_dead=is_dead), next_sends, queue=queue_status(session))
     problems, warnings = assess(report)
     return replace(report, needs_a_person=problems, warnings=warnings)
 
@@ -237,16 +238,22 @@ def _deliveries(session: Session, *, now: dt.datetime, is_dead: Callable[[str], 
 # --- deciding ----------------------------------------------------------------------------------
 
 
-def daemon_state(heartbeats: Sequence[Heartbeat], *, now: dt.datetime) -> Daemon:
-    """Running, silent or not running (see the module's docstring), with the process it is about."""
-    alive = [h for h in heartbeats if h.stopped_at is None and now - h.beat_at <= SILENT_AFTER]
+def daemon_state(heartbeats: Sequence[Heartbeat], *, now: dt.datetime,
+                 is_dead: Callable[[str], bool] = lambda _process: False) -> Daemon:
+    """Running, silent or not running (see the module's docstring), with the process it is about.
+
+    A fresh beat from a process of this host that no longer exists (``is_dead``: SIGKILL, OOM) is silence at
+    once, not "running" for SILENT_AFTER more."""
+    alive = [h for h in heartbeats if h.stopped_at is None and now - h.beat_at <= SILENT_AFTER and not is_dead(h.id)]
     if alive:
         return Daemon(DaemonState.RUNNING, max(alive, key=lambda h: h.beat_at))
     if not heartbeats:
         return Daemon(DaemonState.NOT_RUNNING)
     # A crash followed by a clean start and stop is history, not silence: only the latest process counts.
     latest = max(heartbeats, key=lambda h: max(h.beat_at, h.stopped_at or h.beat_at))
-    return Daemon(DaemonState.NOT_RUNNING if latest.stopped_at else DaemonState.SILENT, latest)
+    if latest.stopped_at:
+        return Daemon(DaemonState.NOT_RUNNING, latest)
+    return Daemon(DaemonState.SILENT, latest, gone=is_dead(latest.id))
 
 
 def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -255,7 +262,8 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
     warnings: list[str] = []
     now, process = report.now, report.daemon.process
     if report.daemon.state == DaemonState.SILENT and process is not None:
-        problems.append(f"daemon silent for {span(now - process.beat_at)}")
+        gone = f", its process {process.id} is gone" if report.daemon.gone else ""
+        problems.append(f"daemon silent for {span(now - process.beat_at)}{gone}")
     if process is not None and report.daemon.state != DaemonState.NOT_RUNNING:
         for job in process.jobs:
             if job.last_error and LOGIN_REFUSED.search(job.last_error):

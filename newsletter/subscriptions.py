@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter import records, tokens
-from newsletter.db import repo
+from newsletter.db import ledger, repo
 from newsletter.db.models import (
     ForgottenAddress,
     Preferences,
@@ -369,14 +369,16 @@ def update_preferences(session: Session, settings: Settings, subscriber_id: int,
 def unsubscribe(session: Session, settings: Settings, subscriber_id: int, *, via: Via, now: dt.datetime | None = None) -> bool:
     """Stop all mail to this subscriber from the next send on; True when it was subscribed (idempotent).
 
-    The send path re-checks the status when it marks a digest as sending, so a digest already planned
-    or claimed for today is not sent either.
+    A digest already planned or claimed for today is cancelled (and the send path re-checks the status
+    when it marks a digest as sending, so one claimed meanwhile is not sent either).
     """
     now = now or utcnow()
     row = session.get(Subscriber, subscriber_id)
     if row is None or row.status == SubscriberStatus.UNSUBSCRIBED:
         return False
     row.status, row.unsubscribed_at, row.pending_change, row.token_nonce = SubscriberStatus.UNSUBSCRIBED.value, now, None, None
+    session.flush()
+    ledger.cancel_unsent(session, subscriber_ids=[row.id], now=now)  # a digest planned (even claimed) is not sent
     if settings.secret_key:
         _event(session, settings, email=row.email, kind=SubscriptionEventKind.UNSUBSCRIBED, via=via, subscriber_id=row.id, now=now)
     session.flush()
@@ -397,6 +399,8 @@ def pause(session: Session, settings: Settings, email: str, *, now: dt.datetime 
     if row.status != SubscriberStatus.ACTIVE:
         raise InvalidInput(f"{row.email} is {row.status}, not active: only an active subscription can be paused")
     row.status = SubscriberStatus.PAUSED.value
+    session.flush()
+    ledger.cancel_unsent(session, subscriber_ids=[row.id], now=now)  # nothing while paused, today's digest neither
     if settings.secret_key:
         _event(session, settings, email=row.email, kind=SubscriptionEventKind.PAUSED, via=Via.CLI, subscriber_id=row.id, now=now)
 

@@ -22,8 +22,15 @@ def normalize_email(raw: str) -> str:
     return result.normalized.lower()
 
 
+# Files in the zone database that are no place's zone: "localtime" is the server's own (a subscriber's hour
+# would follow wherever the server is moved), "Factory" and "posixrules" are tzdata internals.
+NOT_A_PLACE = frozenset({"localtime", "Factory", "posixrules"})
+
+
 def check_timezone(name: str) -> str:
     try:
+        if name in NOT_A_PLACE:
+            raise ValueError(name)
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise InvalidInput(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None

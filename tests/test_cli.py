@@ -78,6 +78,8 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
         (["subscribers", "add", "not-an-address"], "invalid email address 'not-an-address'"),
         (["subscribers", "add", "a@example.org", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
         (["subscribers", "add", "a@example.org", "--hour", "25"], "send hour 25 is out of range"),
+        (["subscribers", "add", "a@example.org", "--timezone", "localtime"], "unknown time zone 'localtime'"),  # the server's
+        (["subscribers", "add", "a@example.org", "--timezone", "Factory"], "unknown time zone 'Factory'"),
         (["subscribers", "add", "a@example.org", "--category", "machine learning"], "is not an arXiv category"),
         (["subscribers", "list", "--status", "bogus"], "--status 'bogus' is not a subscriber status: use pending, active"),
         (["subscribers", "show", "ghost@example.org"], "no subscriber 'ghost@example.org'; 'newsletter subscribers list'"),
@@ -89,7 +91,7 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
         (["digest", "--at", "2062-12-01T06:00:00Z"], "is in the future: a real run then would record every digest"),
         (["digest", "--at", "9999-12-31T23:59:59Z"], "is out of range: years 1971–2998"),
         (["digest", "--dry-run", "--at", "0001-01-01T00:00:00Z"], "is out of range: years 1971–2998"),
-        (["preview", "kept@example.org", "--date", "9999-12-31"], "is out of range: years 1970–2999"),
+        (["preview", "kept@example.org", "--date", "9999-12-31"], "is out of range: years 1971–2998"),
         (["preview", "kept@example.org", "--at", "9999-12-31T00:00:00Z"], "is out of range: years 1971–2998"),
         (["sources", "remove", "42"], "no source '42'; 'newsletter sources list' shows the configured ones"),
         (["feedback", "kept@example.org", "2611.99999", "up"], "no paper '2611.99999' has been ingested; ingest it first"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from sqlalchemy import select, update
 
@@ -85,6 +86,46 @@ def test_a_subscriber_who_leaves_after_their_digest_was_claimed_does_not_get_it(
             assert sender.started([claimed.id], now=now) == set(), "not marked sending: the worker skips it"
             session.commit()
             assert session.scalar(select(Delivery.status)) == "pending"
+    finally:
+        runtime.close()
+
+
+def test_leaving_cancels_the_digests_planned_and_not_sent_however_one_leaves(cli, configured) -> None:
+    """They were left pending: a day later they expired and `status` paged the operator for people who left,
+    or the old digest went out to someone who signed up again within the day."""
+    from newsletter import subscriptions
+    from newsletter.subscriptions import Via
+
+    assert cli("init").code == 0
+    for name in ("ada", "bob", "cy"):
+        assert cli("subscribers", "add", f"{name}@example.org", "--topic", "language models").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    settings = load_settings()
+    runtime = Runtime.build(settings)
+    try:
+        plan_due(runtime, now=next_send(configured, "ada@example.org") + dt.timedelta(minutes=1))
+        with runtime.sessions() as session:
+            ledger.claim_due(session, now=dt.datetime.now(dt.UTC).replace(tzinfo=None), holder="a sender",
+                             lease=dt.timedelta(minutes=5), limit=10)  # claimed by a sender, not sent yet
+            session.commit()
+            ada = session.scalar(select(Subscriber.id).where(Subscriber.email == "ada@example.org"))
+            assert subscriptions.unsubscribe(session, settings, ada, via=Via.WEB)  # the one-click link
+            session.execute(update(Subscriber).where(Subscriber.email == "cy@example.org").values(status="paused"))  # by hand
+            session.commit()
+        assert cli("subscribers", "pause", "bob@example.org").code == 0
+
+        def statuses() -> dict[str, str]:
+            with runtime.sessions() as session:
+                return {email: status for email, status in session.execute(select(Subscriber.email, Delivery.status).join(Delivery))}
+
+        assert statuses() == {"ada@example.org": "cancelled", "bob@example.org": "cancelled", "cy@example.org": "pending"}
+        with runtime.sessions() as session:  # the claim ended
+            session.execute(update(Delivery).values(leased_by=None, lease_until=None))
+            session.commit()
+        swept = cli("digest", "--json")  # a status changed by hand is caught by the next sender
+        assert swept.code == 0 and json.loads(swept.out)["outcomes"] == {}, swept.out
+        assert statuses() == {"ada@example.org": "cancelled", "bob@example.org": "cancelled", "cy@example.org": "cancelled"}
+        assert cli("status").code == 0, "nothing expired, nothing to page anyone about"
     finally:
         runtime.close()
 

@@ -73,6 +73,22 @@ def test_a_daemon_that_stopped_beating_without_stopping_needs_a_person(cli, db) 
     assert "daemon: silent (host:1, up 2 h, last beat " in result.out and ", 10 min ago)" in result.out
 
 
+def test_a_daemon_killed_a_moment_ago_is_silent_at_once_not_running_for_five_minutes(cli, db) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])  # a process of this host that no longer exists
+    killed.wait()
+    beat_at = utcnow() - dt.timedelta(seconds=20)
+    add(db, DaemonHeartbeat(id=f"{socket.gethostname()[:60]}:{killed.pid}", started_at=beat_at - dt.timedelta(hours=1),
+                            beat_at=beat_at, stopped_at=None, jobs={}))
+    result, first = status(cli)
+    assert result.code == 1, result.out
+    assert first.startswith("status: NEEDS ATTENTION — daemon silent for ") and f"its process {socket.gethostname()[:60]}:" in first
+    assert "daemon: silent" in result.out
+
+
 def test_a_daemon_that_stopped_cleanly_is_not_running_and_that_is_fine(cli, db) -> None:
     """Cron may run the digests instead; and a crash that a later clean start and stop followed is history."""
     add(db, heartbeat(beat_ago=dt.timedelta(days=2), pid=1),  # crashed two days ago

@@ -27,7 +27,7 @@ from sqlalchemy import String, TextClause, and_, bindparam, case, func, or_, sel
 from sqlalchemy.orm import Session
 
 from newsletter import records
-from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
+from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 from newsletter.db.repo import IN_CHUNK
 
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry after an unknown outcome
@@ -136,6 +136,7 @@ class Ledger:
             .where(Subscriber.id.in_(ids), or_(Subscriber.bounce_count >= self.policy.bounce_limit, Subscriber.id.in_(hard)))
             .values(status="bounced")
         )
+        cancel_unsent(self.session, subscriber_ids=ids, now=utcnow())  # a later digest of theirs already planned
 
 
 def lease_free(*, now: dt.datetime):
@@ -217,14 +218,18 @@ def due_count(session: Session, *, now: dt.datetime, at_least: int) -> int:
     return session.scalar(select(func.count()).select_from(due)) or 0
 
 
-def anything_to_send(session: Session, *, now: dt.datetime) -> bool:
-    """Is a delivery due and free to claim, or left ``sending`` by a sender whose claim lapsed (``recover_interrupted``)?"""
+def anything_to_send(session: Session, *, now: dt.datetime, is_dead: Callable[[str], bool] = lambda _holder: False) -> bool:
+    """Is a delivery due and free to claim, left ``sending`` by a sender whose claim lapsed (``recover_interrupted``),
+    or held by a sender ``is_dead`` says is gone (``end_dead_leases`` frees those at once)?
+
+    Without the last, a daemon restarted after a SIGKILL waited out the dead run's leases (5 minutes) before
+    sending what it had held."""
     query = (select(Delivery.id).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
              .where(lease_free(now=now),
                     or_(and_(due_filter(now=now), Subscriber.status == SubscriberStatus.ACTIVE),
                         Delivery.status == DeliveryStatus.SENDING))
              .limit(1))
-    return session.scalar(query) is not None
+    return session.scalar(query) is not None or any(map(is_dead, live_leases(session, now=now)))
 
 
 def begin_write(session: Session) -> None:
@@ -443,6 +448,23 @@ def supersede_unsent(session: Session, *, issues: Sequence[tuple[int, dt.date]],
         )
 
 
+def cancel_unsent(session: Session, *, subscriber_ids: Sequence[int] | None = None, now: dt.datetime) -> int:
+    """Digests not handed over yet of subscribers who are not active (they unsubscribed, paused or bounced):
+    ``cancelled``, for good. Left ``pending``, they waited a day to expire (and woke the operator), or went
+    out, planned on old preferences, to someone who signed up again meanwhile. ``subscriber_ids``: only
+    theirs (the one who just left); None: everyone's (a sender's sweep, for changes made by hand)."""
+    inactive = select(Subscriber.id).where(Subscriber.status != SubscriberStatus.ACTIVE)
+    if subscriber_ids is not None:
+        inactive = inactive.where(Subscriber.id.in_(subscriber_ids))
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.status.in_(SENDABLE), Delivery.subscriber_id.in_(inactive))
+        .values(status=DeliveryStatus.CANCELLED, updated_at=now,
+                last_error="the subscriber unsubscribed, paused or bounced before it was sent")
+        .execution_options(synchronize_session=False))
+    return result.rowcount or 0  # type: ignore[attr-defined]
+
+
 def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> list[dt.datetime]:
     """When the latest messages left (newest last): seeds the rate limit after a restart."""
     rows = session.scalars(
@@ -451,7 +473,7 @@ def recent_send_times(session: Session, *, since: dt.datetime, limit: int) -> li
     return sorted(row for row in rows if row is not None)
 
 
-__all__ = ["supersede_unsent", "DueDelivery", "Ledger", "Outcome", "PlannedDelivery", "RetryPolicy", "anything_to_send", "begin_write",
-           "claim_due", "delivery_items", "due_count", "due_filter", "end_dead_leases", "expire_stale",
-           "held_elsewhere", "last_planned_send", "live_leases", "recent_send_times",
-           "record_deliveries", "recover_interrupted", "release_leases", "renew_leases"]
+__all__ = ["anything_to_send", "begin_write", "cancel_unsent", "claim_due", "delivery_items", "due_count",
+           "due_filter", "DueDelivery", "end_dead_leases", "expire_stale", "held_elsewhere", "last_planned_send",
+           "Ledger", "live_leases", "Outcome", "PlannedDelivery", "recent_send_times", "record_deliveries",
+           "recover_interrupted", "release_leases", "renew_leases", "RetryPolicy", "supersede_unsent"]

@@ -180,6 +180,7 @@ class DeliveryStatus(enum.StrEnum):
     UNKNOWN = "unknown"  # the relay may or may not have it; retried once with the same Message-ID
     EMPTY = "empty"  # a quiet day: nothing above the subscriber's threshold, no email
     MISSED = "missed"  # not planned before the end of the subscriber's local day (daemon down); papers roll over
+    CANCELLED = "cancelled"  # the subscriber unsubscribed, paused or bounced before it was handed over: never sent
 
 
 class SubscriptionEvent(Base):

@@ -48,8 +48,8 @@ FREQUENCY_LABELS = (("daily", "Every day"), ("weekdays", "Monday to Friday"), ("
 
 @functools.cache
 def time_zones() -> tuple[str, ...]:
-    """Every IANA zone this machine knows, UTC first."""
-    return ("UTC", *sorted(zoneinfo.available_timezones() - {"UTC"}))
+    """Every IANA zone this machine knows that is a place's, UTC first."""
+    return ("UTC", *sorted(zoneinfo.available_timezones() - {"UTC"} - validate.NOT_A_PLACE))
 
 
 class FormErrors(Exception):
@@ -149,6 +149,9 @@ class FormValues:
             preferences = records.Preferences.from_lists(
                 topics=lists["topics"], exclude=lists["exclude"], authors=lists["authors"], categories=list(self.categories),
                 describe=self.describe, seed_papers=kept.seed_papers, min_score=kept.min_score)
+            if preferences.selects_nothing:  # accepted, it was a subscription that never sent anything
+                errors["topics"] = ("Give at least one topic (or an author, or a sentence about your work): "
+                                    "with none, no paper matches and no digest comes.")
         if self.timezone not in time_zones():
             errors["timezone"] = "Choose a time zone from the list."
         hour = check("send_hour", lambda: validate.check_hour(_number(self.send_hour, "send hour")))

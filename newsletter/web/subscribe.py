@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from newsletter import subscriptions, tokens, validate
+from newsletter.db import repo
 from newsletter.db.models import aware
 from newsletter.errors import InvalidInput
 from newsletter.records import NewSubscriber
@@ -114,18 +115,20 @@ class SubscribePages:
         await site.posted_form(request)
         token = request.path_params["token"]
 
-        def use(session: Session) -> tuple[int, str, str | None]:
+        def use(session: Session) -> tuple[int, str, str | None, bool]:
             row = subscriptions.confirm(session, site.settings, token)
             session.commit()
-            return row.id, row.email, when_text(row.next_send_at, row.timezone) if row.next_send_at else None
+            return (row.id, row.email, when_text(row.next_send_at, row.timezone) if row.next_send_at else None,
+                    repo.preferences_record(row.preferences).selects_nothing)
 
         try:
-            subscriber_id, email, first_digest = await site.db(use)
+            subscriber_id, email, first_digest, selects_nothing = await site.db(use)
         except InvalidInput as exc:
             raise refuse_link(exc) from None
+        # Subscribed by email ("subscribe"), with no interests yet: say so, rather than promise a digest.
         return site.pages.render("confirmed", title="You are subscribed", email=email,
                                  preferences_path=link_path(site.settings, tokens.PREFERENCES, subscriber_id),
-                                 first_digest=first_digest)
+                                 first_digest=None if selects_nothing else first_digest, needs_interests=selects_nothing)
 
 
 def link_path(settings: Settings, purpose: str, subscriber_id: int) -> str:

@@ -185,3 +185,27 @@ def test_only_a_process_of_this_host_that_is_certainly_gone_counts_as_a_dead_hol
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_restarted_daemon_sees_what_a_dead_sender_held_as_something_to_send(cli, env, sqlite_url, tmp_path) -> None:
+    """The daemon looks before it sends (``anything_to_send``): it only saw free leases, so after a SIGKILL and a
+    restart it waited out the dead run's leases (5 minutes) while ``digest`` sent them at once."""
+    from newsletter.db import ledger
+
+    settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij", from_address="digest@example.org")
+    env(**settings)
+    add_readers(cli, tmp_path, 3)
+    runtime = Runtime.build(Settings(**settings, _env_file=None))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        plan_due(runtime, now=dt.datetime.fromisoformat(fixed_send_moment(sqlite_url)))
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        with runtime.sessions() as session:
+            ledger.claim_due(session, now=now, holder=f"{socket.gethostname()[:60]}:{gone.pid}:0badf00d",
+                             lease=dt.timedelta(minutes=5), limit=10)  # as the killed run's claim left them
+            session.commit()
+            assert not ledger.anything_to_send(session, now=now), "nothing free: a live sender would be waited for"
+            assert ledger.anything_to_send(session, now=now, is_dead=holder_is_dead), "its holder is gone: send them now"
+    finally:
+        runtime.close()

@@ -145,6 +145,16 @@ def test_a_form_with_mistakes_saves_nothing_and_escapes_what_came_back(front: Fr
     assert front.snapshot() == before
 
 
+@pytest.mark.parametrize("zone", ["localtime", "Factory"])
+def test_a_zone_file_that_is_no_place_is_not_offered_nor_taken(front: Front, ada: str, zone: str) -> None:
+    """'localtime' is the server's own zone: a subscriber's hour would follow the server wherever it is moved."""
+    assert f'value="{zone}"' not in front.client.get(ada).text
+    before = front.snapshot()
+    answer = front.form(ada, {**FORM, "action": "save", "timezone": zone})
+    assert answer.status_code == 400 and "Choose a time zone from the list." in answer.text
+    assert front.snapshot() == before
+
+
 @pytest.mark.parametrize("status", ["unsubscribed", "pending"])
 def test_a_subscription_that_is_not_active_has_nothing_to_change(front: Front, ada: str, status: str) -> None:
     with front.sessions() as session:

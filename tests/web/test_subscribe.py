@@ -145,3 +145,30 @@ def test_sign_up_is_refused_politely_when_the_server_cannot_send_mail(front: Fro
 
 
 CSRF_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def test_a_sign_up_with_no_interest_is_refused_and_says_why(front: Front) -> None:
+    """Accepted, it was a subscription whose every day was quiet: no paper can match nothing."""
+    before = front.snapshot()
+    answer = front.subscribe("ada@example.org", topics="", describe="", authors="")
+    assert answer.status_code == 400 and "Give at least one topic" in answer.text
+    assert front.snapshot() == before and not front.notices()
+
+
+def test_a_subscription_by_email_with_no_interest_yet_is_asked_for_them_not_promised_a_digest(front: Front) -> None:
+    from sqlalchemy import select
+
+    from newsletter.db import repo
+    from newsletter.records import Preferences
+
+    front.subscribe("ada@example.org")
+    with front.sessions() as session:  # as a "subscribe" email leaves it: an address, no interests yet
+        row = session.scalar(select(Subscriber).where(Subscriber.email == "ada@example.org"))
+        row.pending_change = {**row.pending_change, "preferences": repo.preferences_row(Preferences())}
+        session.commit()
+    [link] = front.links_to("ada@example.org", "/confirm/")
+    done = front.form(link)
+    assert done.status_code == 200 and "ada@example.org</strong> is subscribed" in done.text
+    assert "Your first digest comes" not in done.text and "until you give one, no digest comes" in done.text
+    preferences = re.search(r'href="(/preferences/[^"]+)">Choose your topics', done.text)
+    assert preferences and front.client.get(preferences.group(1)).status_code == 200
