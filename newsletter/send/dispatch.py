@@ -97,34 +97,23 @@ class GroupCommitter:
     _waiters: list[asyncio.Future[Collection[int]]] = field(default_factory=list)
     _flushing: asyncio.Task[None] | None = None
 
-    def add(self, *, finished: Sequence[Outcome] = (), started: int | None = None) -> asyncio.Future[Collection[int]]:
-        """Add a connection's latest outcomes and the delivery it sends next to the next commit, without
-        starting it: the commit starts when someone needs one (``needed``). A connection adds its start
-        before announcing the message and needs the commit only once the relay has taken the envelope, so
-        the other connections' writes of those round trips join the same commit (one commit a message
-        was a third of the sending process's time in a big run). The future's result: the started ids
-        still ours to send."""
-        self._finished.extend(finished)
-        if started is not None:
-            self._started.append(started)
-        waiter: asyncio.Future[Collection[int]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        return waiter
-
-    def needed(self) -> None:
-        """Commit what was added, now (unless a commit is under way: it takes what was added meanwhile)."""
-        if self._waiters and (self._flushing is None or self._flushing.done()):
-            self._flushing = asyncio.create_task(self._flush())
-
     async def record(self, *, finished: Sequence[Outcome] = (), started: int | None = None) -> bool:
         """Record a connection's latest outcomes and/or the delivery it sends next, and wait for the commit.
 
         False when ``started`` is no longer ours to send: do not send it.
         """
-        waiter = self.add(finished=finished, started=started)
-        self.needed()
-        accepted = await waiter
+        self._finished.extend(finished)
+        if started is not None:
+            self._started.append(started)
+        accepted = await self._committed()
         return started is None or started in accepted
+
+    async def _committed(self) -> Collection[int]:
+        waiter: asyncio.Future[Collection[int]] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return await waiter
 
     async def _flush(self) -> None:
         while self._waiters:
@@ -185,17 +174,10 @@ async def dispatch(
             if on_outcome:
                 on_outcome(outcome)
 
-    async def committed(commit: asyncio.Future[Collection[int]], delivery_id: int) -> bool:
-        """Its start committed: is the delivery still ours? (A failed commit raises.)"""
-        committer.needed()
-        return delivery_id in await commit
-
-    async def cleared(commit: asyncio.Future[Collection[int]], delivery_id: int) -> bool:
+    async def cleared(commit: asyncio.Future[bool]) -> bool:
         """May the message go: its start committed, still ours, and the run not stopped meanwhile?"""
-        committer.needed()
         await asyncio.wait([commit])  # a failed commit is raised by the worker, not here (nothing was handed over)
-        return (not commit.cancelled() and commit.exception() is None and delivery_id in commit.result()
-                and result.error is None)
+        return not commit.cancelled() and commit.exception() is None and commit.result() and result.error is None
 
     async def work(mailer: Mailer) -> None:
         finished: list[Outcome] = []  # outcomes not committed yet
@@ -205,16 +187,16 @@ async def dispatch(
                     finished.append(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, job.failure, bounce=False))
                     report(finished[-1])
                     continue
-                # One commit records the previous outcomes and this message's start; meanwhile the message's
-                # envelope goes to the relay (MAIL, RCPT). The message itself waits for the commit.
-                commit = committer.add(finished=finished, started=job.delivery_id)
+                # One commit records the previous outcomes and this message's start; while it runs, the
+                # message's envelope goes to the relay (MAIL, RCPT). The message itself waits for the commit.
+                commit = asyncio.ensure_future(committer.record(finished=finished, started=job.delivery_id))
                 finished = []
                 await limiter.acquire()
                 try:
-                    outcome, stop = await attempt(mailer, job, ready=functools.partial(cleared, commit, job.delivery_id))
+                    outcome, stop = await attempt(mailer, job, ready=functools.partial(cleared, commit))
                 finally:
                     limiter.release()
-                if not await committed(commit, job.delivery_id):  # our lease lapsed and another sender took it over
+                if not await commit:  # our lease lapsed and another sender took it over: theirs to send now
                     continue
                 if outcome is None:  # another connection stopped the run while this one waited for its commit
                     outcome = Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.PENDING, "the run stopped")
@@ -224,8 +206,9 @@ async def dispatch(
                 report(outcome)
         except Exception as exc:  # a failed commit, a failed read of the next job, a bug: stop every worker
             halt(one_line(exc))
-        try:  # the outcomes held, and what this connection added that nobody needed (an error after ``add``)
-            await committer.record(finished=finished)
+        try:
+            if finished:
+                await committer.record(finished=finished)
         except Exception as exc:
             halt(one_line(exc))
 
