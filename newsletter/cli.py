@@ -1007,6 +1007,9 @@ def print_status(report: Any) -> None:  # report: status.Report
         up = daemon.uptime(now=report.now) or dt.timedelta()
         line.append(f" ({safe(process.id)}, up {span(up)}, last beat {when(process.beat_at)})")
     out.print(line)
+    for other in daemon.others:  # the jobs table below is the latest one's; the others' faults are in the headline
+        out.print(f"daemon: also running ({safe(other.id)}, up {span(report.now - other.started_at)}, "
+                  f"last beat {when(other.beat_at)})")
     if process is not None and process.jobs and daemon.state != "not running":
         jobs = table("job", "next run", "last run", "took", "last result", title="jobs (UTC)")
         for job in process.jobs:

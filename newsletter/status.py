@@ -92,6 +92,7 @@ class Daemon:
     state: DaemonState
     process: Heartbeat | None = None  # the one running, the one gone silent, or the last one that stopped
     gone: bool = False  # silent because its process (of this host) no longer exists
+    others: tuple[Heartbeat, ...] = ()  # other daemons beating now, besides ``process`` (several hosts, or by mistake)
 
     def uptime(self, *, now: dt.datetime) -> dt.timedelta | None:
         """How long the process has been up: until ``now`` while it beats (a beat is up to a tick old), until
@@ -180,6 +181,8 @@ class Report:
                     "seconds_up": None if uptime is None else round(uptime.total_seconds()),
                 },
                 "jobs": [asdict(job) for job in (process.jobs if process else ())],
+                "others": [{"id": other.id, "started_at": other.started_at, "beat_at": other.beat_at,
+                            "jobs": [asdict(job) for job in other.jobs]} for other in self.daemon.others],
             },
             "sources": [{"label": s.label, **asdict(s)} for s in self.sources],
             "deliveries": asdict(self.deliveries),
@@ -246,7 +249,8 @@ def daemon_state(heartbeats: Sequence[Heartbeat], *, now: dt.datetime,
     once, not "running" for SILENT_AFTER more."""
     alive = [h for h in heartbeats if h.stopped_at is None and now - h.beat_at <= SILENT_AFTER and not is_dead(h.id)]
     if alive:
-        return Daemon(DaemonState.RUNNING, max(alive, key=lambda h: h.beat_at))
+        latest = max(alive, key=lambda h: h.beat_at)
+        return Daemon(DaemonState.RUNNING, latest, others=tuple(sorted((h for h in alive if h is not latest), key=lambda h: h.id)))
     if not heartbeats:
         return Daemon(DaemonState.NOT_RUNNING)
     # A crash followed by a clean start and stop is history, not silence: only the latest process counts.
@@ -265,11 +269,14 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
         gone = f", its process {process.id} is gone" if report.daemon.gone else ""
         problems.append(f"daemon silent for {span(now - process.beat_at)}{gone}")
     if process is not None and report.daemon.state != DaemonState.NOT_RUNNING:
-        for job in process.jobs:
-            if job.last_error and LOGIN_REFUSED.search(job.last_error):
-                problems.append(f"the relay refuses the login (job {job.id})")
-            elif job.last_error:
-                warnings.append(f"job {job.id} failed on its last run")
+        daemons = (process, *report.daemon.others)
+        for daemon in daemons:  # each daemon's own jobs: one relay setting may be wrong on one host only
+            of = f" of {daemon.id}" if len(daemons) > 1 else ""
+            for job in daemon.jobs:
+                if job.last_error and LOGIN_REFUSED.search(job.last_error):
+                    problems.append(f"the relay refuses the login (job {job.id}{of})")
+                elif job.last_error:
+                    warnings.append(f"job {job.id}{of} failed on its last run")
     for source in report.sources:
         if source.consecutive_failures >= FAILING_AFTER:
             problems.append(f"source {source.label} failing ({source.consecutive_failures} in a row)")

@@ -89,6 +89,19 @@ def test_a_daemon_killed_a_moment_ago_is_silent_at_once_not_running_for_five_min
     assert "daemon: silent" in result.out
 
 
+def test_every_daemon_beating_now_is_listed_and_each_ones_faults_count(cli, db) -> None:
+    refused = {"send": {"next_run_at": None, "last_run_at": iso(utcnow()), "last_seconds": 0.1,
+                        "last_result": None, "last_error": "cannot log in to the SMTP relay: 535 authentication failed"}}
+    add(db, heartbeat(beat_ago=dt.timedelta(seconds=5), pid=1),  # the latest beat: its jobs are fine
+        heartbeat(beat_ago=dt.timedelta(seconds=30), pid=2, jobs=refused))
+    result, first = status(cli)
+    assert result.code == 1, result.out
+    assert first == "status: NEEDS ATTENTION — the relay refuses the login (job send of host:2)"
+    assert "daemon: running (host:1, up " in result.out and "daemon: also running (host:2, up " in result.out
+    report = json.loads(cli("status", "--json").out)
+    assert [other["id"] for other in report["daemon"]["others"]] == ["host:2"]
+
+
 def test_a_daemon_that_stopped_cleanly_is_not_running_and_that_is_fine(cli, db) -> None:
     """Cron may run the digests instead; and a crash that a later clean start and stop followed is history."""
     add(db, heartbeat(beat_ago=dt.timedelta(days=2), pid=1),  # crashed two days ago
