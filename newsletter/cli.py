@@ -653,7 +653,7 @@ def subscribers_import(
     if as_json:
         _print_json({"imported": imported, "errors": parsed.errors, "skipped": parsed.skipped})
     else:
-        for line in [*parsed.errors, *parsed.skipped][:50]:
+        for line in sorted([*parsed.errors, *parsed.skipped], key=parsed.number_of)[:50]:  # in the file's order
             err.print(safe(line))
         if len(parsed.errors) + len(parsed.skipped) > 50:
             more = len(parsed.errors) + len(parsed.skipped) - 50
@@ -831,11 +831,11 @@ def digest(
                          "missed": run.missed, "candidates": run.candidates, "seconds": round(seconds, 3),
                          "taken_over": run.taken_over, "held_elsewhere": run.held_elsewhere, "held_until": run.held_until})
     else:
-        if verbose or only:
+        if (verbose or only) and run.picks:  # a second --only the same day plans nothing: no empty table
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
         print_digest_summary(run, seconds=seconds, dry_run=dry_run)
         if not run.picks and not dry_run and not run.outcomes:
-            print_why_nothing_was_sent(runtime, only=only, now=now)
+            print_why_nothing_was_sent(runtime, only=only, now=now, at_given=at is not None)
     for message in run.errors:
         err.print(f"error: {safe(message)}")
     if interrupted:
@@ -892,7 +892,8 @@ def picks_as_data(papers: list) -> list[dict[str, Any]]:
     return data
 
 
-def print_why_nothing_was_sent(runtime: Any, *, only: str | None, now: dt.datetime) -> None:  # runtime: Runtime
+def print_why_nothing_was_sent(runtime: Any, *, only: str | None, now: dt.datetime,  # runtime: Runtime
+                               at_given: bool = False) -> None:
     """After a run that sent nothing: when the next digest is due, or that ``only``'s of today went already."""
     from newsletter import schedule
 
@@ -900,7 +901,8 @@ def print_why_nothing_was_sent(runtime: Any, *, only: str | None, now: dt.dateti
         if only is None:
             upcoming = repo.next_send_at(session)
             if upcoming is not None:  # a new user's first run: say when, and how to see one now
-                out.print(f"nobody is due now; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
+                moment = f"at {now:%Y-%m-%d %H:%M} UTC" if at_given else "now"  # --at: "now" was another moment
+                out.print(f"nobody is due {moment}; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
                           "('digest --only EMAIL' sends one now, 'digest --dry-run' shows them all)")
             return
         subscriber = repo.get_subscriber(session, email=only)

@@ -56,7 +56,12 @@ class CsvImport:
         clashes = self._remove(existing)
         self.errors += [f"{self.unit} {self.lines[e]}: {e} is already a subscriber" for e in clashes]
         self.invalid_rows += len(clashes)
-        self.errors.sort(key=lambda e: int(e.split(":")[0].split()[1]))
+        self.errors.sort(key=self.number_of)
+
+    @staticmethod
+    def number_of(message: str) -> int:
+        """The line (or item) number a message of ours starts with: "line 4: …" → 4."""
+        return int(message.split(":")[0].split()[1])
 
     def skip(self, emails: set[str], *, why: str) -> None:
         """Leave out the rows of ``emails``, saying ``why`` for each; they do not make the file invalid."""
@@ -195,7 +200,7 @@ def row_to_subscriber(row: Mapping[str, Any], *, default_max_papers: int) -> New
     weekday = check(lambda: validate.check_weekday(_text(row.get("weekday"), "weekday") or "monday"), 0)
     status = check(lambda: _status(row.get("status")), "active")
     if problems:
-        raise InvalidInput("; ".join(problems))
+        raise InvalidInput("; ".join(problem.rstrip(".") for problem in problems))  # not "…@-sign.; unknown …"
     return NewSubscriber(email=email, preferences=preferences, timezone=timezone, send_hour=hour, frequency=frequency,
                          max_papers=max_papers, send_minute=minute, send_weekday=weekday, status=status)
 

@@ -347,9 +347,12 @@ def test_two_runs_recording_the_same_day_never_fail_or_double(ready) -> None:
 def test_a_first_digest_run_with_nobody_due_says_when_the_next_one_is_and_how_to_see_one_now(cli, configured) -> None:
     cli("init")
     cli("subscribers", "add", "ada@example.org", "--topic", "graphs", "--hour", "7", "--timezone", "UTC")
-    ran = cli("digest", "--at", dt.datetime.now(dt.UTC).isoformat())  # a new subscriber's first digest is at their next 07:00
+    at = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    ran = cli("digest", "--at", at.isoformat())  # a new subscriber's first digest is at their next 07:00
     assert ran.code == 0, ran.err
-    assert re.search(r"nobody is due now; the next digest is due at \d{4}-\d{2}-\d{2} 07:00 UTC", ran.out), ran.out
+    # The moment asked about, not "now" (with --at, "now" was another moment)
+    assert re.search(rf"nobody is due at {at:%Y-%m-%d %H:%M} UTC; the next digest is due at \d{{4}}-\d{{2}}-\d{{2}} 07:00 UTC",
+                     ran.out), ran.out
     assert "'digest --only EMAIL' sends one now" in ran.out
 
 
@@ -393,3 +396,4 @@ def test_sending_one_subscribers_digest_again_says_it_went_already(cli, configur
     again = cli("digest", "--allow-future", "--only", "ada@example.org", "--at", (tomorrow + dt.timedelta(hours=3)).isoformat())
     assert again.code == 0, again.err
     assert f"ada@example.org: their digest of {tomorrow.date()} (their local date) went out already; at most one a day" in again.out
+    assert "digests at" not in again.out, "no empty table of picks above it"
