@@ -554,7 +554,13 @@ def subscribers_show(typer_ctx: typer.Context, email: str, as_json: JsonOption =
         return
     table = Table("field", "value", show_header=False, title=view["email"])
     for key, value in view.items():
-        table.add_row(key, safe("; ".join(value) if isinstance(value, list) else str(value)))
+        if key == "send_weekday" and view.get("frequency") != "weekly":
+            continue  # only a weekly digest has a weekday
+        if value is None:  # not "None": min_score unset takes the installation's
+            shown = "the default (NEWSLETTER_MIN_SCORE)" if key == "min_score" else "–"
+        else:
+            shown = "; ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(key, safe(shown))
     out.print(table)
 
 

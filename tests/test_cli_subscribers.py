@@ -74,6 +74,9 @@ def test_update_changes_only_what_is_given_and_says_what_changed(cli, ready) -> 
     assert show(cli, "ada@example.org")["exclude"] == []
     same = cli("subscribers", "update", "ada@example.org", "--max-papers", "5")
     assert same.code == 0 and same.out.strip() == "ada@example.org: nothing changed"
+    table = cli("subscribers", "show", "ada@example.org").out  # for a person: no Python None, no weekday of a daily digest
+    assert "None" not in table and "min_score" in table and "the default (NEWSLETTER_MIN_SCORE)" in table
+    assert "send_weekday" not in table
 
 
 def test_a_schedule_change_moves_the_next_digest(cli, ready) -> None:
