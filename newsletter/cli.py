@@ -747,7 +747,8 @@ def print_stats(report: Any) -> None:  # report: stats.Stats
 # --- digest --------------------------------------------------------------------------------------
 
 
-YEARS = range(1970, 3000)  # what --at and --date accept: schedules add weeks to a moment, and year 9999 overflows
+# The years --at and --date accept: schedules add weeks to a moment (year 9999 overflowed), and a zone offset a day.
+FIRST_YEAR, LAST_YEAR = 1971, 2998
 FUTURE_SLACK = dt.timedelta(minutes=5)  # a real run's --at may be this far ahead of the clock (a typed "now")
 
 
@@ -758,8 +759,8 @@ def _parse_date(value: str | None) -> dt.date | None:
         day = dt.date.fromisoformat(value)
     except ValueError:
         raise NewsletterError(f"--date {value!r} is not a date: use YYYY-MM-DD") from None
-    if not YEARS.start < day.year < YEARS.stop - 1:  # as --at's
-        raise NewsletterError(f"--date {value!r} is out of range: years {YEARS.start + 1}–{YEARS.stop - 2}")
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise NewsletterError(f"--date {value!r} is out of range: years {FIRST_YEAR}–{LAST_YEAR}")
     return day
 
 
@@ -771,8 +772,8 @@ def _parse_instant(value: str | None) -> dt.datetime:
         moment = dt.datetime.fromisoformat(value.strip().replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise NewsletterError(f"--at {value!r} is not an instant: use e.g. 2026-12-01T06:00:00Z") from None
-    if not YEARS.start < moment.year < YEARS.stop - 1:  # a day's margin each side for the zone offset
-        raise NewsletterError(f"--at {value!r} is out of range: years {YEARS.start + 1}–{YEARS.stop - 2}")
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise NewsletterError(f"--at {value!r} is out of range: years {FIRST_YEAR}–{LAST_YEAR}")
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import String, TextClause, and_, bindparam, case, func, or_, sel
 from sqlalchemy.orm import Session
 
 from newsletter import records
-from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.db.models import Delivery, DeliveryItem, DeliveryStatus, Subscriber, SubscriberStatus
 from newsletter.db.repo import IN_CHUNK
 
 UNKNOWN_MAX_ATTEMPTS = 2  # the first try plus one retry after an unknown outcome
@@ -101,7 +101,7 @@ class Ledger:
         if retry := by_status.get(DeliveryStatus.RETRY):
             self._schedule_retries(retry, now=now)
         if bounced := [o for o in by_status.get(DeliveryStatus.FAILED, ()) if o.bounce]:
-            self._count_bounces(bounced)
+            self._count_bounces(bounced, now=now)
 
     def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime) -> None:
         statement = (update(Delivery).where(Delivery.id == bindparam("delivery"), Delivery.leased_by == self.holder)
@@ -127,7 +127,7 @@ class Ledger:
             self._set([o for o, _ in expired], status=DeliveryStatus.EXPIRED, now=now)
             self.expired += len(expired)
 
-    def _count_bounces(self, outcomes: Sequence[Outcome]) -> None:
+    def _count_bounces(self, outcomes: Sequence[Outcome], *, now: dt.datetime) -> None:
         ids = [o.subscriber_id for o in outcomes]
         hard = [o.subscriber_id for o in outcomes if o.hard_bounce]
         self.session.execute(update(Subscriber).where(Subscriber.id.in_(ids)).values(bounce_count=Subscriber.bounce_count + 1))
@@ -136,7 +136,7 @@ class Ledger:
             .where(Subscriber.id.in_(ids), or_(Subscriber.bounce_count >= self.policy.bounce_limit, Subscriber.id.in_(hard)))
             .values(status="bounced")
         )
-        cancel_unsent(self.session, subscriber_ids=ids, now=utcnow())  # a later digest of theirs already planned
+        cancel_unsent(self.session, subscriber_ids=ids, now=now)  # a later digest of theirs already planned
 
 
 def lease_free(*, now: dt.datetime):

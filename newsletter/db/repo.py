@@ -34,8 +34,8 @@ from newsletter.db.models import (
     utcnow,
 )
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.ingest.feeds import plain_text
 from newsletter.ingest.sources import Trust
+from newsletter.wording import plain_text
 
 IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
 

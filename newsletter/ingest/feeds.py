@@ -23,15 +23,8 @@ from defusedxml.ElementTree import fromstring as defused_fromstring
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv
 from newsletter.records import Paper
+from newsletter.wording import INVISIBLE, WHITESPACE, plain_text
 
-WHITESPACE = re.compile(r"\s+")
-# Terminal escape sequences whole (CSI such as ESC[2J, OSC such as ESC]0;title BEL), so none of their text is left.
-ESCAPE_SEQUENCE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?")
-# Text from outside is inert: C0 and C1 controls go (line breaks and tabs become spaces), and so do the
-# characters that reorder or hide text: bidi embeddings, overrides, isolates and marks, zero-width ones.
-INVISIBLE = dict.fromkeys([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
-                           *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0x200B, 0x200E), 0x2060, 0xFEFF])
-INVISIBLE |= dict.fromkeys(map(ord, "\t\n\v\f\r\x85"), " ")
 AUTHOR_SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
 # feedparser reports these for documents it could still read completely.
 HARMLESS_BOZO = (feedparser.CharacterEncodingOverride,)
@@ -51,12 +44,6 @@ def clean_text(value: str | None) -> str:
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
         value = html.unescape(nh3.clean(value, tags=set()))
     return plain_text(value)
-
-
-def plain_text(value: str) -> str:
-    """``value`` inert on a terminal and in an email: escape sequences, control, bidi and zero-width characters
-    removed, whitespace folded. For text people type too (topics, names), where "<" is not HTML."""
-    return WHITESPACE.sub(" ", ESCAPE_SEQUENCE.sub("", value).translate(INVISIBLE)).strip()
 
 
 def web_url(value: str | None) -> str | None:
