@@ -342,6 +342,11 @@ def _seed_ids(seed: list[str] | None, seed_bibtex: Path | None) -> list[str]:
     return list(dict.fromkeys(seeds))
 
 
+# A subscriber can be added with none of these (an address list moved from elsewhere), but is told.
+NO_INTERESTS = ("no topic, author, sentence or seed paper, so no digest is sent until one is set "
+                "(categories and exclusions only narrow what those select)")
+
+
 @subscribers_app.command("add")
 def subscribers_add(
     typer_ctx: typer.Context,
@@ -388,6 +393,8 @@ def subscribers_add(
         session.commit()
     seeds_note = f", {plural(len(new.preferences.seed_papers), 'seed paper')}" if new.preferences.seed_papers else ""
     out.print(f"added {new.email} (active{seeds_note})")
+    if new.preferences.selects_nothing:
+        err.print(f"note: {new.email} has {NO_INTERESTS}; 'newsletter subscribers update {new.email} --topic …' sets one")
 
 
 @subscribers_app.command("update")
@@ -548,7 +555,8 @@ def subscribers_list(
 def subscribers_show(typer_ctx: typer.Context, email: str, as_json: JsonOption = False) -> None:
     """Show a subscriber's status and all preferences."""
     with _ctx(typer_ctx).sessions() as session, hint(SUBSCRIBERS_HINT, about="no subscriber "):
-        view = repo.subscriber_view(repo.get_subscriber(session, email=email))
+        subscriber = repo.get_subscriber(session, email=email)
+        view, uninterested = repo.subscriber_view(subscriber), repo.preferences_record(subscriber.preferences).selects_nothing
     if as_json:
         _print_json(view)
         return
@@ -562,6 +570,8 @@ def subscribers_show(typer_ctx: typer.Context, email: str, as_json: JsonOption =
             shown = "; ".join(value) if isinstance(value, list) else str(value)
         table.add_row(key, safe(shown))
     out.print(table)
+    if uninterested and view["status"] == "active":
+        err.print(f"note: {view['email']} has {NO_INTERESTS}")
 
 
 def _existing_address(ctx: Context, email: str) -> str:
@@ -668,6 +678,8 @@ def subscribers_import(
         left_out += [f"{len(parsed.skipped):,} skipped"] if parsed.skipped else []
         if skip_invalid or not parsed.errors:  # else the error below says "nothing imported", once
             out.print(f"imported {plural(imported, 'subscriber')} from {file}" + (f" ({', '.join(left_out)})" if left_out else ""))
+            if imported and (uninterested := sum(s.preferences.selects_nothing for s in parsed.subscribers)):
+                err.print(f"note: {plural(uninterested, 'of them has', 'of them have')} {NO_INTERESTS}")
     if parsed.errors and not skip_invalid:
         raise NewsletterError(f"{file}: {plural(parsed.invalid_rows, 'invalid row')}, nothing imported; "
                               "fix them or pass --skip-invalid")

@@ -78,7 +78,8 @@ def test_wording_helpers() -> None:
     cut = shorten("Attention is all you need for long-term series forecasting", 30)
     assert cut == "Attention is all you need for…" and len(cut) <= 30
     assert shorten("short", 30) == "short"
-    assert inert("a\x1b]0;pwned\x07b\u202ec\u200bd\ne") == "a]0;pwnedbcd e"
+    assert inert("a\x1b]0;pwned\x07b\u202ec\u200bd\ne") == "abcd e"  # an escape sequence goes whole
+    assert inert("a\x1b[2Jb\tc\u2066d") == "ab cd" and inert("plain text") == "plain text"
 
 
 def test_a_digest_run_reprs_as_a_summary_not_its_picks() -> None:

@@ -303,3 +303,22 @@ def test_remove_with_yes_deletes_the_delivery_history(cli, ready) -> None:
     result = cli("subscribers", "remove", "ada@example.org", "-y")
     assert result.code == 0 and result.out.strip() == "removed ada@example.org"
     assert subscriber(ready, "ada@example.org") is None and rows(ready, Delivery, Delivery.subscriber_id == ada_id) == []
+
+
+# --- no interests: accepted (an address list moved from elsewhere), but the admin is told ------
+
+
+def test_a_subscriber_with_no_interests_is_added_with_a_note_that_no_digest_comes(cli, ready, tmp_path) -> None:
+    added = cli("subscribers", "add", "ada@example.org", "--category", "cs.CL")  # categories only narrow
+    assert added.code == 0 and "added ada@example.org (active)" in added.out
+    assert "note: ada@example.org has no topic, author, sentence or seed paper, so no digest is sent" in added.err
+    assert "note:" in cli("subscribers", "show", "ada@example.org").err
+    interested = cli("subscribers", "add", "bob@example.org", "--describe", "I study protein folding.")
+    assert interested.code == 0 and "note:" not in interested.err
+    assert "note:" not in cli("subscribers", "show", "bob@example.org").err
+
+    file = tmp_path / "list.csv"
+    file.write_text("email,topics\ncy@example.org,\ndee@example.org,graph neural networks\neve@example.org,\n")
+    imported = cli("subscribers", "import", str(file))
+    assert imported.code == 0 and "imported 2 subscribers" not in imported.out and "imported 3 subscribers" in imported.out
+    assert "note: 2 of them have no topic, author, sentence or seed paper" in imported.err

@@ -28,19 +28,14 @@ from markupsafe import Markup
 from newsletter.paths import resource_dir
 from newsletter.records import Digest, OutgoingEmail, Paper
 from newsletter.render.tldr import tldr_of
+from newsletter.wording import inert
 
 MAX_AUTHORS = 5  # past five, "et al."
 SUBJECT_TITLE_CHARS = 90  # phones show ~40–90 characters of a subject
 TEXT_COLUMNS = 76  # plain text wrapped as mail readers expect (RFC 3676 suggests 72–78)
 TEXT_INDENT = "  "  # a card's lines under its "* title"
 # Control characters (terminal escapes, NUL, CR) and bidi overrides: text from outside keeps none of them.
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 WEB_SCHEMES = ("https://", "http://")  # the only links an email may carry
-
-
-def inert(text: str) -> str:
-    """``text`` without control characters or bidi overrides; the common case (none) costs one C call."""
-    return text if text.isprintable() else CONTROL.sub("", text)
 
 
 def web_url(url: str | None) -> str | None:

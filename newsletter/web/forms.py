@@ -18,7 +18,7 @@ from starlette.datastructures import FormData
 
 from newsletter import records, validate
 from newsletter.errors import InvalidInput
-from newsletter.render.digest import inert
+from newsletter.wording import inert
 
 MAX_ITEMS = 30  # topics, exclusions, authors or categories: more is not an interest, it is the whole listing
 MAX_PHRASE_CHARS = 200
@@ -62,7 +62,9 @@ class FormErrors(Exception):
 
 def _text(form: FormData, name: str) -> str:
     value = form.get(name)
-    return inert(value) if isinstance(value, str) else ""  # a file part where text belongs counts as empty
+    if not isinstance(value, str):  # a file part where text belongs counts as empty
+        return ""
+    return "\n".join(inert(line) for line in value.splitlines())  # a list field holds one item a line
 
 
 def _line(text: str) -> str:
