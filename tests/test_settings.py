@@ -20,6 +20,15 @@ def test_defaults_are_the_embedded_ones() -> None:
     assert settings.outbox_dir == Path("outbox")
 
 
+def test_the_ranking_defaults_are_the_rankers_own() -> None:
+    """bench/relevance.py measures the ranker with its own defaults; a default install must rank the same way."""
+    from newsletter.score import lexical
+
+    settings = Settings(_env_file=None)
+    assert settings.trending_weight == lexical.TRENDING_WEIGHT
+    assert settings.recency_penalty_per_day == lexical.RECENCY_PENALTY_PER_DAY
+
+
 def test_environment_overrides_dotenv(tmp_path, monkeypatch) -> None:
     (tmp_path / ".env").write_text("NEWSLETTER_SMTP_HOST=relay.example.org\nNEWSLETTER_SMTP_PORT=2525\n")
     monkeypatch.setenv("NEWSLETTER_SMTP_PORT", "465")

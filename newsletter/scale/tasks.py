@@ -9,6 +9,8 @@ Both take what the worker process built once at its start from ``context.additio
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 from procrastinate import Blueprint, JobContext, RetryStrategy
@@ -25,6 +27,7 @@ from newsletter.scale.batch import deliver_batch
 # these retries are for the rest: a database that was briefly unreachable, say.
 SEND_RETRY = RetryStrategy(max_attempts=3, exponential_wait=10)
 INGEST_RETRY = RetryStrategy(max_attempts=2, wait=60)  # a failed fetch already retried 429/5xx itself
+log = logging.getLogger(__name__)
 
 
 def blueprint() -> Blueprint:
@@ -38,11 +41,17 @@ def blueprint() -> Blueprint:
 async def send_batch(context: JobContext, delivery_ids: list[int], relay_failures: int = 0) -> dict[str, Any]:
     """Send what is due of ``delivery_ids`` (about 500 deliveries of one issue date); hand what is left to a follow-up."""
     runtime: Runtime = context.additional_context["runtime"]
+    started = time.perf_counter()
     result = await deliver_batch(runtime, delivery_ids, limiter=context.additional_context.get("limiter"),
                                  relay_failures=relay_failures)
     if result.remaining:
         await context.app.configure_task(SEND_BATCH, queue=context.job.queue, schedule_at=result.retry_at).defer_async(
             delivery_ids=list(result.remaining), relay_failures=result.relay_failures)
+    done = ", ".join(f"{status} {count:,}" for status, count in sorted(result.outcomes.items())) or "nothing to send"
+    later = f"; {len(result.remaining):,} left for {result.retry_at:%H:%M:%S} UTC" if result.remaining and result.retry_at else ""
+    log.log(logging.WARNING if result.error else logging.INFO, "send batch of %s on %s: %s%s%s (took %.1f s)",
+            f"{len(delivery_ids):,}", context.job.queue, done, later, f"; {result.error}" if result.error else "",
+            time.perf_counter() - started)
     return {"outcomes": result.outcomes, "remaining": len(result.remaining), "error": result.error}
 
 

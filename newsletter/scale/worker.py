@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections.abc import Sequence
 
@@ -49,12 +50,32 @@ DEFAULT_CONCURRENCY = 2
 EXTRA_CONNECTIONS = 3  # beyond one per concurrent job: procrastinate's LISTEN, its heartbeat, the stalled-job check
 
 
+class BatchesInBrief(logging.Filter):
+    """procrastinate logs a job's arguments with each line about it ("Starting job send_batch[7](delivery_ids=[…])",
+    and its ``job`` field in JSON lines): a send batch's 500 delivery ids become their count."""
+
+    IDS = re.compile(r"delivery_ids=\[([\d, ]*)\]")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("procrastinate"):
+            return True
+        if isinstance(record.msg, str) and "delivery_ids=[" in record.msg:
+            record.msg = self.IDS.sub(lambda found: f"delivery_ids=<{len(found[1].split(',')) if found[1] else 0} ids>", record.msg)
+        job = getattr(record, "job", None)
+        if isinstance(job, dict) and isinstance(arguments := job.get("task_kwargs"), dict) and \
+                isinstance(ids := arguments.get("delivery_ids"), list):
+            record.job = {**job, "task_kwargs": {**arguments, "delivery_ids": f"<{len(ids)} ids>"}}
+        return True
+
+
 def run_worker(settings: Settings, *, concurrency: int = DEFAULT_CONCURRENCY, queues: Sequence[str] | None = None) -> int:
     """Run a worker until SIGTERM or SIGINT; ``queues`` None: every queue. Configuration errors are raised
     before anything starts (the CLI prints them on one line)."""
     check_dispatch(settings.model_copy(update={"dispatch": "procrastinate"}))
     settings.require("secret_key", "from_address", purpose="a worker (it sends digests)")
     logs.configure(log_format=settings.log_format, level=settings.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(BatchesInBrief())
     limiter = (SharedRateLimiter(conninfo(settings.database_url), relay=relay_queue(settings), per_second=settings.smtp_rate_per_s)
                if settings.smtp_rate_per_s > 0 else None)
     # With the shared limit on, send_due's own per-process limiter is off: the mailers carry the limit instead.

@@ -49,7 +49,7 @@ def test_digest_queues_batches_and_a_worker_sends_them(cli, env, postgres_url: s
     assert any("no worker seen" in problem for problem in report["needs_a_person"]) and status.code == 1
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update({f"NEWSLETTER_{k.upper()}": str(v) for k, v in values.items()})
+    environ.update({f"NEWSLETTER_{k.upper()}": str(v) for k, v in {**values, "log_level": "INFO"}.items()})
     with (tmp_path / "worker.log").open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "newsletter", "worker"], cwd=REPO, env=environ,
                                   stdout=subprocess.DEVNULL, stderr=log)
@@ -64,3 +64,6 @@ def test_digest_queues_batches_and_a_worker_sends_them(cli, env, postgres_url: s
         (tmp_path / "worker.log").read_text()[-2000:]
     assert worker.returncode == 0
     assert cli("digest").out.count("queued 0 send batches") == 1, "nothing is queued twice"
+    logged = (tmp_path / "worker.log").read_text()
+    assert f"send batch of 3 on {queue}: sent 3 (took" in logged, logged[-2000:]
+    assert "delivery_ids=<3 ids>" in logged and "delivery_ids=[" not in logged, "the ids once as a count, not as a list"
