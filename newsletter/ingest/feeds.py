@@ -23,9 +23,23 @@ from defusedxml.ElementTree import fromstring as defused_fromstring
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv
 from newsletter.records import Paper
-from newsletter.wording import INVISIBLE, WHITESPACE, plain_text
+from newsletter.wording import INVISIBLE, WHITESPACE, plain_text, shorten
 
 AUTHOR_SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
+# The elements feeds put in titles and abstracts, and the ones that carry code. A "<" opens a tag only when
+# one of these follows, closed at once or with an attribute that has a value (so "a<b and c>d" stays text).
+HTML_TAGS = ("a|abbr|b|big|blockquote|body|br|center|cite|code|dd|del|details|div|dl|dt|em|embed|figcaption|figure|"
+             "font|form|h[1-6]|head|hr|html|i|iframe|img|input|ins|kbd|li|link|math|meta|object|ol|p|pre|q|s|samp|"
+             "script|section|small|span|strike|strong|style|sub|summary|sup|svg|table|tbody|td|tfoot|th|thead|title|"
+             "tr|tt|u|ul|var|video")
+NOT_A_TAG = re.compile(rf"<(?!/?(?:{HTML_TAGS})(?:\s+[\w:-]+\s*=|\s*/?>)|!--)", re.IGNORECASE)
+BREAK = re.compile(r"<(?:br|hr|/?(?:p|div|li|tr|td|th|h[1-6]|blockquote))\b[^>]*>", re.IGNORECASE)  # words either side stay apart
+# Far beyond any real paper's (arXiv caps abstracts at 1,920 characters, titles are a line): one entry of
+# a 20 MB feed must not make each digest it is picked for too big for the relay, every day.
+MAX_TEXT = 20_000  # an abstract, a summary
+MAX_TITLE = 1_000
+MAX_NAME = 300  # an author, a category, a keyword
+MAX_AUTHORS = 1_000
 # feedparser reports these for documents it could still read completely.
 HARMLESS_BOZO = (feedparser.CharacterEncodingOverride,)
 
@@ -36,14 +50,19 @@ class ParsedFeed:
     papers: tuple[Paper, ...]
 
 
-def clean_text(value: str | None) -> str:
-    """Plain, inert text: HTML reduced to text (tags and scripts dropped, entities decoded), terminal
-    escape sequences, control, bidi and zero-width characters removed, whitespace folded."""
+def clean_text(value: str | None, *, limit: int = MAX_TEXT) -> str:
+    """Plain, inert text of at most ``limit`` characters: HTML reduced to text (tags and scripts dropped,
+    entities decoded), terminal escape sequences, control, bidi and zero-width characters removed,
+    whitespace folded.
+
+    A ``<`` that does not open an HTML tag is text: abstracts say "for n<k and d>2" and name tools
+    "<projektor>", and an HTML parser would take those for tags and drop the words between them.
+    """
     if not value:
         return ""
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
-        value = html.unescape(nh3.clean(value, tags=set()))
-    return plain_text(value)
+        value = html.unescape(nh3.clean(BREAK.sub(" ", NOT_A_TAG.sub("&lt;", value)), tags=set()))
+    return shorten(plain_text(value), limit)
 
 
 def web_url(value: str | None) -> str | None:
@@ -81,11 +100,11 @@ def parse_feed(body: bytes, *, source: str) -> ParsedFeed:
     if problem is not None and not isinstance(problem, HARMLESS_BOZO):
         raise FeedError(f"{source}: malformed feed ({problem}); nothing from it was stored")
     papers = tuple(p for p in (_paper(entry) for entry in parsed.entries) if p is not None)
-    return ParsedFeed(title=clean_text(parsed.feed.get("title")) or source, papers=papers)
+    return ParsedFeed(title=clean_text(parsed.feed.get("title"), limit=MAX_TITLE) or source, papers=papers)
 
 
 def _paper(entry: Any) -> Paper | None:
-    title = clean_text(entry.get("title"))
+    title = clean_text(entry.get("title"), limit=MAX_TITLE)
     if not title:
         return None
     summary = entry.get("summary") or entry.get("description") or ""
@@ -104,7 +123,7 @@ def _paper(entry: Any) -> Paper | None:
     else:
         arxiv_id = version = None
         abs_url, pdf_url = web_url(entry.get("link")), web_url(_pdf_link(entry))
-        key = abs_url or clean_text(entry.get("id"))  # the link is the paper's identity outside arXiv; the guid if none
+        key = abs_url or clean_text(entry.get("id"), limit=MAX_NAME)  # the link is the paper's identity outside arXiv; the guid if none
         if not key:
             return None
     return Paper(
@@ -136,14 +155,14 @@ def _categories(entry: Any) -> tuple[str, ...]:
     primary = (entry.get("arxiv_primary_category") or {}).get("term")
     terms = [primary] if primary else []
     terms += [t.get("term") for t in entry.get("tags") or [] if t.get("term")]
-    return tuple(dict.fromkeys(clean_text(t) for t in terms if t))
+    return tuple(dict.fromkeys(clean_text(t, limit=MAX_NAME) for t in terms[:MAX_AUTHORS] if t))
 
 
 def _authors(entry: Any) -> tuple[str, ...]:
     names = [a.get("name", "") for a in entry.get("authors") or []]
     if len(names) == 1 and ("," in names[0] or " and " in names[0]):
         names = AUTHOR_SPLIT.split(names[0])  # arXiv RSS: "Ada Lovelace, Alan Turing and Grace Hopper"
-    return tuple(n for n in (clean_text(n) for n in names) if n)
+    return tuple(n for n in (clean_text(n, limit=MAX_NAME) for n in names[:MAX_AUTHORS]) if n)
 
 
 def _pdf_link(entry: Any) -> str | None:

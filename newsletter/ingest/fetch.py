@@ -27,6 +27,7 @@ from newsletter import __version__
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv, network
 from newsletter.settings import Settings
+from newsletter.wording import shorten
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 1.0  # first retry after ~1 s, then 2 s, 4 s ...
@@ -166,6 +167,8 @@ class Fetcher:
             raise FeedError(f"{location}: the compressed response is corrupt ({exc}); try again later") from None
         except httpx.TransportError as exc:
             raise FeedError(f"{location}: cannot connect ({exc}); check the URL and the network") from None
+        except httpx.InvalidURL as exc:  # a control character, a bad port: in the source's URL or a redirect's
+            raise FeedError(f"{location}: not a valid URL ({exc}); check the URL") from None
 
     def _wait_for_host(self, host: str, interval_s: float) -> None:
         ended = self._exchange_ended.get(host)
@@ -221,13 +224,16 @@ def retry_after_s(value: str | None) -> float | None:
 
 def read_file(path: str, *, max_bytes: int) -> Fetched:
     file = Path(path).expanduser()
-    if not file.exists():
-        raise FeedError(f"{path}: no such file (give an http(s) URL or the path of a feed file)")
-    if file.is_dir():
-        raise FeedError(f"{path} is a folder: give the path of a feed file in it, or an http(s) URL")
-    if not file.is_file():  # /dev/zero, a FIFO: reading would never end, or block
-        raise FeedError(f"{path} is not a regular file (a device or a pipe): give the path of a feed file")
-    size = file.stat().st_size
-    if size > max_bytes:
-        raise FeedError(f"{path}: {size:,} bytes is larger than {max_bytes:,}; raise NEWSLETTER_MAX_FEED_BYTES")
-    return Fetched(str(file), file.read_bytes())
+    try:
+        if not file.exists():
+            raise FeedError(f"{path}: no such file (give an http(s) URL or the path of a feed file)")
+        if file.is_dir():
+            raise FeedError(f"{path} is a folder: give the path of a feed file in it, or an http(s) URL")
+        if not file.is_file():  # /dev/zero, a FIFO: reading would never end, or block
+            raise FeedError(f"{path} is not a regular file (a device or a pipe): give the path of a feed file")
+        size = file.stat().st_size
+        if size > max_bytes:
+            raise FeedError(f"{path}: {size:,} bytes is larger than {max_bytes:,}; raise NEWSLETTER_MAX_FEED_BYTES")
+        return Fetched(str(file), file.read_bytes())
+    except OSError as exc:  # a symlink loop, a name too long, no permission
+        raise FeedError(f"{shorten(path, 200)}: cannot read it ({exc.strerror or exc}); check the path") from None

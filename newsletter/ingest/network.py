@@ -126,6 +126,8 @@ def resolve(host: str, port: int) -> list[str]:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnresolvableHost(host, exc.strerror or str(exc)) from None
+    except UnicodeError:  # "a..b", a label over 63 characters: the IDNA codec refuses it before any lookup
+        raise UnresolvableHost(host, "not a valid host name (an empty label, or one longer than 63 characters)") from None
     addresses = []
     for family, _, _, _, sockaddr in found:
         address = str(sockaddr[0])

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
 from newsletter.db.models import Source
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, redact
 from newsletter.ingest.feeds import ParsedFeed, parse_feed
 from newsletter.ingest.fetch import Fetched, Fetcher
 from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, resolve, source_trust, with_query
@@ -112,9 +112,13 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
                     source.content_sha256 = read.sha256
                 _record_success(source, report, now=now)
             session.commit()
-        except NewsletterError as exc:
+        except Exception as exc:  # one source's fault, ours or its, never stops the others
             session.rollback()
-            report.error = str(exc)
+            if isinstance(exc, NewsletterError):
+                report.error = str(exc)
+            else:  # a case nothing above foresaw: named, with the traceback in the log
+                log.exception("%s: unexpected error while ingesting", redact(spec.url))
+                report.error = f"{spec.url}: unexpected error ({type(exc).__name__}: {exc}); the log has the details"
             if source is not None:
                 _record_failure(source, report, now=now)
                 session.commit()

@@ -6,6 +6,7 @@ Pure, except that a file path is made absolute (against the current directory) w
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,7 +96,11 @@ def resolve(spec: str, *, hf_daily_url: str = HF_DAILY) -> SourceSpec:
     if spec.startswith(("http://", "https://")):
         return SourceSpec(spec, detect_kind(spec))
     # A file is stored by its absolute path, so that it is found from any directory and one file is one source.
-    path = str(Path(spec.removeprefix("file://")).expanduser().resolve())
+    given = Path(spec.removeprefix("file://")).expanduser()
+    try:
+        path = str(given.resolve())
+    except (OSError, RuntimeError):  # a symlink loop, a name too long: stored as given, and reading it says why
+        path = os.path.abspath(given)
     return SourceSpec(path, detect_kind(path))
 
 

@@ -15,8 +15,11 @@ from typing import Any
 
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv
-from newsletter.ingest.feeds import ParsedFeed, clean_text, web_url
+from newsletter.ingest.feeds import MAX_AUTHORS, MAX_NAME, MAX_TITLE, ParsedFeed, clean_text, web_url
 from newsletter.records import Paper
+from newsletter.wording import shorten
+
+MAX_UPVOTES = 10**9  # more is no count of people (and 10**30 does not fit the database)
 
 
 def looks_like_json(body: bytes) -> bool:
@@ -28,8 +31,8 @@ def parse_trending(body: bytes, *, source: str, content_type: str | None = None)
         raise FeedError(f"{source}: answered with an HTML page instead of JSON; the API may have changed or be down")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FeedError(f"{source}: not valid JSON ({exc}); the API may have changed") from None
+    except ValueError as exc:  # not UTF-8, not JSON, a number of over 4,300 digits
+        raise FeedError(f"{source}: not valid JSON ({shorten(str(exc), 200)}); the API may have changed") from None
     if not isinstance(data, list):
         raise FeedError(f"{source}: expected a JSON list of papers, got a {type(data).__name__}; the API changed shape")
     papers = tuple(_paper(element, index, source) for index, element in enumerate(data))
@@ -43,19 +46,22 @@ def _paper(element: Any, index: int, source: str) -> Paper:
     found = arxiv.split_id(paper["id"])
     arxiv_id = found[0] if found else None
     upvotes = paper.get("upvotes")
-    keywords = paper.get("ai_keywords") or []
+    keywords, authors = paper.get("ai_keywords"), paper.get("authors")
+    keywords, authors = (value if isinstance(value, list) else [] for value in (keywords, authors))
     return Paper(
-        key=arxiv_id or clean_text(paper["id"]),
+        key=arxiv_id or clean_text(paper["id"], limit=MAX_NAME),
         arxiv_id=arxiv_id,
-        title=clean_text(paper.get("title") or element.get("title")),
+        title=clean_text(paper.get("title") or element.get("title"), limit=MAX_TITLE),
         abstract=clean_text(paper.get("summary") or element.get("summary") or ""),
-        authors=tuple(n for n in (clean_text(a.get("name")) for a in paper.get("authors") or [] if isinstance(a, dict)) if n),
+        authors=tuple(n for n in (clean_text(a.get("name"), limit=MAX_NAME) for a in authors[:MAX_AUTHORS]
+                                  if isinstance(a, dict)) if n),
         abs_url=arxiv.abs_url(arxiv_id) if arxiv_id else None,
         pdf_url=arxiv.pdf_url(arxiv_id) if arxiv_id else None,
         published_at=_timestamp(paper.get("publishedAt")),
-        upvotes=upvotes if isinstance(upvotes, int) and upvotes >= 0 else None,
+        # A count, not a flag (true is not 1 upvote), and one a page of papers could have: 10**30 is no count.
+        upvotes=upvotes if type(upvotes) is int and 0 <= upvotes <= MAX_UPVOTES else None,
         tldr=clean_text(paper.get("ai_summary")) or None,
-        keywords=tuple(clean_text(k) for k in keywords if isinstance(k, str))[:20],
+        keywords=tuple(clean_text(k, limit=MAX_NAME) for k in keywords[:20] if isinstance(k, str)),
         code_url=web_url(paper.get("githubRepo")),
         project_url=web_url(paper.get("projectPage")),
     )

@@ -238,9 +238,14 @@ def _classify(code: int, text: str, *, in_rcpt: bool) -> Exception:
     detail = f"{code} {text}".strip()
     if 400 <= code < 500 or (code == 552 and in_rcpt):
         return TemporaryFailure(detail)
+    # The address was accepted; the message itself is refused: too big (552 at DATA, 5.2.3, 5.3.4) or for its
+    # content (5.6.x). Ours to fix, so it counts no bounce against the subscriber.
+    if not in_rcpt and (code == 552 or ABOUT_THE_MESSAGE.search(text)):
+        return PermanentFailure(detail, bounce=False)
     return PermanentFailure(detail)
 
 
+ABOUT_THE_MESSAGE = re.compile(r"\b5\.(?:2\.3|3\.4|6\.\d{1,3})\b")  # RFC 3463 enhanced codes about a message, not a mailbox
 SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -67,8 +67,23 @@ def test_a_truncated_feed_is_refused_whole() -> None:
         parse_feed(body[: len(body) // 2], source="cs.LG")
 
 
-def test_html_in_titles_and_abstracts_is_reduced_to_text() -> None:
-    assert clean_text("Fast <i>and</i> &amp; safe<script>alert(1)</script>\n  sampling") == "Fast and & safe sampling"
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Fast <i>and</i> &amp; safe<script>alert(1)</script>\n  sampling", "Fast and & safe sampling"),
+        ('<b>Bold</b> and <a href="https://x.example">a link</a><img src=x onerror=alert(1)>', "Bold and a link"),
+        ("<p>One.</p><p>Two.</p>Three<br/>four", "One. Two. Three four"),
+        ("<style>p {color: red}</style><!-- note -->Kept", "Kept"),
+        # a "<" that opens no tag is text: maths, and names in angle brackets
+        ("bounds for n<k and d>2", "bounds for n<k and d>2"),
+        ("if a<b and c>d then", "if a<b and c>d then"),
+        ("Let x<y. Then", "Let x<y. Then"),
+        ("a tool called <projektor>, which", "a tool called <projektor>, which"),
+        ("R&amp;D &lt;3", "R&D <3"),
+    ],
+)
+def test_html_in_titles_and_abstracts_is_reduced_to_text(text: str, expected: str) -> None:
+    assert clean_text(text) == expected
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Paper
+from newsletter.ingest.feeds import MAX_TITLE
 from tests.conftest import FIXTURES
 
 HOSTILE = FIXTURES / "hostile"
@@ -33,6 +34,7 @@ REFUSED = {
     "hf_changed_shape.json": "expected a JSON list of papers, got a dict; the API changed shape",
     "hf_missing_fields.json": "element 0 has no paper.id and title",
     "hf_truncated.json": "not valid JSON",
+    "hf_huge_integer.json": "not valid JSON (Exceeds the limit (4300 digits)",
 }
 
 
@@ -108,10 +110,30 @@ def test_line_breaks_and_header_lookalikes_in_a_title_are_folded(cli, ready, htt
     assert paper.title == "Line one Subject: injected Bcc: victim@example.org"
 
 
-def test_a_huge_title_is_stored_as_text(cli, ready, httpserver) -> None:
+def test_a_huge_title_is_stored_as_text_cut_to_a_bound(cli, ready, httpserver) -> None:
+    """A 10,000-character title is cut at a word, well below what would make a digest too big for a relay."""
     ingest_one(cli, httpserver, "huge_title.xml")
     [paper] = stored(ready)
-    assert paper.title.startswith("Attention Attention") and len(paper.title) == len("Attention " * 1000) - 1
+    assert paper.title.startswith("Attention Attention") and paper.title.endswith("Attention…")
+    assert len(paper.title) <= MAX_TITLE < len("Attention " * 1000) - 1
+
+
+def test_a_less_than_sign_that_opens_no_tag_is_text(cli, ready, httpserver) -> None:
+    """HTML parsing took "<k and d>" and "<projektor>" for tags and dropped the words between them."""
+    ingest_one(cli, httpserver, "less_than_in_text.xml")
+    [paper] = stored(ready)
+    assert paper.title == "Sample complexity when n<k and d>2 for sparse recovery"
+    assert paper.abstract == ("Let x<y. Then the claim follows for a<b and c>d. We release a framework called <projektor>, "
+                              "which predicts well. New line.")
+
+
+def test_odd_values_in_trending_json_are_no_data_not_a_failure(cli, ready, httpserver) -> None:
+    """10**30 upvotes (no database integer holds it) and ``true`` are no count; a string or an object where a
+    list belongs is no list."""
+    assert ingest_one(cli, httpserver, "hf_odd_values.json")["new"] == 3
+    huge, flag, counted = stored(ready)
+    assert (huge.upvotes, flag.upvotes, counted.upvotes) == (None, None, 42)
+    assert (huge.keywords, huge.authors) == ([], []) and (counted.keywords, counted.authors) == (["sampling"], ["Ada Lovelace"])
 
 
 def test_an_external_dtd_is_never_fetched(cli, ready, httpserver) -> None:
@@ -163,6 +185,6 @@ def test_escape_sequences_bidi_and_zero_width_characters_are_stripped_from_trend
 def test_the_corpus_covers_at_least_fifteen_inputs() -> None:
     covered = set(REFUSED) | {"script_in_abstract.xml", "javascript_link.xml", "item_without_title.xml",
                               "wrong_encoding.xml", "control_characters.xml", "huge_title.xml", "external_dtd.xml",
-                              "terminal_escapes.xml", "hf_terminal_escapes.json"}
+                              "terminal_escapes.xml", "hf_terminal_escapes.json", "less_than_in_text.xml", "hf_odd_values.json"}
     assert covered == {p.name for p in HOSTILE.iterdir()}
     assert len(covered) >= 15

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
+import threading
 import time
 
 import pytest
@@ -205,6 +207,60 @@ def test_one_broken_source_does_not_stop_the_others(cli, db, httpserver: HTTPSer
         assert session.query(Paper).count() == 60
         errors = {s.url.rsplit("/", 1)[1]: s.last_error for s in session.scalars(select(Source))}
     assert errors["good"] is None and "HTML page" in errors["broken"] and errors["weekend"] is None
+
+
+def test_a_source_that_fails_in_any_way_is_reported_and_the_others_are_still_read(
+        cli, db, httpserver: HTTPServer, tmp_path, monkeypatch, request) -> None:
+    """Faults below the feed (a host name the resolver cannot even encode, a redirect to one, a symlink loop,
+    a name too long for the file system) and one nothing foresaw: each a line of its own, the rest ingested."""
+    import newsletter.ingest.run as run
+
+    httpserver.expect_request("/good").respond_with_data((FIXTURES / "arxiv_cs_lg.rss").read_bytes())
+    long_label = "a" * 64  # over DNS's 63: the resolver cannot even encode it
+
+    class Moved(http.server.BaseHTTPRequestHandler):  # werkzeug would not send such a Location
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://{long_label}.example/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+            pass
+
+    mover = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    threading.Thread(target=mover.serve_forever, daemon=True).start()
+    request.addfinalizer(mover.shutdown)
+    httpserver.expect_request("/boom").respond_with_data((FIXTURES / "arxiv_weekend.rss").read_bytes())
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    sources = ["http://a..b/feed", f"http://127.0.0.1:{mover.server_port}/moved", str(tmp_path / "loop1"), str(tmp_path / ("a" * 300)),
+               httpserver.url_for("/boom"), httpserver.url_for("/good")]
+    for source in sources:
+        assert cli("sources", "add", source, "--no-check").code == 0
+    real_parse = run._parse
+
+    def parse(fetched, spec):  # a bug that only this one source's bytes reach
+        if spec.url.endswith("/boom"):
+            raise ZeroDivisionError("division by zero")
+        return real_parse(fetched, spec)
+
+    monkeypatch.setattr(run, "_parse", parse)
+    result = cli("ingest", "--json")
+    assert result.code == 1 and "Traceback" not in result.err
+    reports = json.loads(result.out)
+    assert [r["new"] for r in reports] == [0, 0, 0, 0, 0, 60]
+    bad_name, redirected, loop, too_long, boom, good = (r["error"] for r in reports)
+    assert "cannot resolve host 'a..b' (not a valid host name" in bad_name
+    assert f"cannot resolve host '{long_label}.example' (not a valid host name" in redirected
+    assert "loop1" in loop and ("no such file" in loop or "cannot read it" in loop)
+    assert "cannot read it (File name too long)" in too_long
+    assert "unexpected error (ZeroDivisionError: division by zero); the log has the details" in boom and good is None
+    with db() as session:
+        recorded = {s.url: s.last_error for s in session.scalars(select(Source))}
+        assert session.query(Paper).count() == 60
+    assert [bool(recorded[r["source"]]) for r in reports] == [True] * 5 + [False], "status shows each failing source"
+    assert all("\n" not in (r["error"] or "") for r in reports)
 
 
 def test_configured_sources_use_conditional_get_and_skip_identical_bytes(cli, db, httpserver: HTTPServer) -> None:

@@ -25,6 +25,7 @@ class FaultySink:
     drop_rcpt_every: int = 0  # close the connection at RCPT of every Nth transaction (before DATA)
     drop_data_every: int = 0  # close the connection after DATA arrived, before replying (message not kept)
     stall_for: dict[str, float] = field(default_factory=dict)  # address → seconds to sit on DATA
+    refuse_data: dict[str, str] = field(default_factory=dict)  # address → "5xx ..." reply to its message, every time
     received: list[tuple[str, str, float]] = field(default_factory=list)  # (recipient, Message-ID, monotonic time)
     sessions: int = 0
     _refused_once: set[str] = field(default_factory=set)
@@ -64,6 +65,8 @@ class FaultySink:
         if drop:
             server.transport.close()
             return "451 lost"
+        if recipient in self.refuse_data:
+            return self.refuse_data[recipient]
         message_id = next((line.split(b":", 1)[1].strip().decode() for line in envelope.original_content.split(b"\r\n")
                            if line.lower().startswith(b"message-id:")), "")
         self.received.append((recipient, message_id, time.monotonic()))

@@ -96,6 +96,22 @@ def test_a_plain_5xx_counts_a_bounce_and_suppresses_after_the_limit(cli, env, li
     assert json.loads(cli("subscribers", "show", victim, "--json").out)["status"] == "bounced"
 
 
+def test_a_refusal_of_the_message_itself_is_no_bounce_of_the_address(cli, env, list_ready, sink, sqlite_url) -> None:
+    """After RCPT was accepted, "too much mail data" (a message over the relay's size limit) or a content code
+    is about the message, ours to fix: it fails, but never suppresses the subscriber. An address refused at
+    DATA ("5.1.1 user unknown") is still the address's."""
+    env(bounce_limit=1)
+    too_big, bad_content, unknown = list_ready[5], list_ready[6], list_ready[7]
+    sink.refuse_data = {too_big: "552 Error: Too much mail data", bad_content: "554 5.6.0 message content rejected",
+                        unknown: "550 5.1.1 user unknown"}
+    digest(cli)
+    rows = deliveries(sqlite_url)
+    assert [rows[a].status for a in (too_big, bad_content, unknown)] == ["failed"] * 3
+    assert "Too much mail data" in rows[too_big].last_error
+    shown = {a: json.loads(cli("subscribers", "show", a, "--json").out)["status"] for a in (too_big, bad_content, unknown)}
+    assert shown == {too_big: "active", bad_content: "active", unknown: "bounced"}
+
+
 def test_dropped_connections_lose_nothing_and_double_nothing(cli, list_ready, sink, sqlite_url) -> None:
     sink.drop_rcpt_every = 500  # before the message: tried again at once on a fresh connection
     sink.drop_data_every = 450  # after the message arrived, unanswered: unknown, retried once next run
