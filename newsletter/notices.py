@@ -16,9 +16,9 @@ from email.utils import format_datetime, make_msgid
 
 from newsletter.errors import DeliveryError
 from newsletter.records import Envelope
-from newsletter.render.mime import sign
+from newsletter.render.mime import header_text, sign
 from newsletter.runtime import Runtime
-from newsletter.send.mailer import PermanentFailure, TemporaryFailure, UnknownOutcome
+from newsletter.send.mailer import PermanentFailure, TemporaryFailure, UnknownOutcome, wire_address
 from newsletter.subscriptions import Notice, NoticeKind
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ def _message(runtime: Runtime, *, to: str, subject: str, body: str, auto: str, i
     settings.require("from_address", purpose="sending emails")
     message = EmailMessage()
     message["From"] = f"{settings.list_name} <{settings.from_address}>"
-    message["To"] = to
     message["Subject"] = subject
     message["Date"] = format_datetime(dt.datetime.now(dt.UTC))
     message_id = make_msgid(domain=settings.from_domain)
@@ -46,7 +45,13 @@ def _message(runtime: Runtime, *, to: str, subject: str, body: str, auto: str, i
         message["In-Reply-To"] = in_reply_to
         message["References"] = in_reply_to
     message.set_content(body)
-    data = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    # To as the digests write it (render.mime): the domain in IDNA form, UTF-8 only for a local part that needs
+    # it (RFC 6532). The stdlib would put encoded words inside the address, which RFC 2047 forbids.
+    try:
+        shown, _ = wire_address(to)
+    except PermanentFailure:  # addresses are validated where they come in; the relay will say what is wrong
+        shown = to
+    data = f"To: {header_text(shown)}\r\n".encode() + message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
     if runtime.dkim is not None:
         data = sign(data, runtime.dkim)
     return Envelope(settings.from_address or "", to, message_id, data)

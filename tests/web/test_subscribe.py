@@ -172,3 +172,15 @@ def test_a_subscription_by_email_with_no_interest_yet_is_asked_for_them_not_prom
     assert "Your first digest comes" not in done.text and "until you give one, no digest comes" in done.text
     preferences = re.search(r'href="(/preferences/[^"]+)">Choose your topics', done.text)
     assert preferences and front.client.get(preferences.group(1)).status_code == 200
+
+
+def test_a_confirmation_to_an_internationalised_address_has_a_well_formed_to_header(front: Front) -> None:
+    """The stdlib put encoded words inside the address (``bob@=?utf-8?q?b=C3=BCcher?=.example``), which RFC 2047
+    forbids and mail clients read as a broken address: the domain goes in IDNA form, as in the digests, and a
+    local part that needs it in UTF-8 (RFC 6532; such an address is sent over SMTPUTF8)."""
+    for email in ("bob@bücher.example", "jörg@example.org"):
+        assert front.subscribe(email).status_code == 200
+    raw = [path.read_bytes() for path in front.outbox.rglob("*.eml")]
+    to_lines = sorted(line for data in raw for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if line.startswith(b"To:"))
+    assert to_lines == ["To: bob@xn--bcher-kva.example".encode(), "To: jörg@example.org".encode()]
+    assert not next(m for m in front.notices() if "bob@" in str(m["To"]))["To"].defects
