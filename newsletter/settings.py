@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from newsletter.errors import ConfigError, redact
+from newsletter.wording import INVISIBLE
 
 ENV_PREFIX = "NEWSLETTER_"
 MIN_SECRET_KEY_CHARS = 32
@@ -40,15 +41,15 @@ class Settings(BaseSettings):
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     # AUTH over an unencrypted connection sends the password in clear: refused unless this is set.
     smtp_allow_plaintext_auth: bool = False
-    smtp_timeout_s: float = Field(default=60.0, gt=0)  # relays may take a minute to answer the final dot
+    smtp_timeout_s: float = Field(default=60.0, gt=0, le=3600)  # relays may take a minute to answer the final dot
     smtp_ca_file: Path | None = None  # CA bundle for a relay whose certificate the system does not trust
     smtp_pool_size: int = Field(default=4, ge=1, le=64)  # connections to the relay, each reused for many messages
     smtp_rate_per_s: float = Field(default=0.0, ge=0)  # messages per second to the relay; 0: no limit
-    retry_base_s: float = Field(default=300.0, ge=0)  # first retry after a 4xx; doubles each time (±25%)
-    retry_window_h: float = Field(default=24.0, gt=0)  # a delivery still failing after this long expires
+    retry_base_s: float = Field(default=300.0, ge=0, le=86_400)  # first retry after a 4xx; doubles each time (±25%)
+    retry_window_h: float = Field(default=24.0, gt=0, le=24 * 30)  # a delivery still failing after this long expires
     bounce_limit: int = Field(default=3, ge=1)  # permanent failures before an address is suppressed
     # A sender's claim on a batch of deliveries; renewed while it sends, taken over by another once it lapses.
-    lease_s: float = Field(default=300.0, ge=5)
+    lease_s: float = Field(default=300.0, ge=5, le=86_400)
     # A digest run with at least this many digests to send (subscribers due, deliveries left by an earlier run)
     # claims and renders in a second process, ahead of the sending, so the two use two cores (newsletter.render_ahead); 0: always.
     render_ahead_from: int = Field(default=1000, ge=0)
@@ -65,30 +66,30 @@ class Settings(BaseSettings):
 
     # Ingest
     sources: list[str] = Field(default_factory=list)  # extra sources besides those in the database
-    fetch_timeout_s: float = Field(default=30.0, gt=0)
-    max_feed_bytes: int = Field(default=20_000_000, gt=0)  # 20 MB: arXiv's largest listings are ~5 MB
+    fetch_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    max_feed_bytes: int = Field(default=20_000_000, gt=0, le=2_000_000_000)  # 20 MB: arXiv's largest listings are ~5 MB
     contact_email: str | None = None  # put in the User-Agent, as arXiv's terms ask
     fetch_retries: int = Field(default=3, ge=0, le=10)  # on 429 and 5xx
-    host_interval_s: float = Field(default=1.0, ge=0)  # between two requests to one host
+    host_interval_s: float = Field(default=1.0, ge=0, le=3600)  # between two requests to one host
     allow_private_sources: bool = False  # admin: allow feeds on private / loopback addresses
-    max_retry_after_s: float = Field(default=60.0, ge=0)  # a longer Retry-After fails the fetch for this run
+    max_retry_after_s: float = Field(default=60.0, ge=0, le=86_400)  # a longer Retry-After fails the fetch for this run
     hf_daily_url: str = "https://huggingface.co/api/daily_papers"  # the trending-papers API
     arxiv_api_url: str = "https://export.arxiv.org/api/query"  # for seed papers not yet ingested
 
     # Digest
     candidate_window_days: int = Field(default=3, ge=1, le=31)  # spans a weekend without arXiv listings
     default_max_papers: int = Field(default=10, ge=1, le=100)
-    min_score: float = Field(default=1.5, ge=0)  # BM25 units; below it a paper is noise
+    min_score: float = Field(default=1.5, ge=0, le=1000)  # BM25 units; below it a paper is noise
     send_empty_digest: bool = False  # quiet days: no email unless this is set
     trending_count: int = Field(default=5, ge=0, le=20)  # papers in the "trending today" section
-    trending_weight: float = Field(default=0.1, ge=0)  # score per log(1 + upvotes) among relevant papers
-    recency_penalty_per_day: float = Field(default=0.2, ge=0)  # score lost per day since a paper was first seen
-    feedback_link_days: int = Field(default=60, ge=1)  # "more / less like this" links expire after this
+    trending_weight: float = Field(default=0.1, ge=0, le=100)  # score per log(1 + upvotes) among relevant papers
+    recency_penalty_per_day: float = Field(default=0.2, ge=0, le=100)  # score lost per day since a paper was first seen
+    feedback_link_days: int = Field(default=60, ge=1, le=3650)  # "more / less like this" links expire after this
     semantic: bool = True  # fuse the MiniLM sentence-embedding ranker in (on whenever its model is installed)
 
     # The daemon (newsletter daemon)
-    tick_s: float = Field(default=60.0, gt=0)  # how often it plans and sends what is due; 60: to the minute
-    retry_drain_s: float = Field(default=300.0, gt=0)  # how often it sends retries whose time has come
+    tick_s: float = Field(default=60.0, gt=0, le=86_400)  # how often it plans and sends what is due; 60: to the minute
+    retry_drain_s: float = Field(default=300.0, gt=0, le=86_400)  # how often it sends retries whose time has come
     # Ingest of the configured sources: cron fields (minute hour day month day_of_week) in INGEST_TIMEZONE.
     # Default: shortly after arXiv's announcement, 20:00 New York time, Sunday to Thursday.
     ingest_cron: str = "5 20 * * sun-thu"
@@ -99,7 +100,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # Subscribing (newsletter serve, newsletter inbound)
-    confirm_link_hours: float = Field(default=72.0, gt=0)  # a confirmation link works this long, and once
+    confirm_link_hours: float = Field(default=72.0, gt=0, le=24 * 365)  # a confirmation link works this long, and once
     confirmations_per_address_per_day: int = Field(default=3, ge=1)  # confirmation emails to one address in 24 h
     subscribe_per_ip_per_hour: int = Field(default=20, ge=1)  # sign-up forms accepted from one IP address per hour
     # Behind a reverse proxy that sets X-Forwarded-For: its address, so rate limits see the visitor's.
@@ -115,6 +116,16 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """``NAME=`` in .env means "not set", not the current directory or an empty host."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("list_name", "smtp_host", "smtp_username", "dkim_selector", "dkim_domain", "contact_email",
+                     "redirect_all_to", "trusted_proxy", "inbound_host")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # These go into headers (Subject, From, List-Id, the User-Agent) or connections: a line break there
+        # would start a header of its own, and the notices' library refuses it at every send.
+        if value is not None and value.translate(INVISIBLE) != value:
+            raise ValueError(f"{value!r} contains a line break or a control character; write it on one line")
+        return value
 
     @field_validator("database_url")
     @classmethod

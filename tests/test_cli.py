@@ -300,6 +300,14 @@ def test_every_problem_of_a_csv_row_is_reported_with_plurals(cli, ready, tmp_pat
         ({"min_score": "nan"}, "NEWSLETTER_MIN_SCORE is invalid"),
         ({"base_url": "javascript:alert(1)"}, "NEWSLETTER_BASE_URL is invalid: 'javascript:alert(1)' is not an http(s) address"),
         ({"base_url": "ftp://x"}, "NEWSLETTER_BASE_URL is invalid"),
+        # a line break in a value that goes into headers: every notice failed at its send
+        ({"list_name": "Digest\r\nBcc: x@y.org"}, "NEWSLETTER_LIST_NAME is invalid: 'Digest\\r\\nBcc: x@y.org' contains a line"),
+        ({"contact_email": "me@example.org\nX-Evil: 1"}, "NEWSLETTER_CONTACT_EMAIL is invalid"),
+        # durations no clock can hold: the web front crashed at start, a run at its first lease
+        ({"feedback_link_days": "1000000000000"}, "NEWSLETTER_FEEDBACK_LINK_DAYS is invalid: Input should be less than or equal to 3650"),
+        ({"lease_s": "1e300"}, "NEWSLETTER_LEASE_S is invalid"),
+        ({"retry_window_h": "1e300"}, "NEWSLETTER_RETRY_WINDOW_H is invalid"),
+        ({"confirm_link_hours": "1e300"}, "NEWSLETTER_CONFIRM_LINK_HOURS is invalid"),
     ],
 )
 def test_invalid_settings_are_one_line_and_hide_passwords(cli, env, ready, settings, expected) -> None:
