@@ -58,6 +58,8 @@ class Topic:
             raise InvalidInput(f"topic {text!r}: the weight after ^ must be a number, e.g. \"{phrase}^2\"") from None
         if not 0.1 <= value <= 10:
             raise InvalidInput(f"topic {text!r}: the weight must be between 0.1 and 10")
+        if not phrase.strip():  # "^2" alone was stored as no topic at all: a subscription that matched nothing
+            raise InvalidInput(f"topic {text!r}: give the words before the weight, e.g. \"diffusion models{caret}{weight}\"")
         return cls(phrase.strip(), value)
 
 

@@ -74,6 +74,7 @@ def test_bad_seeds_and_weights_are_refused(cli, ready, arxiv_api) -> None:
     assert "is not an arXiv id" in cli("subscribers", "add", "a@example.org", "--seed", "not-an-id").err
     assert "arXiv does not know the seed paper(s) 2611.00001" in cli("subscribers", "add", "b@example.org", "--seed", "2611.00001").err
     assert "weight after ^ must be a number" in cli("subscribers", "add", "c@example.org", "--topic", "graphs^lots").err
+    assert "give the words before the weight" in cli("subscribers", "add", "d@example.org", "--topic", "^2").err  # was no topic
     assert json.loads(cli("subscribers", "list", "--json").out) == []
 
 

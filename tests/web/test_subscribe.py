@@ -184,3 +184,10 @@ def test_a_confirmation_to_an_internationalised_address_has_a_well_formed_to_hea
     to_lines = sorted(line for data in raw for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if line.startswith(b"To:"))
     assert to_lines == ["To: bob@xn--bcher-kva.example".encode(), "To: jörg@example.org".encode()]
     assert not next(m for m in front.notices() if "bob@" in str(m["To"]))["To"].defects
+
+
+def test_a_weight_without_words_is_no_topic_and_is_refused(front: Front) -> None:
+    """"^2" was stored as no topic at all: a pending subscription that could never match a paper."""
+    answer = front.subscribe("ada@example.org", topics="^2")
+    assert answer.status_code == 400 and "give the words before the weight" in answer.text
+    assert front.status_of("ada@example.org") is None and front.notices() == []
