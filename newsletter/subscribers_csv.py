@@ -209,16 +209,17 @@ def read_subscribers_file(path: Path, *, fmt: str | None = None, default_max_pap
     """Read and validate a CSV or JSON file (``fmt``; default: JSON for a ``.json`` file, else CSV); refuse a
     file that is not UTF-8 or whose fields are absurdly long."""
     data = path.read_bytes()
+    fmt = fmt or ("json" if path.suffix.lower() == ".json" else "csv")
+    resave = "re-save it as CSV UTF-8" if fmt == "csv" else "re-save it as UTF-8"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InvalidInput(f"{path}: the file is UTF-16 text; re-save it as CSV UTF-8 and import it again")
+        raise InvalidInput(f"{path}: the file is UTF-16 text; {resave} and import it again")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start:,} cannot be read); "
-                           "re-save the file as CSV UTF-8 and import it again") from None
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start:,} cannot be read); {resave} and import it again") from None
     if "\x00" in text:
-        raise InvalidInput(f"{path}: holds NUL bytes, so it is not a text CSV (UTF-16?); re-save it as CSV UTF-8")
-    if (fmt or ("json" if path.suffix.lower() == ".json" else "csv")) == "json":
+        raise InvalidInput(f"{path}: holds NUL bytes, so it is not {fmt.upper()} text (UTF-16?); {resave}")
+    if fmt == "json":
         return read_subscribers_json(text, default_max_papers=default_max_papers, source=str(path))
     return read_subscribers_csv(text.splitlines(keepends=True), default_max_papers=default_max_papers, source=str(path))
 
@@ -236,8 +237,8 @@ def read_subscribers_csv(lines: Iterable[str], *, default_max_papers: int = 10, 
     reader = csv.DictReader(lines)
     try:
         _read_rows(reader, result, default_max_papers=default_max_papers, source=source)
-    except csv.Error as exc:
-        raise InvalidInput(f"{source}, line {reader.line_num}: not valid CSV ({exc}); "
+    except csv.Error as exc:  # line_num counts the lines read whole: the fault is in the next one
+        raise InvalidInput(f"{source}, line {reader.line_num + 1}: not valid CSV ({exc}); "
                            f"fields hold {MAX_FIELD_CHARS:,} characters at most") from None
     return result
 
@@ -251,6 +252,8 @@ def _read_rows(reader: csv.DictReader[str], result: CsvImport, *, default_max_pa
         found = ", ".join(repr(h) for h in header[:10]) + (", …" if len(header) > 10 else "")
         raise InvalidInput(f"{source}, line 1: the header row has no 'email' column (it has {found}; "
                            f"the columns read are: {', '.join(COLUMNS)})")
+    if twice := sorted({h for h in header if header.count(h) > 1}):  # the last one would win, silently
+        raise InvalidInput(f"{source}, line 1: the header names {', '.join(map(repr, twice))} more than once; keep one of each")
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
         raise InvalidInput(f"{source}, line 1: unknown column(s) {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
@@ -286,6 +289,8 @@ def read_subscribers_json(text: str, *, default_max_papers: int = 10, source: st
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{source}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    except ValueError:  # a number of more than 4,300 digits: Python refuses to convert it
+        raise InvalidInput(f"{source}: holds a number too long to read (over 4,300 digits); no field needs one") from None
     except RecursionError:  # '[' nested 100,000 deep: the parser's stack ends before the text does
         raise InvalidInput(f'{source}: nested too deeply to be a list of subscribers (expected [{{"email": …}}, …])') from None
     if not isinstance(data, list):

@@ -252,7 +252,9 @@ def test_more_bad_input_is_one_line_and_changes_nothing(cli, ready, args, expect
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
+        (b"email,topics\na@example.org," + b"x" * 1_000_000 + b"\n", "line 2: not valid CSV (field larger than"),
         (b"email,topics\na@example.org," + b"x" * 1_000_000 + b"\n", "fields hold 10,000 characters at most"),
+        (b"email,email,topics\na@example.org,b@example.org,graphs\n", "line 1: the header names 'email' more than once"),
         ("email,describe\njürgen@example.org,Ich erforsche Graphen\n".encode("latin-1"), "not UTF-8 text"),
         ("email,describe\na@example.org,graphs\n".encode("utf-16"), "re-save it as CSV UTF-8"),
         (b"address,topics\na@example.org,graphs\n", "the header row has no 'email' column (it has 'address', 'topics';"),
@@ -269,6 +271,23 @@ def test_a_broken_csv_is_refused_in_one_line(cli, ready, tmp_path, content, expe
         assert result.code == 1, result.out
         assert expected in result.err and "Traceback" not in result.err
         assert result.err.strip().count("\n") == 0, result.err
+    assert counts(ready) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'[{"email": "a@example.org", "topics": ["x"], "hour": ' + b"9" * 5_000 + b"}]", "holds a number too long to read"),
+        ('[{"email": "jürgen@example.org", "topics": ["Graphen"]}]'.encode("latin-1"), "re-save it as UTF-8 and"),
+    ],
+)
+def test_a_broken_json_file_is_refused_in_one_line(cli, ready, tmp_path, content, expected) -> None:
+    file = tmp_path / "people.json"
+    file.write_bytes(content)
+    before = counts(ready)
+    result = cli("subscribers", "import", str(file))
+    assert result.code == 1 and expected in result.err and "CSV" not in result.err and "Traceback" not in result.err
+    assert result.err.strip().count("\n") == 0, result.err
     assert counts(ready) == before
 
 
