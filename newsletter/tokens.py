@@ -30,6 +30,9 @@ class ExpiredLink(InvalidInput):
     """A signed link that was valid once and is too old now."""
 
 
+MAX_ROW_ID = 2**63 - 1  # SQLite's (and PostgreSQL's BIGINT) largest integer
+
+
 class PreparedSigner:
     """Signs values in itsdangerous's format with the key and the HMAC state prepared once.
 
@@ -69,9 +72,17 @@ def make_token(*, secret_key: str, purpose: str, subscriber_id: int) -> str:
 
 def read_token(token: str, *, secret_key: str, purpose: str) -> int:
     try:
-        return int(URLSafeSerializer(secret_key, salt=purpose).loads(token))
+        return _row_id(int(URLSafeSerializer(secret_key, salt=purpose).loads(token)))
     except (BadSignature, ValueError, TypeError):
         raise InvalidInput(NOT_VALID) from None
+
+
+def _row_id(value: object) -> int:
+    """A database id, or InvalidInput: beyond SQLite's largest INTEGER it names no row and cannot even be bound.
+    (Only a holder of the secret key can sign one; it still gets "not valid", not a server error.)"""
+    if type(value) is not int or not 0 < value <= MAX_ROW_ID:  # type, not isinstance: true is no id
+        raise InvalidInput(NOT_VALID)
+    return value
 
 
 class FeedbackSigner:
@@ -110,9 +121,9 @@ def read_feedback_token(token: str, *, secret_key: str, max_age: dt.timedelta) -
     days = max_age.days
     found = _load_timed(token, secret_key=secret_key, purpose=FEEDBACK, max_age=max_age,
                         expired=f"this link has expired (links work for {days} days); use the links in a newer digest")
-    if not (isinstance(found, list) and len(found) == 2 and all(type(n) is int for n in found)):  # not bool
+    if not (isinstance(found, list) and len(found) == 2):
         raise InvalidInput(NOT_VALID)
-    return found[0], found[1]
+    return _row_id(found[0]), _row_id(found[1])
 
 
 def confirm_token(*, secret_key: str, subscriber_id: int, nonce: str, issued_at: dt.datetime) -> str:
@@ -131,9 +142,9 @@ def read_confirm_token(token: str, *, secret_key: str, max_age: dt.timedelta) ->
     hours = round(max_age.total_seconds() / 3600)
     found = _load_timed(token, secret_key=secret_key, purpose=CONFIRM, max_age=max_age,
                         expired=f"this confirmation link has expired (links work for {hours} hours); sign up again for a new one")
-    if not (isinstance(found, list) and len(found) == 2 and type(found[0]) is int and isinstance(found[1], str)):
+    if not (isinstance(found, list) and len(found) == 2 and isinstance(found[1], str)):
         raise InvalidInput(NOT_VALID)
-    return found[0], found[1]
+    return _row_id(found[0]), found[1]
 
 
 __all__ = ["CONFIRM", "FEEDBACK", "PREFERENCES", "UNSUBSCRIBE", "VIEW", "ExpiredLink", "FeedbackSigner", "PreparedSigner",

@@ -77,9 +77,22 @@ def test_a_feedback_token_expires() -> None:
     URLSafeTimedSerializer(KEY, salt=tokens.FEEDBACK).dumps([True, 10]),
     URLSafeTimedSerializer(KEY, salt=tokens.FEEDBACK).dumps([7, 10, 1]),
     URLSafeTimedSerializer(KEY, salt=tokens.FEEDBACK).dumps(7),
+    URLSafeTimedSerializer(KEY, salt=tokens.FEEDBACK).dumps([2**63, 10]),  # no database id: was a server error
+    URLSafeTimedSerializer(KEY, salt=tokens.FEEDBACK).dumps([7, -10]),
     "", "x", "W10.a.b",
 ])
 def test_a_foreign_or_tampered_feedback_token_is_refused(bad: str) -> None:
     with pytest.raises(InvalidInput, match="this link is not valid") as refused:
         tokens.read_feedback_token(bad, secret_key=KEY, max_age=SIXTY_DAYS)
     assert not isinstance(refused.value, tokens.ExpiredLink)
+
+
+@pytest.mark.parametrize("subscriber_id", [2**63, 10**30, 0, -1])
+def test_a_signed_token_for_an_id_no_row_can_have_is_not_valid(subscriber_id: int) -> None:
+    """Only a holder of the key can sign one, but it must still be "not valid", not a server error at the lookup."""
+    with pytest.raises(InvalidInput, match="this link is not valid"):
+        tokens.read_token(URLSafeSerializer(KEY, salt=tokens.UNSUBSCRIBE).dumps(subscriber_id), secret_key=KEY,
+                          purpose=tokens.UNSUBSCRIBE)
+    confirm = URLSafeTimedSerializer(KEY, salt=tokens.CONFIRM).dumps([subscriber_id, "nonce"])
+    with pytest.raises(InvalidInput, match="this link is not valid"):
+        tokens.read_confirm_token(confirm, secret_key=KEY, max_age=SIXTY_DAYS)

@@ -26,7 +26,6 @@ from newsletter.errors import InvalidInput
 from newsletter.web.pages import Refused, sentence
 from newsletter.web.site import Site
 
-MAX_ROW_ID = 2**63 - 1  # SQLite's largest INTEGER: a larger id names no row and cannot even be bound
 DIRECTIONS = {"up": 1, "down": -1}  # the stored feedback value
 
 
@@ -45,7 +44,7 @@ def read_link(request: Request, *, secret_key: str, max_age: dt.timedelta) -> Fe
     """The link's path checked without the database: direction, paper id, token for that paper."""
     value = DIRECTIONS.get(request.path_params["direction"])
     paper_id: int = request.path_params["paper_id"]
-    if value is None or not 0 < paper_id <= MAX_ROW_ID:
+    if value is None or not 0 < paper_id <= tokens.MAX_ROW_ID:
         raise Refused(404, "Not found", "This link is not one we sent.")
     try:
         subscriber_id, signed_paper_id = tokens.read_feedback_token(request.path_params["token"], secret_key=secret_key,
