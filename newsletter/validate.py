@@ -13,12 +13,18 @@ FREQUENCIES = ("daily", "weekdays", "weekly")
 ARXIV_CATEGORY = re.compile(r"^[a-z\-]+(\.[A-Za-z\-]+)?$")  # cs.LG, math.ST, hep-th, q-bio.NC
 
 
+MAX_LOCAL_PART_BYTES = 64
+
+
 def normalize_email(raw: str) -> str:
     """The address as stored: syntax-checked (no DNS look-up) and lower-cased."""
     try:
         result = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidInput(f"invalid email address {raw!r}: {exc}") from None
+    if len(result.local_part.encode()) > MAX_LOCAL_PART_BYTES:  # relays refuse it, so no digest would ever arrive
+        raise InvalidInput(f"invalid email address {raw!r}: the part before the @ is longer than "
+                           f"{MAX_LOCAL_PART_BYTES} bytes (RFC 5321)")
     return result.normalized.lower()
 
 

@@ -76,6 +76,8 @@ def test_add_show_list_remove_a_subscriber(cli, ready) -> None:
     ("args", "expected"),
     [
         (["subscribers", "add", "not-an-address"], "invalid email address 'not-an-address'"),
+        (["subscribers", "add", "a" * 65 + "@example.org"], "the part before the @ is longer than 64 bytes"),
+        (["subscribers", "add", "nul\x00@example.org"], "contains invalid characters before the @-sign: U+0000"),
         (["subscribers", "add", "a@example.org", "--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
         (["subscribers", "add", "a@example.org", "--hour", "25"], "send hour 25 is out of range"),
         (["subscribers", "add", "a@example.org", "--timezone", "localtime"], "unknown time zone 'localtime'"),  # the server's

@@ -89,6 +89,7 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["wrapped"] = wrapped
+    env.filters["inert"] = inert  # a value typed back into a form as it came, when it was refused for what it held
     return env
 
 

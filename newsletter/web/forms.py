@@ -98,7 +98,8 @@ class FormValues:
     @classmethod
     def from_form(cls, form: FormData) -> FormValues:
         categories = tuple(inert(c).strip() for c in form.getlist("categories") if isinstance(c, str) and c.strip())
-        return cls(email=_line(_text(form, "email")), topics=_text(form, "topics"), exclude=_text(form, "exclude"),
+        email = form.get("email")  # as typed: an address with a control or bidi character in it is refused, not changed
+        return cls(email=email.strip() if isinstance(email, str) else "", topics=_text(form, "topics"), exclude=_text(form, "exclude"),
                    authors=_text(form, "authors"), categories=categories[: MAX_ITEMS + 1], describe=_text(form, "describe").strip(),
                    timezone=_line(_text(form, "timezone")), send_hour=_line(_text(form, "send_hour")),
                    frequency=_line(_text(form, "frequency")), weekday=_line(_text(form, "weekday")),

@@ -191,3 +191,13 @@ def test_a_weight_without_words_is_no_topic_and_is_refused(front: Front) -> None
     answer = front.subscribe("ada@example.org", topics="^2")
     assert answer.status_code == 400 and "give the words before the weight" in answer.text
     assert front.status_of("ada@example.org") is None and front.notices() == []
+
+
+def test_an_address_with_a_hidden_character_is_refused_not_changed_into_another(front: Front) -> None:
+    """Stripping a NUL or a bidi override from "nul\\x00@…" sent the confirmation to another address."""
+    for email in ("nul\x00@example.org", "\u202eevil@example.org", "zw\u200bsp@example.org"):
+        answer = front.subscribe(email)
+        assert answer.status_code == 400 and "Invalid email address" in answer.text
+        assert "unsafe characters" in answer.text or "invalid characters before the @-sign: U+0000" in answer.text
+        assert not re.search("[\x00\u202e\u200b]", answer.text), "the form gives the address back inert"
+    assert front.notices() == [] and front.status_of("nul@example.org") is None and front.status_of("evil@example.org") is None
