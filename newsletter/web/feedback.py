@@ -24,7 +24,7 @@ from newsletter import subscriptions, tokens
 from newsletter.db.models import Paper, Subscriber
 from newsletter.errors import InvalidInput
 from newsletter.web.pages import Refused, sentence
-from newsletter.web.site import Site
+from newsletter.web.site import Site, page_and_form
 
 DIRECTIONS = {"up": 1, "down": -1}  # the stored feedback value
 
@@ -74,7 +74,7 @@ class FeedbackPages:
 
     def routes(self) -> list[Route]:
         path = "/feedback/{token}/{paper_id:int}/{direction}"
-        return [Route(path, self.confirm, methods=["GET"]), Route(path, self.feedback, methods=["POST"])]
+        return [page_and_form(path, get=self.confirm, post=self.feedback)]
 
     async def _answer(self, request: Request, work: Callable[[Session, FeedbackLink], str], page: str) -> Response:
         """Check the link, do ``work`` with it off the event loop (a locked SQLite stalls nobody else), show ``page``."""

@@ -26,7 +26,7 @@ from newsletter.subscriptions import Via
 from newsletter.web import live_preview
 from newsletter.web.forms import FormErrors, FormValues
 from newsletter.web.pages import Refused, sentence
-from newsletter.web.site import Site
+from newsletter.web.site import Site, page_and_form
 from newsletter.web.subscribe import form_context, link_path, schedule_text, when_text
 
 EDITABLE = (SubscriberStatus.ACTIVE, SubscriberStatus.PAUSED)
@@ -65,7 +65,7 @@ class PreferencesPages:
 
     def routes(self) -> list[Route]:
         path = "/preferences/{token}"
-        return [Route(path, self.page, methods=["GET"]), Route(path, self.post, methods=["POST"])]
+        return [page_and_form(path, get=self.page, post=self.post)]
 
     def _id(self, request: Request) -> int:
         return subscriber_id_of(request, secret_key=self.site.settings.secret_key or "", purpose=tokens.PREFERENCES)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from newsletter import notices
 from newsletter.runtime import Runtime
@@ -27,6 +28,7 @@ MAX_FORM_FIELDS = 200  # the preferences form has ~45 (categories are one field 
 
 
 @dataclass(frozen=True)
+
 class Site:
     runtime: Runtime
     pages: Pages
@@ -66,3 +68,16 @@ class Site:
             await notices.send_notices(self.runtime, found)
         except Exception:  # the visitor has their answer already; the admin has the log
             log.exception("a notice could not be sent")
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def page_and_form(path: str, *, get: Endpoint, post: Endpoint) -> Route:
+    """One route for a page (GET, HEAD) and the form it posts (POST): two routes for one path answered any
+    other method with the first one's ``Allow``, which left out POST."""
+
+    async def endpoint(request: Request) -> Response:
+        return await (post if request.method == "POST" else get)(request)
+
+    return Route(path, endpoint, methods=["GET", "POST"])

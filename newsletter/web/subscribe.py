@@ -27,7 +27,7 @@ from newsletter.subscriptions import Notice, PendingConfirmation, UsedLink, Via
 from newsletter.web import forms
 from newsletter.web.forms import FormErrors, FormValues
 from newsletter.web.pages import Refused, sentence
-from newsletter.web.site import Site
+from newsletter.web.site import Site, page_and_form
 
 
 def form_context(values: FormValues, errors: dict[str, str] | None = None) -> dict[str, Any]:
@@ -64,10 +64,8 @@ class SubscribePages:
     def routes(self) -> list[Route]:
         return [
             Route("/", self.form, methods=["GET"]),
-            Route("/subscribe", self.form, methods=["GET"]),
-            Route("/subscribe", self.subscribe, methods=["POST"]),
-            Route("/confirm/{token}", self.confirm_page, methods=["GET"]),
-            Route("/confirm/{token}", self.confirm, methods=["POST"]),
+            page_and_form("/subscribe", get=self.form, post=self.subscribe),
+            page_and_form("/confirm/{token}", get=self.confirm_page, post=self.confirm),
         ]
 
     async def form(self, request: Request) -> Response:

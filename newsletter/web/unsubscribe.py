@@ -20,7 +20,7 @@ from newsletter.errors import InvalidInput, NotFound
 from newsletter.subscriptions import Via
 from newsletter.web.pages import Refused, sentence
 from newsletter.web.preferences import subscriber_id_of
-from newsletter.web.site import MAX_FORM_FIELDS, Site
+from newsletter.web.site import MAX_FORM_FIELDS, Site, page_and_form
 from newsletter.web.subscribe import link_path
 
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"
@@ -33,7 +33,7 @@ class UnsubscribePages:
 
     def routes(self) -> list[Route]:
         path = "/unsubscribe/{token}"
-        return [Route(path, self.page, methods=["GET"]), Route(path, self.post, methods=["POST"])]
+        return [page_and_form(path, get=self.page, post=self.post)]
 
     def _id(self, request: Request) -> int:
         return subscriber_id_of(request, secret_key=self.site.settings.secret_key or "", purpose=tokens.UNSUBSCRIBE)

@@ -194,3 +194,13 @@ def test_every_forwarded_for_line_counts_the_last_entry_wins(front: Front, sqlit
             statuses.append(client.post("/subscribe", data={**SIGN_UP, "email": f"m{n}@example.org", "csrf_token": token.group(1)},
                                         headers=headers).status_code)
     assert statuses == [200, 200, 429, 429]
+
+
+@pytest.mark.parametrize("path", ["/subscribe", "/confirm/{token}", "/preferences/{token}", "/unsubscribe/{token}"])
+def test_another_method_is_refused_with_the_methods_the_page_takes(front: Front, path: str) -> None:
+    """Each of these pages is a GET and its form a POST: a PUT is told both (two routes told only the first's)."""
+    url = path.format(token="WzEsImFiYyJd.forged.signature")
+    for method in ("PUT", "DELETE", "PATCH"):
+        answer = front.client.request(method, url)
+        assert answer.status_code == 405, (method, url)
+        assert {m.strip() for m in answer.headers["allow"].split(",")} == {"GET", "HEAD", "POST"}
