@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-# New style 2409.01234v2 (4 or 5 digits after the dot); old style hep-th/9901001v1, math.GT/0309136.
+# New style 2409.01234v2 (YYMM, then 4 or 5 digits); old style hep-th/9901001v1, math.GT/0309136. The month
+# is 01 to 12: "2613.00000" is no arXiv id.
 ARXIV_ID = re.compile(
-    r"(?P<id>\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})(?:v(?P<version>\d+))?"
+    r"(?P<id>\d\d(?:0[1-9]|1[0-2])\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d\d(?:0[1-9]|1[0-2])\d{3})(?:v(?P<version>\d+))?"
 )
 # The hosts that speak for arXiv: its listing, its API and its abstract pages. An id is read from a URL
 # only on these hosts (evil.example/arxiv.org/abs/… names no arXiv paper).

@@ -95,6 +95,9 @@ def test_html_in_titles_and_abstracts_is_reduced_to_text(text: str, expected: st
         ("http://arxiv.org/abs/hep-th/9901001v3", ("hep-th/9901001", 3)),
         ("http://arxiv.org/pdf/math.GT/0309136v1", ("math.GT/0309136", 1)),
         ("https://www.biorxiv.org/content/10.1101/2024.01.01", None),
+        ("2613.00000", None),  # month 13
+        ("2600.12345", None),
+        ("hep-th/9913001", None),
         ("https://export.arxiv.org/abs/2409.01234v4", ("2409.01234", 4)),
         ("arxiv.org/abs/2409.01234", ("2409.01234", None)),
         # arXiv's URL shapes count only on arXiv's hosts:
