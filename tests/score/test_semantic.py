@@ -102,3 +102,24 @@ def test_feedback_pulls_towards_the_best_papers_and_stays_a_cosine() -> None:
     assert set(np.argsort(-before[0])[:3]) == {0, 1, 2}
     assert (after[0, :3] > before[0, :3]).all() and np.abs(after).max() <= 1.0 + 1e-5
     assert np.array_equal(sem.similarity(profile, papers, feedback=0), before)
+
+
+def test_a_profile_with_nothing_to_mean_gets_no_meaning_from_feedback() -> None:
+    """A zero vector (authors or categories only) has no best papers, only the first in the list: feedback
+    pulled it towards those, and a reader who follows one author got nine unrelated papers with no reason."""
+    rng = np.random.default_rng(2)
+    papers = sem.unit(rng.standard_normal((50, 384)).astype(np.float32))
+    profiles = np.vstack([np.zeros((1, 384), np.float32), papers[:1]])
+    after = sem.similarity(profiles, papers, feedback=3, feedback_weight=1.0)
+    assert not after[0].any() and after[1, 0] > 0.5
+
+
+def test_a_reader_who_only_follows_an_author_gets_that_authors_papers_and_nothing_else(model, papers) -> None:
+    author = next(p.authors[0] for p in papers if p.authors)
+    theirs = {p.key for p in papers if author in p.authors}
+    profiles = [Profile(1, "fan@x", Preferences.from_lists(authors=[author]), 10),
+                Profile(2, "none@x", Preferences(), 10), Profile(3, "cat@x", Preferences.from_lists(categories=["stat.ML"]), 10)]
+    similarity = sem.similarity(model.embed_profiles([p.preferences for p in profiles]), model.embed_papers(papers))
+    fan, nobody, category = rank_papers(PaperIndex.build(papers), profiles, min_score=1.5, semantic=similarity)
+    assert {p.paper.key for p in fan} == theirs and all(p.reasons for p in fan)
+    assert nobody == [] and category == []  # categories narrow what something else selects
