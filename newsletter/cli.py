@@ -328,7 +328,8 @@ MINUTE_HELP = "Minute of that hour (0–59)."
 FREQUENCY_HELP = "daily, weekdays (Monday to Friday) or weekly."
 WEEKDAY_HELP = "For weekly: the day, e.g. monday or mon."
 MAX_PAPERS_HELP = "Papers per digest at most, 1 to 100 (default: NEWSLETTER_DEFAULT_MAX_PAPERS)."
-MIN_SCORE_HELP = "Lowest score to pick a paper, 0 to 1000 (default: NEWSLETTER_MIN_SCORE)."
+MIN_SCORE_HELP = ("Lowest word-match score to pick a paper, 0 to 1000 (default: NEWSLETTER_MIN_SCORE); the gate for papers "
+                  "close in meaning rises with it.")
 
 
 def _seed_ids(seed: list[str] | None, seed_bibtex: Path | None) -> list[str]:

@@ -237,6 +237,7 @@ class _Queries:
     author_papers: sp.csr_matrix
     already_sent: sp.csr_matrix  # profiles × papers
     thresholds: np.ndarray  # profiles: their minimum score
+    meaning_gates: np.ndarray  # profiles: the cosine at which a paper is on topic with no word in common
     # What reasons name: the distinct topic phrases and sentences, and which profile holds which.
     topic_texts: list[str] = field(default_factory=list)
     topic_terms: sp.csr_matrix = field(default_factory=lambda: sp.csr_matrix((0, 0)))  # distinct topics × vocabulary
@@ -311,6 +312,7 @@ class _Queries:
             already_sent=sp.csr_matrix((np.ones(len(sent_rows), dtype=np.float32), (sent_rows, sent_papers)),
                                        shape=(n, max(n_papers, 1))),
             thresholds=thresholds,
+            meaning_gates=meaning_gates(thresholds, min_score=min_score),
             topic_texts=[str(t) for t in topics.ids],
             topic_terms=topic_terms,
             by_sentence=by_sentence,
@@ -407,7 +409,7 @@ def select_top(
         similarity = None
         if semantic is not None:
             similarity = semantic[part]
-            on_topic |= similarity >= SEMANTIC_MIN_SIMILARITY
+            on_topic |= similarity >= q.meaning_gates[part, None]
             scores = (_zscore(scores) + SEMANTIC_WEIGHT * _zscore(similarity)).astype(np.float32)
         ranked = np.where(on_topic, scores, np.float32(-np.inf))
         restricted = np.flatnonzero(q.restricts_categories[part])
@@ -461,6 +463,20 @@ def _drop_near_duplicates(best: np.ndarray, usable: np.ndarray, duplicate_of: np
         best[row], usable[row] = best[row, order], usable[row, order]
         usable[row, len(keep):] = False
     return best, usable
+
+
+def meaning_gates(thresholds: np.ndarray, *, min_score: float) -> np.ndarray:
+    """Each profile's cosine gate for a paper that shares no words, moved with its own minimum score.
+
+    A subscriber's ``--min-score`` is in lexical (BM25) units; raising it made only the word matches
+    stricter, while papers close in meaning passed as before. The gate keeps the proportion: a minimum
+    score k times the installation's leaves 1/k of the distance from ``SEMANTIC_MIN_SIMILARITY`` to a
+    perfect match (twice the default: 0.725), and a lower one widens it (half: 0.45 → -0.1, everything).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        strictness = thresholds / np.float32(min_score) if min_score > 0 else np.where(thresholds > 0, np.inf, 1.0)
+        gates = 1 - (1 - SEMANTIC_MIN_SIMILARITY) / strictness
+    return np.where(strictness > 0, gates, -1.0).astype(np.float32)
 
 
 def _add_at(dense: np.ndarray, sparse: sp.csr_matrix) -> None:

@@ -11,7 +11,7 @@ import pytest
 from newsletter.ingest.feeds import parse_feed
 from newsletter.paths import PACKAGE_DIR
 from newsletter.records import Preferences, Profile
-from newsletter.score import PaperIndex, rank_papers
+from newsletter.score import PaperIndex, lexical, rank_papers
 from newsletter.score import semantic as sem
 from newsletter.score.semantic import SemanticModel
 from tests.conftest import FIXTURES
@@ -123,3 +123,17 @@ def test_a_reader_who_only_follows_an_author_gets_that_authors_papers_and_nothin
     fan, nobody, category = rank_papers(PaperIndex.build(papers), profiles, min_score=1.5, semantic=similarity)
     assert {p.paper.key for p in fan} == theirs and all(p.reasons for p in fan)
     assert nobody == [] and category == []  # categories narrow what something else selects
+
+
+def test_a_readers_own_minimum_score_also_narrows_what_passes_on_meaning(model, papers) -> None:
+    """--min-score 100 made only word matches stricter: a sentence-only reader still got papers that share
+    no word with it. The meaning gate moves in proportion, and the default stays 0.45."""
+    sentence = "I study which customers are about to stop buying from an online shop and what to recommend them."
+    readers = [Profile(n, f"r{n}@x", Preferences.from_lists(describe=sentence, min_score=score), 10)
+               for n, score in enumerate((None, 3.0, 100.0))]
+    similarity = sem.similarity(model.embed_profiles([r.preferences for r in readers]), model.embed_papers(papers))
+    default, stricter, strictest = rank_papers(PaperIndex.build(papers), readers, min_score=1.5, semantic=similarity)
+    assert len(default) > len(stricter) > len(strictest) == 0
+    assert {p.paper.key for p in stricter} <= {p.paper.key for p in default}
+    assert lexical.meaning_gates(np.array([1.5, 3.0, 0.0], np.float32), min_score=1.5).tolist() == \
+        pytest.approx([0.45, 0.725, -1.0])
