@@ -105,6 +105,18 @@ def test_feedback_from_the_cli_changes_the_next_ranking(cli, ready) -> None:
     assert row.value == -1
 
 
+def test_a_paper_rated_before_it_was_sent_is_not_sent_as_news(cli, ready) -> None:
+    """Rated "up" from the command line, a paper the reader had not been sent came back as their top pick,
+    "similar to a paper you liked" itself: whatever they rated, they have seen."""
+    cli("subscribers", "add", "ada@example.org", "--topic", "time series", "--max-papers", "5")
+    before = [p["arxiv_id"] for p in json.loads(cli("digest", "--dry-run", "--json").out)[0]["papers"]]
+    liked = before[-1]
+    assert cli("feedback", "ada@example.org", liked, "up").code == 0
+    after = json.loads(cli("digest", "--dry-run", "--json").out)[0]["papers"]
+    assert liked not in [p["arxiv_id"] for p in after] and len(after) == 5
+    assert any(r.startswith("similar to a paper you liked") for p in after for r in p["reasons"])
+
+
 @pytest.fixture
 def web(env, ready):
     port = free_port()
