@@ -11,6 +11,7 @@ import calendar
 import datetime as dt
 import html
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,27 @@ def clean_text(value: str | None, *, limit: int = MAX_TEXT) -> str:
         return ""
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
         value = html.unescape(nh3.clean(BREAK.sub(" ", NOT_A_TAG.sub("&lt;", value)), tags=set()))
+    if "\\" in value or "``" in value:
+        value = tex_to_text(value)
     return shorten(plain_text(value), limit)
+
+
+# arXiv abstracts are TeX source: the accents and quotes a reader would otherwise see as na\"ive and ``this''.
+TEX_ACCENTS = {'"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", "=": "\u0304", ".": "\u0307",
+               "c": "\u0327", "v": "\u030c", "u": "\u0306", "H": "\u030b"}
+TEX_ACCENT = re.compile(r"""\{?\\(?:(["'`^~=.])\s*|([cvuH])(?:\s+|(?=\{)))\{?(\\i|[A-Za-z])\}?\}?""")
+TEX_ESCAPE = re.compile(r"\\([&%_#$])")
+
+
+def tex_to_text(value: str) -> str:
+    """TeX accents (``\\"o``, ``\\'{e}``, ``{\\c c}``), quotes (````…''``) and escaped characters (``\\&``) as
+    the characters they stand for. Maths stays as it is: ``$O(n^2)$`` reads well enough and rewriting it is a guess."""
+    def accented(found: re.Match[str]) -> str:
+        letter = "i" if found[3] == "\\i" else found[3]
+        return unicodedata.normalize("NFC", letter + TEX_ACCENTS[found[1] or found[2]])
+
+    value = TEX_ACCENT.sub(accented, value)
+    return TEX_ESCAPE.sub(r"\1", value.replace("``", "\u201c").replace("''", "\u201d"))
 
 
 def web_url(value: str | None) -> str | None:

@@ -89,6 +89,20 @@ def test_html_in_titles_and_abstracts_is_reduced_to_text(text: str, expected: st
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        ('a na\\"ive approach', "a naïve approach"),  # as arXiv's abstracts carry it
+        ("a ``search-and-refine-during-think'' mode", "a “search-and-refine-during-think” mode"),
+        ('Schr\\"{o}dinger, Erd\\H{o}s, {\\c c}a, G\\"odel, \\v{S}ekli, \\^{\\i}le', "Schrödinger, Erdős, ça, Gödel, Šekli, île"),
+        ("R\\&D on 50\\% of runs", "R&D on 50% of runs"),
+        ("$O(n^2)$ time, \\cite{x} and \\alpha-divergence", "$O(n^2)$ time, \\cite{x} and \\alpha-divergence"),  # maths stays
+    ],
+)
+def test_tex_accents_and_quotes_become_the_characters_they_stand_for(text: str, expected: str) -> None:
+    assert clean_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         ("2409.01234v2", ("2409.01234", 2)),
         ("oai:arXiv.org:2409.01234v1", ("2409.01234", 1)),
         ("https://arxiv.org/abs/2409.0123", ("2409.0123", None)),
