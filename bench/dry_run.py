@@ -60,6 +60,9 @@ RUN_AT = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)  # the command's --at: the
 def seed_papers() -> list[Paper]:
     """The shared 211 papers, with the metadata arXiv's listing of them carries."""
     listed = {p.title: p for p in parse_feed((PACKAGE_DIR / "demo_data" / "arxiv_sample.rss").read_bytes(), source="sample").papers}
+    if not SEED_PAPERS.is_file():
+        raise SystemExit(f"{SEED_PAPERS} is missing: this benchmark reads the 211 papers from ../shared/data/ "
+                         "beside the repository (the team's shared folder)")
     papers = []
     for n, entry in enumerate(json.loads(SEED_PAPERS.read_text(encoding="utf-8"))):
         known = listed.get(entry["title"])

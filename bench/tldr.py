@@ -25,6 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--verbose", action="store_true", help="print each miss of the new rule")
     args = parser.parse_args()
+    if not PAPERS.is_file():
+        raise SystemExit(f"{PAPERS} is missing: this benchmark reads the 211 papers' abstracts from ../shared/data/ "
+                         "beside the repository (the team's shared folder)")
     labels: dict[str, str] = json.loads(LABELS.read_text(encoding="utf-8"))["labels"]
     abstracts = {p["title"]: p["abstract"] for p in json.loads(PAPERS.read_text(encoding="utf-8"))}
     ours = first = 0
