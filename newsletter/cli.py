@@ -191,18 +191,22 @@ def init(typer_ctx: typer.Context) -> None:
 def ingest(
     typer_ctx: typer.Context,
     sources: Annotated[list[str] | None, typer.Argument(
-        help="URLs, file paths or shorthands (arxiv:cs.LG, hf-daily); default: the configured sources.")] = None,
+        help="Configured sources by id or name (as 'sources list' shows them), or URLs, file paths or shorthands "
+             "(arxiv:cs.LG, hf-daily); default: the configured sources.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch sources and store their papers (one paper per arXiv id, versions merged)."""
     from newsletter.ingest.fetch import Fetcher, make_client
     from newsletter.ingest.run import configured_sources, ingest_sources
-    from newsletter.ingest.sources import resolve
+    from newsletter.ingest.sources import SourceSpec, resolve
 
     ctx = _ctx(typer_ctx)
     settings = ctx.settings
     if sources:
-        specs = [resolve(s, hf_daily_url=settings.hf_daily_url) for s in sources]
+        with ctx.sessions() as session:
+            configured = {key: SourceSpec(row.url, row.kind) for row in repo.list_sources(session)
+                          for key in (str(row.id), row.name) if key}
+        specs = [configured.get(s) or resolve(s, hf_daily_url=settings.hf_daily_url) for s in sources]
     else:
         specs = [spec for spec, _ in configured_sources(settings, ctx.sessions)]
     if not specs:

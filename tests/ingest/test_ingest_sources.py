@@ -328,3 +328,16 @@ def test_a_file_source_is_stored_by_its_absolute_path_and_added_once(cli, db, tm
     assert (report["source"], report["new"], report["error"]) == (source["url"], 60, None)
     assert cli("sources", "remove", "../feeds/cs.rss").code == 0
     assert json.loads(cli("sources", "list", "--json").out) == []
+
+
+def test_ingest_takes_a_configured_source_by_its_id_or_name(cli, db, tmp_path, monkeypatch) -> None:
+    """'sources list' shows ids and names; 'ingest 2' read a file called 2 in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("sources", "add", str(FIXTURES / "arxiv_weekend.rss"), "--name", "weekend listing").code == 0
+    assert cli("sources", "add", str(FIXTURES / "arxiv_cs_lg.rss"), "--name", "cs.LG sample").code == 0
+    listed = {s["name"]: s for s in json.loads(cli("sources", "list", "--json").out)}
+    by_id = ingest(cli, str(listed["cs.LG sample"]["id"]))
+    assert [(r["source"], r["new"]) for r in by_id] == [(listed["cs.LG sample"]["url"], 60)]
+    by_name = ingest(cli, "weekend listing")
+    assert [r["source"] for r in by_name] == [listed["weekend listing"]["url"]]
+    assert "2612: no such file" in cli("ingest", "2612").err, "a number that is no id is still read as a path"
