@@ -298,7 +298,7 @@ def sources_list(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     table = Table("id", "kind", "name", "url", "last fetched", "last error", title="sources")
     for r in rows:
         table.add_row(str(r["id"]), str(r["kind"]), safe(str(r["name"] or "")), safe(str(r["url"])),
-                      str(r["last_fetched_at"] or "never"), safe(str(r["last_error"] or "")))
+                      f"{r['last_fetched_at']:%Y-%m-%d %H:%M} UTC" if r["last_fetched_at"] else "never", safe(str(r["last_error"] or "")))
     out.print(table)
 
 
