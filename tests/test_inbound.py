@@ -195,7 +195,8 @@ def test_without_a_token_nothing_changes_and_the_reply_says_how(listener: Listen
     to_ada, to_carol = listener.only_reply_to("ada@example.org"), listener.only_reply_to("carol@example.org")
     assert "could not tell" in to_ada
     # To whoever sent it, the answer is the same whether the address is subscribed or not: only the link differs.
-    assert re.sub(r"Or open this link to unsubscribe this address: \S+", "", to_ada).split() == to_carol.split()
+    flat = " ".join(to_ada.split())  # the reply is wrapped at 76 columns
+    assert re.sub(r"Or open this link to unsubscribe this address: \S+", "", flat).split() == to_carol.split()
     # Only the address's owner reads its reply: it carries the address's own unsubscribe link, and the link works.
     links = UNSUBSCRIBE_LINK.findall(to_ada)
     assert links == [unsubscribe_token(subscriber_id, listener.runtime.settings)]
@@ -253,7 +254,7 @@ Status: 5.1.1\r
 def test_a_thousand_line_command_mail_applies_at_most_the_cap_and_says_so(listener: Listener) -> None:
     names = ["".join(letters) for letters in product(string.ascii_lowercase, repeat=3)][:1000]
     listener.send("".join(f"add {name}\n" for name in names))
-    assert "the rest of this one was ignored" in listener.only_reply_to("ada@example.org")
+    assert "the rest of this one was ignored" in " ".join(listener.only_reply_to("ada@example.org").split())
     confirm_from_inbox(listener, "ada@example.org")
     row = listener.subscriber("ada@example.org")
     assert row is not None and row.preferences.categories == names[:20]

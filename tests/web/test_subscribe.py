@@ -201,3 +201,16 @@ def test_an_address_with_a_hidden_character_is_refused_not_changed_into_another(
         assert "unsafe characters" in answer.text or "invalid characters before the @-sign: U+0000" in answer.text
         assert not re.search("[\x00\u202e\u200b]", answer.text), "the form gives the address back inert"
     assert front.notices() == [] and front.status_of("nul@example.org") is None and front.status_of("evil@example.org") is None
+
+
+def test_the_notices_are_wrapped_for_a_plain_text_reader(front: Front) -> None:
+    """Lines of up to ~190 characters came out with a long address or list name; a link stays whole."""
+    front.subscribe("someone.with.a.rather.long.address@department.university.example.org")
+    front.add_active("ada@example.org", "sampling")
+    front.subscribe("ada@example.org")  # "already subscribed"
+    notices = front.notices()
+    assert len(notices) == 2
+    for notice in notices:
+        body = notice.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        long = [line for line in body.splitlines() if len(line) > 78 and not line.startswith("https://")]
+        assert long == [], long
