@@ -392,12 +392,13 @@ def subscribers_add(
     )
     with ctx.sessions() as session:
         with hint(f"'newsletter subscribers show {new.email}' shows it", about=f"{new.email} is already", on=InvalidInput):
-            subscriptions.add(session, ctx.settings, new, via=subscriptions.Via.CLI)
+            row = subscriptions.add(session, ctx.settings, new, via=subscriptions.Via.CLI)
         if new.preferences.seed_papers:
             _fetch_seeds(ctx, session, list(new.preferences.seed_papers))
         session.commit()
+        first = _next_digest(row)
     seeds_note = f", {plural(len(new.preferences.seed_papers), 'seed paper')}" if new.preferences.seed_papers else ""
-    out.print(f"added {new.email} (active{seeds_note})")
+    out.print(f"added {new.email} (active{seeds_note}); first digest {first}")
     if new.preferences.selects_nothing:
         err.print(f"note: {new.email} has {NO_INTERESTS}; 'newsletter subscribers update {new.email} --topic …' sets one")
 
