@@ -249,7 +249,14 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
                    subscriber.send_weekday)
             if key not in issue_dates:  # each worked out once (a Schedule checks its fields as it is made)
                 issue_dates[key] = next_issue_date(repo.schedule_of(subscriber), now=now)
-            report.picks.append(Pick(subscriber.email, picks, issue_dates[key]))
+            issue = issue_dates[key]
+            planned = last.get(subscriber.id)
+            if planned is not None and schedule.local_date(subscriber.timezone, planned.replace(tzinfo=dt.UTC)) >= issue:
+                # That issue went out (or is planned) already: the next digest is the one after it.
+                after = max(now, planned.replace(tzinfo=dt.UTC))
+                following = schedule.next_send_at(repo.schedule_of(subscriber), after=after)
+                issue = schedule.local_date(subscriber.timezone, following)
+            report.picks.append(Pick(subscriber.email, picks, issue))
         # Nothing is recorded but the sentence vectors embedded on the way: a cache, kept so that the next
         # dry run and the real plan find them (a dry run of 100,000 new subscribers' sentences embeds for
         # minutes; without this, every dry run would again).

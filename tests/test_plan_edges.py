@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 
@@ -146,3 +147,18 @@ def test_many_unsent_digests_give_way_at_once(cli, configured) -> None:
     finally:
         runtime.close()
     assert statuses == ["expired"] * 5 + ["pending"] * 5
+
+
+def test_a_dry_run_after_todays_digest_went_out_labels_the_next_one(cli, configured) -> None:
+    """It labelled today's date, whose digest had gone already, on the papers of the next."""
+    assert cli("init").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models", "--timezone", "Asia/Tokyo",
+               "--hour", "7").code == 0
+    due = next_send(configured, "ada@example.org")
+    today = due.astimezone(ZoneInfo("Asia/Tokyo")).date()
+    before = json.loads(cli("digest", "--dry-run", "--json", "--at", at(due + dt.timedelta(minutes=1))).out)
+    assert before[0]["issue_date"] == today.isoformat(), "due now and not sent: today's"
+    assert "deliveries: sent 1" in cli("digest", "--allow-future", "--at", at(due + dt.timedelta(minutes=1))).out
+    after = json.loads(cli("digest", "--dry-run", "--json", "--at", at(due + dt.timedelta(hours=2))).out)
+    assert after[0]["issue_date"] == (today + dt.timedelta(days=1)).isoformat()
