@@ -51,19 +51,20 @@ class ParsedFeed:
     papers: tuple[Paper, ...]
 
 
-def clean_text(value: str | None, *, limit: int = MAX_TEXT) -> str:
+def clean_text(value: str | None, *, limit: int = MAX_TEXT, tex: bool = False) -> str:
     """Plain, inert text of at most ``limit`` characters: HTML reduced to text (tags and scripts dropped,
     entities decoded), terminal escape sequences, control, bidi and zero-width characters removed,
     whitespace folded.
 
     A ``<`` that does not open an HTML tag is text: abstracts say "for n<k and d>2" and name tools
     "<projektor>", and an HTML parser would take those for tags and drop the words between them.
+    ``tex``: the text is arXiv's, written in TeX (``tex_to_text``); elsewhere ``\\'`` may be an escaped quote.
     """
     if not value:
         return ""
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
         value = html.unescape(nh3.clean(BREAK.sub(" ", NOT_A_TAG.sub("&lt;", value)), tags=set()))
-    if "\\" in value or "``" in value:
+    if tex and ("\\" in value or "``" in value):
         value = tex_to_text(value)
     return shorten(plain_text(value), limit)
 
@@ -125,13 +126,13 @@ def parse_feed(body: bytes, *, source: str) -> ParsedFeed:
 
 
 def _paper(entry: Any) -> Paper | None:
-    title = clean_text(entry.get("title"), limit=MAX_TITLE)
+    found = _arxiv_id(entry)
+    title = clean_text(entry.get("title"), limit=MAX_TITLE, tex=found is not None)
     if not title:
         return None
     summary = entry.get("summary") or entry.get("description") or ""
-    abstract, announce_type = arxiv.strip_rss_prefix(clean_text(summary))
+    abstract, announce_type = arxiv.strip_rss_prefix(clean_text(summary, tex=found is not None))
     announce_type = entry.get("arxiv_announce_type") or announce_type
-    found = _arxiv_id(entry)
     arxiv_id: str | None
     version: int | None
     key: str | None

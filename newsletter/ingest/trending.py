@@ -51,8 +51,8 @@ def _paper(element: Any, index: int, source: str) -> Paper:
     return Paper(
         key=arxiv_id or clean_text(paper["id"], limit=MAX_NAME),
         arxiv_id=arxiv_id,
-        title=clean_text(paper.get("title") or element.get("title"), limit=MAX_TITLE),
-        abstract=clean_text(paper.get("summary") or element.get("summary") or ""),
+        title=clean_text(paper.get("title") or element.get("title"), limit=MAX_TITLE, tex=arxiv_id is not None),
+        abstract=clean_text(paper.get("summary") or element.get("summary") or "", tex=arxiv_id is not None),
         authors=tuple(n for n in (clean_text(a.get("name"), limit=MAX_NAME) for a in authors[:MAX_AUTHORS]
                                   if isinstance(a, dict)) if n),
         abs_url=arxiv.abs_url(arxiv_id) if arxiv_id else None,

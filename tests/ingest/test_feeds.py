@@ -97,7 +97,14 @@ def test_html_in_titles_and_abstracts_is_reduced_to_text(text: str, expected: st
     ],
 )
 def test_tex_accents_and_quotes_become_the_characters_they_stand_for(text: str, expected: str) -> None:
-    assert clean_text(text) == expected
+    assert clean_text(text, tex=True) == expected
+
+
+def test_tex_is_read_only_in_arxivs_text() -> None:
+    """Elsewhere a backslash may escape a quote ("don\'t"): an arXiv entry's abstract is TeX, a blog's is not."""
+    assert clean_text(r"""don\'t say \"all\"""") == r"""don\'t say \"all\""""
+    body = (FIXTURES / "arxiv_cs_lg.rss").read_bytes().replace(b"Abstract: Deep Neural", rb"""Abstract: A na\"ive ``idea''. Deep""", 1)
+    assert parse_feed(body, source="cs.LG").papers[0].abstract.startswith("A naïve “idea”. Deep")
 
 
 @pytest.mark.parametrize(
