@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import os
 import sys
 import time
 from collections import Counter
@@ -841,7 +842,7 @@ def digest(
     started = time.perf_counter()
     with _progress(as_json) as bar, hint(SUBSCRIBERS_HINT, about="no subscriber "):
         task = bar.add_task("sending", total=None)
-        run, interrupted = asyncio.run(_until_done_or_ctrl_c(lambda stop: run_digest(
+        run, interrupted = asyncio.run(_until_done_or_interrupted(lambda stop: run_digest(
             runtime, now=now, only=only, dry_run=dry_run, stop=stop, progress=lambda done: bar.update(task, completed=done)),
             graceful=not dry_run))  # a dry run writes nothing: Ctrl-C stops it at once
     seconds = time.perf_counter() - started
@@ -864,37 +865,49 @@ def digest(
     for message in run.errors:
         err.print(f"error: {safe(message)}")
     if interrupted:
-        err.print(f"error: interrupted (Ctrl-C): no further message was taken, {run.outcomes.get('sent', 0):,} sent; "
+        err.print(f"error: interrupted ({interrupted}): no further message was taken, {run.outcomes.get('sent', 0):,} sent; "
                   "the rest stays pending for the next run")
-        raise typer.Exit(130)
+        raise typer.Exit(130 if interrupted == "Ctrl-C" else 143)
     if run.errors:
         raise typer.Exit(1)
 
 
-async def _until_done_or_ctrl_c(start: Callable[[asyncio.Event], Any], *, graceful: bool) -> tuple[Any, bool]:
-    """Run ``start(stop)``; the first Ctrl-C sets ``stop`` (no further message is taken, those in flight
-    finish and are recorded, what was claimed is released), a second one interrupts at once.
+async def _until_done_or_interrupted(start: Callable[[asyncio.Event], Any], *, graceful: bool) -> tuple[Any, str | None]:
+    """Run ``start(stop)``; the first Ctrl-C or SIGTERM (what ``timeout`` and systemd send) sets ``stop``: no
+    further message is taken, those in flight finish and are recorded, what was claimed is released. Returns
+    the result and the name of the signal, if one came.
 
-    Cancelling the run instead (asyncio.run's default) left messages ``sending`` (each sent again by the
-    next run) and could wait a whole SMTP timeout in a half-closed connection."""
+    A second one stops the process at once, as a crash would: waiting for a relay that holds a message (or a
+    whole SMTP timeout in a half-closed connection) is what the person pressing it does not want. The ledger
+    is built for that: a message in flight stays ``sending`` and is sent once more, with the same Message-ID,
+    by the next run, which takes this process's claims over at once (its pid is gone).
+    Cancelling the run instead (asyncio.run's default) also left messages ``sending``, after a wait."""
     import signal
 
     stop, loop = asyncio.Event(), asyncio.get_running_loop()
+    received: list[str] = []
 
-    def first_ctrl_c() -> None:
+    def on_signal(name: str) -> None:
+        if received:
+            sys.stderr.write(f"error: stopped at once ({received[0]}, then {name}): the messages being handed to the relay "
+                             "are sent once more, with the same Message-ID, by the next run, with the rest\n")
+            sys.stderr.flush()
+            os._exit(130 if name == "Ctrl-C" else 143)
+        received.append(name)
         stop.set()
-        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C: Python's own KeyboardInterrupt
 
+    handled = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"} if graceful else {}
     try:
-        if graceful:
-            loop.add_signal_handler(signal.SIGINT, first_ctrl_c)
+        for number, name in handled.items():
+            loop.add_signal_handler(number, on_signal, name)
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or a platform without it
-        pass
+        handled = {}
     try:
-        return await start(stop), stop.is_set()
+        return await start(stop), (received[0] if received else None)
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGINT)
+        for number in handled:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(number)
 
 
 def picks_as_data(papers: list) -> list[dict[str, Any]]:

@@ -223,9 +223,12 @@ def test_a_relay_that_goes_away_mid_run_stops_it_and_a_later_run_sends_the_rest(
     assert sum(received.values()) - len(readers) <= after_first["unknown"], "only an unknown outcome may arrive twice"
 
 
-@pytest.mark.parametrize("render_ahead_from", [0, 1_000_000], ids=["rendering-in-a-second-process", "in-a-thread"])
+@pytest.mark.parametrize(("render_ahead_from", "signal_number", "name", "status"), [
+    (0, signal.SIGINT, "Ctrl-C", 130), (1_000_000, signal.SIGINT, "Ctrl-C", 130),
+    (0, signal.SIGTERM, "SIGTERM", 143),  # what timeout(1) and systemd send: it died like a crash
+], ids=["rendering-in-a-second-process", "in-a-thread", "sigterm"])
 def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_sends_the_rest_once(
-        cli, env, sqlite_url, tmp_path, relay, render_ahead_from) -> None:
+        cli, env, sqlite_url, tmp_path, relay, render_ahead_from, signal_number, name, status) -> None:
     settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
                     from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
                     smtp_port=relay.port, smtp_security="none", smtp_pool_size=3,  # type: ignore[attr-defined]
@@ -233,10 +236,10 @@ def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_se
     env(**settings)
     readers = add_readers(cli, tmp_path, 200)  # 10 s at 20 a second: Ctrl-C lands mid-run
     returncode, stderr = digest_disturbed(environment(**settings), tmp_path, sqlite_url, relay, after=20,
-                                          disturb=lambda process: process.send_signal(signal.SIGINT))
-    assert returncode == 130
+                                          disturb=lambda process: process.send_signal(signal_number))
+    assert returncode == status
     line = one_error_line(stderr)
-    assert line.startswith("error: interrupted (Ctrl-C)") and "stays pending" in line
+    assert line.startswith(f"error: interrupted ({name})") and "stays pending" in line
     after_first = Counter(statuses(sqlite_url).values())
     assert set(after_first) == {"sent", "pending"}, f"nothing left sending or unknown: {after_first}"
     assert after_first["sent"] == len(relay.received) < len(readers)
@@ -244,3 +247,37 @@ def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_se
     second = run_cli(environment(**settings), tmp_path, "digest")
     assert second.returncode == 0, second.stderr
     assert relay.per_recipient() == Counter(dict.fromkeys(readers, 1)), "each once: nothing sent twice"
+
+
+def test_a_second_ctrl_c_stops_at_once_and_a_later_run_sends_everything(cli, env, sqlite_url, tmp_path, relay) -> None:
+    """The relay sits on every message for 90 s. A second Ctrl-C waited for it (and printed nothing); it stops
+    at once now, as a crash would, and the next run sends the rest and the messages that were in flight once
+    more, with the same Message-ID."""
+    settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                    from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
+                    smtp_port=relay.port, smtp_security="none", smtp_pool_size=2, smtp_timeout_s=300)  # type: ignore[attr-defined]
+    env(**settings)
+    readers = add_readers(cli, tmp_path, 12)
+    relay.stall_for = dict.fromkeys(readers, 90.0)
+    process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--allow-future", "--at",
+                                fixed_send_moment(sqlite_url)], env=environment(**settings), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HARD_TIMEOUT_S
+        while Counter(statuses(sqlite_url).values())["sending"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=45)  # half the relay's hold: it did not wait for it
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "error: stopped at once (Ctrl-C, then Ctrl-C)" in stderr and "Traceback" not in stderr
+
+    relay.stall_for.clear()
+    second = run_cli(environment(**settings), tmp_path, "digest")
+    assert second.returncode == 0, second.stderr
+    assert set(statuses(sqlite_url).values()) == {"sent"}
+    assert set(relay.per_recipient()) == set(readers), "everyone has theirs"
