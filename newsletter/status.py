@@ -93,6 +93,9 @@ class Daemon:
     process: Heartbeat | None = None  # the one running, the one gone silent, or the last one that stopped
     gone: bool = False  # silent because its process (of this host) no longer exists
     others: tuple[Heartbeat, ...] = ()  # other daemons beating now, besides ``process`` (several hosts, or by mistake)
+    # Other daemons that stopped beating without a clean stop, and nothing was started since (see daemon_state),
+    # each with whether its process (of this host) is gone.
+    crashed: tuple[tuple[Heartbeat, bool], ...] = ()
 
     def uptime(self, *, now: dt.datetime) -> dt.timedelta | None:
         """How long the process has been up: until ``now`` while it beats (a beat is up to a tick old), until
@@ -183,6 +186,8 @@ class Report:
                 "jobs": [asdict(job) for job in (process.jobs if process else ())],
                 "others": [{"id": other.id, "started_at": other.started_at, "beat_at": other.beat_at,
                             "jobs": [asdict(job) for job in other.jobs]} for other in self.daemon.others],
+                "crashed": [{"id": other.id, "started_at": other.started_at, "beat_at": other.beat_at, "process_gone": gone}
+                            for other, gone in self.daemon.crashed],
             },
             "sources": [{"label": s.label, **asdict(s)} for s in self.sources],
             "deliveries": asdict(self.deliveries),
@@ -248,16 +253,25 @@ def daemon_state(heartbeats: Sequence[Heartbeat], *, now: dt.datetime,
     A fresh beat from a process of this host that no longer exists (``is_dead``: SIGKILL, OOM) is silence at
     once, not "running" for SILENT_AFTER more."""
     alive = [h for h in heartbeats if h.stopped_at is None and now - h.beat_at <= SILENT_AFTER and not is_dead(h.id)]
+
+    def crashed_beside(shown: Heartbeat) -> tuple[tuple[Heartbeat, bool], ...]:
+        # A daemon that died while another ran (two hosts, or two by mistake) is a fault the survivor hid. One
+        # that a later start followed is history: someone restarted the service after it.
+        quiet = [h for h in heartbeats if h is not shown and h.stopped_at is None and h not in alive]
+        return tuple((h, is_dead(h.id)) for h in sorted(quiet, key=lambda h: h.id)
+                     if not any(other.started_at > h.beat_at for other in heartbeats))
+
     if alive:
         latest = max(alive, key=lambda h: h.beat_at)
-        return Daemon(DaemonState.RUNNING, latest, others=tuple(sorted((h for h in alive if h is not latest), key=lambda h: h.id)))
+        return Daemon(DaemonState.RUNNING, latest, others=tuple(sorted((h for h in alive if h is not latest), key=lambda h: h.id)),
+                      crashed=crashed_beside(latest))
     if not heartbeats:
         return Daemon(DaemonState.NOT_RUNNING)
     # A crash followed by a clean start and stop is history, not silence: only the latest process counts.
     latest = max(heartbeats, key=lambda h: max(h.beat_at, h.stopped_at or h.beat_at))
     if latest.stopped_at:
-        return Daemon(DaemonState.NOT_RUNNING, latest)
-    return Daemon(DaemonState.SILENT, latest, gone=is_dead(latest.id))
+        return Daemon(DaemonState.NOT_RUNNING, latest, crashed=crashed_beside(latest))
+    return Daemon(DaemonState.SILENT, latest, gone=is_dead(latest.id), crashed=crashed_beside(latest))
 
 
 def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -268,6 +282,9 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if report.daemon.state == DaemonState.SILENT and process is not None:
         gone = f", its process {process.id} is gone" if report.daemon.gone else ""
         problems.append(f"daemon silent for {span(now - process.beat_at)}{gone}")
+    for crashed, process_gone in report.daemon.crashed:
+        problems.append(f"daemon {crashed.id} stopped beating {span(now - crashed.beat_at)} ago without a clean stop"
+                        f"{' (its process is gone)' if process_gone else ''}; start it again or clear it by starting any daemon")
     if process is not None and report.daemon.state != DaemonState.NOT_RUNNING:
         daemons = (process, *report.daemon.others)
         for daemon in daemons:  # each daemon's own jobs: one relay setting may be wrong on one host only

@@ -111,6 +111,23 @@ def test_a_daemon_that_stopped_cleanly_is_not_running_and_that_is_fine(cli, db) 
     assert "daemon: not running (host:2 stopped " in result.out and ", 60 min ago)" in result.out
 
 
+@pytest.mark.parametrize("survivor_stopped", [False, True], ids=["the-other-runs", "the-other-stopped-cleanly-later"])
+def test_a_daemon_that_died_beside_another_is_not_hidden_by_it(cli, db, survivor_stopped: bool) -> None:
+    """Two daemons (two hosts, or two by mistake): one is killed. The survivor's beats, or its clean stop a
+    minute later, said OK; the dead one was named nowhere. A start after a crash still makes it history."""
+    add(db, heartbeat(beat_ago=dt.timedelta(minutes=1), stopped=survivor_stopped, pid=1),  # both started 2 h ago
+        heartbeat(beat_ago=dt.timedelta(minutes=10), pid=2))
+    result, first = status(cli)
+    assert result.code == 1, result.out
+    assert first.startswith("status: NEEDS ATTENTION — daemon host:2 stopped beating 10 min ago without a clean stop")
+    report = json.loads(cli("status", "--json").out)
+    assert [crashed["id"] for crashed in report["daemon"]["crashed"]] == ["host:2"]
+    restarted = heartbeat(beat_ago=dt.timedelta(seconds=5), pid=3)
+    restarted.started_at = utcnow() - dt.timedelta(minutes=2)  # started after host:2's last beat: a restart
+    add(db, restarted)
+    assert status(cli)[0].code == 0
+
+
 @pytest.mark.parametrize(("started_ago", "beat_ago", "stopped", "state", "up"), [
     (dt.timedelta(seconds=42), dt.timedelta(seconds=28), False, DaemonState.RUNNING, "42 s"),  # it beats, so it is up now
     (dt.timedelta(minutes=42), dt.timedelta(minutes=30), False, DaemonState.SILENT, "12 min"),  # nothing says it lived on
