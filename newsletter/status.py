@@ -307,8 +307,10 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
         problems.append(f"{plural(deliveries.expired_recently, 'delivery', 'deliveries')} expired in the last "
                         f"{span(RECENT)} (not sent within the retry window)")
     if deliveries.held_by_dead:
+        # With the job queue, 'digest' plans and queues only: a worker starting on this host takes them over.
+        who = "the next 'newsletter worker' started on this host" if report.queue is not None else "the next 'newsletter digest'"
         warnings.append(f"{plural(deliveries.held_by_dead, 'delivery', 'deliveries')} held by a sender of this host that "
-                        "died: the next 'newsletter digest' sends them")
+                        f"died: {who} sends them")
     if deliveries.oldest_unsent_at is not None and now - deliveries.oldest_unsent_at > STUCK_AFTER:
         warnings.append(f"a delivery has waited {span(now - deliveries.oldest_unsent_at)} unsent")
     if report.queue is not None:

@@ -273,3 +273,18 @@ def test_the_json_report_on_both_databases(cli, env, database_url: str) -> None:
     assert [n["email"] for n in report["next_sends"]] == [f"reader{i}@example.org" for i in (5, 4, 3, 2, 1)]
     soonest = (now + dt.timedelta(hours=1)).replace(tzinfo=dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=9)))
     assert report["next_sends"][0]["local"] == f"{soonest:%Y-%m-%d %H:%M} Asia/Tokyo"
+
+
+@pytest.mark.parametrize(("queue", "who"), [
+    (None, "the next 'newsletter digest' sends them"),
+    ({"queues": {}, "workers_seen": 1}, "the next 'newsletter worker' started on this host sends them"),
+])
+def test_deliveries_held_by_a_dead_sender_name_what_takes_them_over(queue, who) -> None:
+    """With the job queue, 'digest' only plans and queues: sending it did nothing for them."""
+    from newsletter.status import Daemon, Deliveries, Report, assess
+
+    now = utcnow()
+    deliveries = Deliveries(since=now, by_status={}, retries_waiting=0, oldest_unsent_at=None, expired_recently=0,
+                            bounced_subscribers=0, suppressed_subscribers=0, held=340, held_by_dead=340)
+    _, warnings = assess(Report(now, Daemon(DaemonState.NOT_RUNNING), (), deliveries, (), queue=queue))
+    assert warnings == (f"340 deliveries held by a sender of this host that died: {who}",)
