@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select, update
 
 from newsletter.db import ledger
@@ -162,3 +163,22 @@ def test_a_dry_run_after_todays_digest_went_out_labels_the_next_one(cli, configu
     assert "deliveries: sent 1" in cli("digest", "--allow-future", "--at", at(due + dt.timedelta(minutes=1))).out
     after = json.loads(cli("digest", "--dry-run", "--json", "--at", at(due + dt.timedelta(hours=2))).out)
     assert after[0]["issue_date"] == (today + dt.timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite runs one planner at a time
+def test_a_run_that_leaves_due_digests_unplanned_does_not_call_a_past_moment_the_next(cli, configured) -> None:
+    """Beside another run that holds the due subscribers (PostgreSQL: their rows locked, skipped), it said "nobody
+    is due at 13:01; the next digest is due at 13:00"."""
+    assert cli("init").code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models").code == 0
+    due = next_send(configured, "ada@example.org")
+    engine = make_engine(configured)
+    try:
+        with engine.connect() as other_run:  # another run is planning her: her row is locked until it commits
+            other_run.execute(select(Subscriber.id).with_for_update())
+            result = cli("digest", "--allow-future", "--at", at(due + dt.timedelta(minutes=1)))
+            other_run.rollback()
+    finally:
+        engine.dispose()
+    assert result.code == 0 and "the next digest is due" not in result.out, result.out
+    assert f"the digests due since {due:%Y-%m-%d %H:%M} UTC were not planned by it" in result.out
