@@ -855,7 +855,8 @@ def digest(
         else:
             _print_json({"at": now, "picks": [as_data(p) for p in run.picks], "outcomes": dict(run.outcomes),
                          "missed": run.missed, "candidates": run.candidates, "seconds": round(seconds, 3),
-                         "taken_over": run.taken_over, "held_elsewhere": run.held_elsewhere, "held_until": run.held_until})
+                         "taken_over": run.taken_over, "held_elsewhere": run.held_elsewhere, "held_until": run.held_until,
+                         "held_by_dead": run.held_by_dead})
     else:
         if (verbose or only) and run.picks:  # a second --only the same day plans nothing: no empty table
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
@@ -992,9 +993,12 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
     if run.taken_over:
         out.print(f"taken over: {plural(run.taken_over, 'delivery', 'deliveries')} of a sender on this host that died "
                   "(those it was handing over are retried once, with the same Message-ID)")
-    if run.held_elsewhere:
-        out.print(f"held by another sender: {plural(run.held_elsewhere, 'delivery', 'deliveries')}, its lease running until "
-                  f"{run.held_until:%H:%M:%S} UTC; if that sender has stopped, a run after then sends them")
+    if run.held_by_dead:  # it died while this run went on: nothing renews its lease, and a run now takes them over
+        out.print(f"held by a sender of this host that died during this run: {plural(run.held_by_dead, 'delivery', 'deliveries')}; "
+                  "run 'newsletter digest' again to send them now")
+    if run.held_elsewhere > run.held_by_dead:
+        out.print(f"held by another sender: {plural(run.held_elsewhere - run.held_by_dead, 'delivery', 'deliveries')}, its lease "
+                  f"running until {run.held_until:%H:%M:%S} UTC; if that sender has stopped, a run after then sends them")
     if run.errors:
         out.print(f"errors: {len(run.errors):,} (below)")
 

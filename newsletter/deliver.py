@@ -49,6 +49,7 @@ class DeliveryReport:
     taken_over: int = 0  # held by a sender of this host that died (its leases ended at once)
     held_elsewhere: int = 0  # due, and held by another live sender when this run ended
     held_until: dt.datetime | None = None  # when the last of those leases ends, unless renewed (naive UTC)
+    held_by_dead: int = 0  # of those, held by a sender of this host that died during the run: the next run sends them
     expired: int = 0
     error: str | None = None  # why sending stopped early; the rest stays pending
 
@@ -161,7 +162,8 @@ async def send_due(
                 ledger.release_leases(writes, holder=runtime.holder)
                 writes.commit()
     with runtime.sessions() as session:  # what another sender holds: this run could not send it, and says so
-        report.held_elsewhere, report.held_until = ledger.held_elsewhere(session, now=naive(clock()), holder=runtime.holder)
+        report.held_elsewhere, report.held_until, report.held_by_dead = ledger.held_elsewhere(
+            session, now=naive(clock()), holder=runtime.holder, is_dead=holder_is_dead)
     report.outcomes.update(result.outcomes)
     if ledger_writes.expired:  # the outcome was "try again later", but the retry window is over
         report.outcomes[DeliveryStatus.RETRY] -= ledger_writes.expired

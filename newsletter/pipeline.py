@@ -42,6 +42,7 @@ class DigestRun:
     taken_over: int = 0  # deliveries a sender of this host held when it died, sent by this run
     held_elsewhere: int = 0  # due deliveries another live sender held when this run ended
     held_until: dt.datetime | None = None  # when the last of those leases ends, unless its sender renews it
+    held_by_dead: int = 0  # of those, held by a sender of this host that died during the run
 
     def __repr__(self) -> str:
         return (f"DigestRun(now={self.now.isoformat()}, candidates={self.candidates}, picks={len(self.picks)}, "
@@ -86,6 +87,7 @@ async def run_digest(
                                    stop=stop, progress=progress, ahead=ahead)
     run.outcomes.update(delivered.outcomes)
     run.taken_over, run.held_elsewhere, run.held_until = delivered.taken_over, delivered.held_elsewhere, delivered.held_until
+    run.held_by_dead = delivered.held_by_dead
     if delivered.expired:
         run.outcomes[DeliveryStatus.EXPIRED] += delivered.expired
     if delivered.error:

@@ -168,10 +168,13 @@ def end_dead_leases(session: Session, *, now: dt.datetime, is_dead: Callable[[st
     return dead
 
 
-def held_elsewhere(session: Session, *, now: dt.datetime, holder: str) -> tuple[int, dt.datetime | None]:
-    """Unsent deliveries other live senders hold than ``holder`` (how many, and when the last of those leases ends)."""
-    others = [held for other, held in live_leases(session, now=now).items() if other != holder]
-    return sum(count for count, _ in others), max((until for _, until in others), default=None)
+def held_elsewhere(session: Session, *, now: dt.datetime, holder: str,
+                   is_dead: Callable[[str], bool] = lambda _holder: False) -> tuple[int, dt.datetime | None, int]:
+    """Unsent deliveries other senders than ``holder`` hold under a live lease: how many, when the last of those
+    leases ends, and how many of them a sender holds that ``is_dead`` (a process of this host that is gone)."""
+    others = [(other, held) for other, held in live_leases(session, now=now).items() if other != holder]
+    return (sum(count for _, (count, _) in others), max((until for _, (_, until) in others), default=None),
+            sum(count for other, (count, _) in others if is_dead(other)))
 
 
 def recover_interrupted(session: Session, *, now: dt.datetime) -> int:

@@ -20,8 +20,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
+from newsletter.cli import print_digest_summary
+from newsletter.db import ledger
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Subscriber
+from newsletter.pipeline import DigestRun
 from newsletter.plan import plan_due
 from newsletter.runtime import Runtime, holder_is_dead, new_holder
 from newsletter.settings import Settings
@@ -128,7 +131,7 @@ def test_a_run_right_after_a_sigkill_sends_what_the_killed_run_held_at_once(
 
 
 def test_a_run_beside_a_live_sender_leaves_its_deliveries_and_says_who_holds_them(
-        cli, env, sqlite_url, tmp_path, relay) -> None:  # noqa: F811  (the fixture imported above)
+        cli, env, sqlite_url, tmp_path, relay, capsys) -> None:  # noqa: F811  (the fixture imported above)
     settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
                     from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
                     smtp_port=relay.port, smtp_security="none")
@@ -159,6 +162,19 @@ def test_a_run_beside_a_live_sender_leaves_its_deliveries_and_says_who_holds_the
     finally:
         live.kill()
         live.wait()
+    # Had it died while a run went on, that run would have ended with its two held by nobody alive: say so.
+    engine = make_engine(sqlite_url)
+    with make_sessionmaker(engine)() as session:
+        count, _until, dead = ledger.held_elsewhere(session, now=dt.datetime.now(dt.UTC).replace(tzinfo=None), holder="x:1:a",
+                                                    is_dead=holder_is_dead)
+    engine.dispose()
+    assert (count, dead) == (2, 2)
+    capsys.readouterr()
+    print_digest_summary(DigestRun(dt.datetime.now(dt.UTC), picks=[], held_elsewhere=2, held_by_dead=2), seconds=1.0, dry_run=False)
+    summary = capsys.readouterr().out
+    assert "held by a sender of this host that died during this run: 2 deliveries; run 'newsletter digest' again" in summary
+    assert "held by another sender" not in summary
+
     status = run_cli(environment(**settings), tmp_path, "status")  # a warning, not a page: the next run sends them
     assert status.returncode == 0
     assert "held by senders now: 2 deliveries, 2 of them by a sender of this host that died" in status.stdout
