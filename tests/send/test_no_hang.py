@@ -7,6 +7,7 @@ of stalling the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -249,13 +250,27 @@ def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_se
     assert relay.per_recipient() == Counter(dict.fromkeys(readers, 1)), "each once: nothing sent twice"
 
 
-def test_a_second_ctrl_c_stops_at_once_and_a_later_run_sends_everything(cli, env, sqlite_url, tmp_path, relay) -> None:
+def processes_in(folder: Path) -> list[int]:
+    """The pids of the processes whose working directory is ``folder`` (the command and any child of it), but
+    this test's own (the fixtures work in the same folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and int(entry.name) != os.getpid() and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("render_ahead_from", [0, 1_000_000], ids=["rendering-in-a-second-process", "in-a-thread"])
+def test_a_second_ctrl_c_stops_at_once_and_a_later_run_sends_everything(
+        cli, env, sqlite_url, tmp_path, relay, render_ahead_from) -> None:
     """The relay sits on every message for 90 s. A second Ctrl-C waited for it (and printed nothing); it stops
     at once now, as a crash would, and the next run sends the rest and the messages that were in flight once
     more, with the same Message-ID."""
     settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
                     from_address="digest@example.org", email_backend="smtp", smtp_host="127.0.0.1",
-                    smtp_port=relay.port, smtp_security="none", smtp_pool_size=2, smtp_timeout_s=300)  # type: ignore[attr-defined]
+                    smtp_port=relay.port, smtp_security="none", smtp_pool_size=2, smtp_timeout_s=300,  # type: ignore[attr-defined]
+                    render_ahead_from=render_ahead_from)
     env(**settings)
     readers = add_readers(cli, tmp_path, 12)
     relay.stall_for = dict.fromkeys(readers, 90.0)
@@ -275,6 +290,10 @@ def test_a_second_ctrl_c_stops_at_once_and_a_later_run_sends_everything(cli, env
             process.kill()
     assert process.returncode == 130
     assert "error: stopped at once (Ctrl-C, then Ctrl-C)" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 30  # the rendering process sees its parent's pipe close and ends too
+    while processes_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in(tmp_path) == [], "nothing of the stopped run is left behind"
 
     relay.stall_for.clear()
     second = run_cli(environment(**settings), tmp_path, "digest")
