@@ -856,7 +856,7 @@ def digest(
             _print_json({"at": now, "picks": [as_data(p) for p in run.picks], "outcomes": dict(run.outcomes),
                          "missed": run.missed, "candidates": run.candidates, "seconds": round(seconds, 3),
                          "taken_over": run.taken_over, "held_elsewhere": run.held_elsewhere, "held_until": run.held_until,
-                         "held_by_dead": run.held_by_dead})
+                         "held_by_dead": run.held_by_dead, "next_due_at": _next_due(runtime)})
     else:
         if (verbose or only) and run.picks:  # a second --only the same day plans nothing: no empty table
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
@@ -929,6 +929,13 @@ def picks_as_data(papers: list) -> list[dict[str, Any]]:
         if out_of_order and ranked.placement:
             entry["order"] = ranked.placement
     return data
+
+
+def _next_due(runtime: Any) -> dt.datetime | None:  # runtime: Runtime
+    """The earliest next send moment of an active subscriber, aware UTC (what the text output says after a quiet run)."""
+    with runtime.sessions() as session:
+        upcoming = repo.next_send_at(session)
+    return upcoming.replace(tzinfo=dt.UTC) if upcoming else None
 
 
 def print_why_nothing_was_sent(runtime: Any, *, only: str | None, now: dt.datetime,  # runtime: Runtime

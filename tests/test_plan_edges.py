@@ -182,3 +182,12 @@ def test_a_run_that_leaves_due_digests_unplanned_does_not_call_a_past_moment_the
         engine.dispose()
     assert result.code == 0 and "the next digest is due" not in result.out, result.out
     assert f"the digests due since {due:%Y-%m-%d %H:%M} UTC were not planned by it" in result.out
+
+
+def test_digest_json_says_when_the_next_digest_is_due(cli, configured) -> None:
+    """The text output said it after a run with nobody due; the data did not."""
+    assert cli("init").code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models").code == 0
+    due = next_send(configured, "ada@example.org")
+    early = json.loads(cli("digest", "--json", "--allow-future", "--at", at(due - dt.timedelta(hours=1))).out)
+    assert early["picks"] == [] and dt.datetime.fromisoformat(early["next_due_at"].replace("Z", "+00:00")) == due
