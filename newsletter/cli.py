@@ -203,10 +203,11 @@ def ingest(
 
     ctx = _ctx(typer_ctx)
     settings = ctx.settings
+    with ctx.sessions() as session:
+        rows = repo.list_sources(session)
+    named = {row.url: row.name for row in rows if row.name}  # the table shows a source by the name it was given
     if sources:
-        with ctx.sessions() as session:
-            configured = {key: SourceSpec(row.url, row.kind) for row in repo.list_sources(session)
-                          for key in (str(row.id), row.name) if key}
+        configured = {key: SourceSpec(row.url, row.kind) for row in rows for key in (str(row.id), row.name) if key}
         specs = [configured.get(s) or resolve(s, hf_daily_url=settings.hf_daily_url) for s in sources]
     else:
         specs = [spec for spec, _ in configured_sources(settings, ctx.sessions)]
@@ -228,7 +229,7 @@ def ingest(
         # "outcome": the error, or a note ("same content as the last fetch") that is not one.
         table = Table("source", "fetched", "new", "updated", "unchanged", "outcome", "time", title="ingest")
         for r in reports:
-            table.add_row(safe(r.source), str(r.fetched), str(r.new), str(r.updated), str(r.unchanged),
+            table.add_row(safe(named.get(r.source) or r.source), str(r.fetched), str(r.new), str(r.updated), str(r.unchanged),
                           Text(safe(r.error), style="red") if r.error else (safe(r.note) if r.note else "ok"), f"{r.seconds:.2f}s")
         out.print(table)
     if any(r.new or r.updated for r in reports):  # embedded now, not while the morning's digests wait

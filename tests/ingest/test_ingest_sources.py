@@ -341,3 +341,5 @@ def test_ingest_takes_a_configured_source_by_its_id_or_name(cli, db, tmp_path, m
     by_name = ingest(cli, "weekend listing")
     assert [r["source"] for r in by_name] == [listed["weekend listing"]["url"]]
     assert "2612: no such file" in cli("ingest", "2612").err, "a number that is no id is still read as a path"
+    table = cli("ingest", "weekend listing").out
+    assert "weekend listing" in table and "arxiv_weekend.rss" not in table, "the table names a source as it was named"
