@@ -30,7 +30,7 @@ from newsletter.issue import day_renderer, day_trending, message_for
 from newsletter.records import Paper
 from newsletter.render.digest import DigestRenderer
 from newsletter.runtime import Runtime, holder_is_dead
-from newsletter.send.dispatch import GroupCommitter, OutboundMessage, RateLimiter, dispatch
+from newsletter.send.dispatch import GroupCommitter, Limiter, OutboundMessage, RateLimiter, dispatch
 from newsletter.send.mailer import Mailer
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ async def send_due(
     progress: Progress | None = None,
     clock: Callable[[], dt.datetime] = wall_clock,
     ahead: RenderAhead | None = None,
+    limiter: Limiter | None = None,
 ) -> DeliveryReport:
     """Send every delivery due now, or only ``subscriber_id``'s, or only those of ``delivery_ids`` (a
     worker's batch, at most CLAIM_BATCH), until done or ``stop`` is set.
@@ -77,6 +78,7 @@ async def send_due(
     daemon): no further message is taken; those in flight finish and are recorded; what was claimed
     and not sent is released for the next sender. ``ahead``: the messages are claimed and rendered in
     that second process (``newsletter.render_ahead``: a big run, on the real clock), not in a thread.
+    ``limiter``: the relay's rate limit shared by the workers (``scale.ratelimit``) instead of this process's own.
     """
     if ahead is not None and (subscriber_id is not None or delivery_ids is not None):
         raise ValueError("rendering ahead claims everything due: not for one subscriber's or a worker's batch")
@@ -97,7 +99,8 @@ async def send_due(
             logger.info("cancelled %s digests of subscribers no longer active", cancelled)
         session.commit()
         recent = ledger.recent_send_times(session, since=at - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
-    limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
+    if limiter is None:
+        limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
     lease = dt.timedelta(seconds=settings.lease_s)
     with runtime.sessions() as writes, runtime.sessions() as reads:
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,

@@ -28,7 +28,7 @@ from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, Subscribe
 from newsletter.deliver import send_due, wall_clock
 from newsletter.errors import DeliveryError
 from newsletter.runtime import Runtime, new_holder
-from newsletter.scale.ratelimit import LimitedMailer, SharedRateLimiter
+from newsletter.scale.ratelimit import SharedRateLimiter
 from newsletter.send.mailer import Mailer
 
 RELAY_BACKOFF_FIRST_S = 5.0  # a relay that refused one connection is often back within seconds (a restart)
@@ -53,7 +53,7 @@ async def deliver_batch(
     runtime: Runtime, delivery_ids: Sequence[int], *, limiter: SharedRateLimiter | None = None, relay_failures: int = 0,
     clock: Callable[[], dt.datetime] = wall_clock,
 ) -> BatchResult:
-    """Send what is due of ``delivery_ids`` over this runtime's mailers (each behind ``limiter`` when given)."""
+    """Send what is due of ``delivery_ids`` over this runtime's mailers, under ``limiter`` when given (shared by the workers)."""
     # A worker runs several batches at once on one runtime: each claims under a name of its own, or the first
     # to finish would release (``ledger.release_leases``) what the others are still sending.
     runtime = dataclasses.replace(runtime, holder=new_holder())
@@ -62,9 +62,7 @@ async def deliver_batch(
         async with contextlib.AsyncExitStack() as stack:
             # Reach the relay before claiming anything: an unreachable relay leaves every delivery free.
             mailers: list[Mailer] = [await stack.enter_async_context(m) for m in runtime.mailers()]
-            if limiter is not None:
-                mailers = [LimitedMailer(m, limiter) for m in mailers]
-            report = await send_due(runtime, mailers=mailers, delivery_ids=delivery_ids, clock=clock)
+            report = await send_due(runtime, mailers=mailers, delivery_ids=delivery_ids, clock=clock, limiter=limiter)
         outcomes, error = dict(report.outcomes), report.error
     except DeliveryError as exc:
         error = str(exc)

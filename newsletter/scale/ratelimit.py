@@ -18,12 +18,8 @@ limit allows. ``per_second`` 0: no limit, no SQL.
 from __future__ import annotations
 
 import asyncio
-from typing import Self
 
 import psycopg
-
-from newsletter.records import Envelope
-from newsletter.send.mailer import Mailer
 
 TAKE_TOKEN = """
 INSERT INTO scale.relay_rate_buckets AS bucket (relay, tokens, refilled_at)
@@ -65,35 +61,14 @@ class SharedRateLimiter:
     def release(self) -> None:
         """Nothing to give back: the token was spent when it was taken."""
 
+    @property
+    def limited(self) -> bool:
+        return self.per_second > 0
+
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
 
 
-class LimitedMailer:
-    """A mailer that takes a token from the shared limiter before each message it hands to the relay.
-
-    ``deliver.send_due`` builds its own per-process limiter; a worker turns that one off (rate 0 in its
-    runtime's settings) and wraps its mailers in this, so the limit holds across all workers.
-    """
-
-    def __init__(self, mailer: Mailer, limiter: SharedRateLimiter) -> None:
-        self.mailer, self.limiter = mailer, limiter
-
-    async def __aenter__(self) -> Self:
-        await self.mailer.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.mailer.__aexit__(*exc_info)
-
-    async def send(self, envelope: Envelope) -> None:
-        await self.limiter.acquire()
-        try:
-            await self.mailer.send(envelope)
-        finally:
-            self.limiter.release()
-
-
-__all__ = ["LimitedMailer", "SharedRateLimiter"]
+__all__ = ["SharedRateLimiter"]

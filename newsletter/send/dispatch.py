@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from newsletter.db.ledger import Outcome
 from newsletter.db.models import DeliveryStatus
@@ -75,6 +76,22 @@ class RateLimiter:
         if self.capacity:
             self.in_flight -= 1
             self.completed.append(self.clock())
+
+    @property
+    def limited(self) -> bool:
+        """Whether ``acquire`` may wait (a limit is set)."""
+        return bool(self.capacity)
+
+
+class Limiter(Protocol):
+    """What ``dispatch`` needs of a rate limit: this process's ``RateLimiter`` or the workers' shared one."""
+
+    @property
+    def limited(self) -> bool: ...
+
+    async def acquire(self) -> object: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -147,7 +164,7 @@ async def dispatch(
     *,
     mailers: Sequence[Mailer],
     committer: GroupCommitter,
-    limiter: RateLimiter,
+    limiter: Limiter,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> DispatchResult:
     """Send every job over the (already open) ``mailers``, one worker per connection.
@@ -187,12 +204,18 @@ async def dispatch(
                     finished.append(Outcome(job.delivery_id, job.subscriber_id, DeliveryStatus.FAILED, job.failure, bounce=False))
                     report(finished[-1])
                     continue
-                # One commit records the previous outcomes and this message's start; while it runs, the
-                # message's envelope goes to the relay (MAIL, RCPT). The message itself waits for the commit.
-                commit = asyncio.ensure_future(committer.record(finished=finished, started=job.delivery_id))
-                finished = []
+                # Its turn under the rate limit comes before its start is recorded: a message that waits (a run
+                # stopped meanwhile, a worker's grace running out) is still pending, not "sending" never sent.
+                # What this connection sent before is recorded first, not after the wait.
+                if finished and limiter.limited:
+                    await committer.record(finished=finished)
+                    finished = []
                 await limiter.acquire()
                 try:
+                    # One commit records the previous outcomes and this message's start; while it runs, the
+                    # message's envelope goes to the relay (MAIL, RCPT). The message itself waits for the commit.
+                    commit = asyncio.ensure_future(committer.record(finished=finished, started=job.delivery_id))
+                    finished = []
                     outcome, stop = await attempt(mailer, job, ready=functools.partial(cleared, commit))
                 finally:
                     limiter.release()

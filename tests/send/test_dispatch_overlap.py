@@ -92,3 +92,42 @@ def test_a_delivery_no_longer_ours_is_withdrawn_not_sent_and_the_next_one_goes()
     assert ("handed over", 3) not in journal.events
     assert at(journal, "announced", 3) < at(journal, "withdrawn", 3) < at(journal, "announced", 4)
     assert ("handed over", 4) in journal.events
+
+
+class TurnOnce:
+    """A rate limit that gives one turn, then makes everyone wait (until the run is stopped)."""
+
+    limited = True
+
+    def __init__(self) -> None:
+        self.turns = 1
+        self.waiting = asyncio.Event()
+
+    async def acquire(self) -> None:
+        if self.turns:
+            self.turns -= 1
+            return
+        self.waiting.set()
+        await asyncio.Event().wait()  # never: the relay's limit is reached for longer than the run lasts
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_message_waiting_for_its_turn_is_not_recorded_as_sending_and_the_one_before_is_recorded_sent() -> None:
+    """A worker stopped while its next message waited for the shared rate limit left that message "sending"
+    (never handed over, yet counted as in doubt and sent again once); and the message before it stayed
+    unrecorded for as long as the wait lasted."""
+    journal, limiter = Journal(), TurnOnce()
+
+    async def stopped_while_waiting() -> None:
+        task = asyncio.ensure_future(dispatch(jobs(3), mailers=[AnnouncingRelay(journal)], committer=GroupCommitter(journal.write),
+                                              limiter=limiter))
+        await limiter.waiting.wait()
+        await asyncio.sleep(COMMIT_S * 3)  # time for any commit that would run
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(stopped_while_waiting())
+    assert ("handed over", 1) in journal.events and ("sent committed", 1) in journal.events
+    assert ("start committed", 2) not in journal.events and ("announced", 2) not in journal.events
