@@ -7,6 +7,7 @@ lists them all. Nothing in the package reads the environment anywhere else.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -15,7 +16,6 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from newsletter.errors import ConfigError, redact
-from newsletter.wording import INVISIBLE
 
 ENV_PREFIX = "NEWSLETTER_"
 MIN_SECRET_KEY_CHARS = 32
@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     def _one_line(cls, value: str | None) -> str | None:
         # These go into headers (Subject, From, List-Id, the User-Agent) or connections: a line break there
         # would start a header of its own, and the notices' library refuses it at every send.
-        if value is not None and value.translate(INVISIBLE) != value:
+        # Control characters only: a zero-width joiner belongs in an emoji, a ZWNJ in a Persian name.
+        if value is not None and any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in value):
             raise ValueError(f"{value!r} contains a line break or a control character; write it on one line")
         return value
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from newsletter.errors import ConfigError
 from newsletter.settings import Settings, load_settings
@@ -53,3 +54,12 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     assert sorted(listed) == sorted(name.upper() for name in Settings.model_fields)
     for name in listed:
         assert re.search(rf"^# .+\n#?\s*NEWSLETTER_{name}=", text, flags=re.M), f"NEWSLETTER_{name} has no comment line"
+
+
+def test_a_list_name_may_hold_any_printable_text_but_no_line_break() -> None:
+    """A zero-width joiner belongs in an emoji, a ZWNJ in a Persian name; a line break would start a header."""
+    for name in ("👩\u200d🔬 Papers", "خبرنامه\u200cی مقالات", "Paper digest"):
+        assert Settings(list_name=name, _env_file=None).list_name == name
+    for name in ("Digest\r\nBcc: x@y.org", "Digest\u2028Bcc: x", "Digest\x00"):
+        with pytest.raises(ValidationError):
+            Settings(list_name=name, _env_file=None)

@@ -172,9 +172,10 @@ def held_elsewhere(session: Session, *, now: dt.datetime, holder: str,
                    is_dead: Callable[[str], bool] = lambda _holder: False) -> tuple[int, dt.datetime | None, int]:
     """Unsent deliveries other senders than ``holder`` hold under a live lease: how many, when the last of those
     leases ends, and how many of them a sender holds that ``is_dead`` (a process of this host that is gone)."""
-    others = [(other, held) for other, held in live_leases(session, now=now).items() if other != holder]
-    return (sum(count for _, (count, _) in others), max((until for _, (_, until) in others), default=None),
-            sum(count for other, (count, _) in others if is_dead(other)))
+    others = [(other, held, is_dead(other)) for other, held in live_leases(session, now=now).items() if other != holder]
+    # The lease time said is a live sender's: nothing renews a dead one's, and a run now takes those over.
+    return (sum(count for _, (count, _), _ in others), max((until for _, (_, until), dead in others if not dead), default=None),
+            sum(count for _, (count, _), dead in others if dead))
 
 
 def recover_interrupted(session: Session, *, now: dt.datetime) -> int:

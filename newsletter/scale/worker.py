@@ -64,7 +64,9 @@ class BatchesInBrief(logging.Filter):
         job = getattr(record, "job", None)
         if isinstance(job, dict) and isinstance(arguments := job.get("task_kwargs"), dict) and \
                 isinstance(ids := arguments.get("delivery_ids"), list):
-            record.job = {**job, "task_kwargs": {**arguments, "delivery_ids": f"<{len(ids)} ids>"}}
+            record.job = {**job, "task_kwargs": {**arguments, "delivery_ids": f"<{len(ids)} ids>"},
+                          **({"call_string": self.IDS.sub(f"delivery_ids=<{len(ids)} ids>", job["call_string"])}
+                             if isinstance(job.get("call_string"), str) else {})}
         return True
 
 

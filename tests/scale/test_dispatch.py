@@ -67,3 +67,19 @@ def test_digest_queues_batches_and_a_worker_sends_them(cli, env, postgres_url: s
     logged = (tmp_path / "worker.log").read_text()
     assert f"send batch of 3 on {queue}: sent 3 (took" in logged, logged[-2000:]
     assert "delivery_ids=<3 ids>" in logged and "delivery_ids=[" not in logged, "the ids once as a count, not as a list"
+
+
+def test_a_json_log_line_of_a_send_batch_carries_its_ids_as_a_count() -> None:
+    """procrastinate's ``job`` field holds the arguments twice (``task_kwargs`` and ``call_string``)."""
+    import logging
+
+    from newsletter.scale.worker import BatchesInBrief
+
+    ids = list(range(1, 501))
+    record = logging.makeLogRecord({"name": "procrastinate.worker", "msg": f"Starting job send_batch[7](delivery_ids={ids})",
+                                    "job": {"id": 7, "task_kwargs": {"delivery_ids": ids},
+                                            "call_string": f"send_batch[7](delivery_ids={ids}, relay_failures=0)"}})
+    assert BatchesInBrief().filter(record)
+    assert record.msg == "Starting job send_batch[7](delivery_ids=<500 ids>)"
+    assert record.job["task_kwargs"]["delivery_ids"] == "<500 ids>"  # type: ignore[attr-defined]
+    assert record.job["call_string"] == "send_batch[7](delivery_ids=<500 ids>, relay_failures=0)"  # type: ignore[attr-defined]

@@ -135,5 +135,10 @@ def test_a_readers_own_minimum_score_also_narrows_what_passes_on_meaning(model, 
     default, stricter, strictest = rank_papers(PaperIndex.build(papers), readers, min_score=1.5, semantic=similarity)
     assert len(default) > len(stricter) > len(strictest) == 0
     assert {p.paper.key for p in stricter} <= {p.paper.key for p in default}
-    assert lexical.meaning_gates(np.array([1.5, 3.0, 0.0], np.float32), min_score=1.5).tolist() == \
-        pytest.approx([0.45, 0.725, -1.0])
+    gates = lexical.meaning_gates(np.array([1.5, 3.0, 1.0, 0.0], np.float32), min_score=1.5)
+    assert gates.tolist() == pytest.approx([0.45, 0.725, 0.45, 0.45]), "raised with it, never lowered below 0.45"
+    assert lexical.meaning_gates(np.array([0.0, 3.0], np.float32), min_score=0.0).tolist() == pytest.approx([0.45, 0.45])
+    looser = Profile(9, "r9@x", Preferences.from_lists(describe=sentence, min_score=1.0), 10)
+    [loose] = rank_papers(PaperIndex.build(papers), [looser], min_score=1.5,
+                          semantic=sem.similarity(model.embed_profiles([looser.preferences]), model.embed_papers(papers)))
+    assert len(loose) <= 10 and all(p.reasons for p in loose), "a lower minimum lets in word matches, not every paper"
