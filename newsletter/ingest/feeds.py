@@ -27,13 +27,16 @@ from newsletter.records import Paper
 from newsletter.wording import INVISIBLE, WHITESPACE, plain_text, shorten
 
 AUTHOR_SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
-# The elements feeds put in titles and abstracts, and the ones that carry code. A "<" opens a tag only when
-# one of these follows, closed at once or with an attribute that has a value (so "a<b and c>d" stays text).
-HTML_TAGS = ("a|abbr|b|big|blockquote|body|br|center|cite|code|dd|del|details|div|dl|dt|em|embed|figcaption|figure|"
-             "font|form|h[1-6]|head|hr|html|i|iframe|img|input|ins|kbd|li|link|math|meta|object|ol|p|pre|q|s|samp|"
-             "script|section|small|span|strike|strong|style|sub|summary|sup|svg|table|tbody|td|tfoot|th|thead|title|"
-             "tr|tt|u|ul|var|video")
-NOT_A_TAG = re.compile(rf"<(?!/?(?:{HTML_TAGS})(?:\s+[\w:-]+\s*=|\s*/?>)|!--)", re.IGNORECASE)
+# The elements feeds put in titles and abstracts, and the ones that carry code.
+HTML_TAGS = frozenset(
+    "a abbr address article aside b big blockquote body br caption center cite code col colgroup dd del details dfn div dl "
+    "dt em embed figcaption figure font footer form h1 h2 h3 h4 h5 h6 head header hr html i iframe img input ins kbd label "
+    "li link main mark math meta nav nobr noscript object ol p pre q s samp script section small span strike strong style "
+    "sub summary sup svg table tbody td tfoot th thead time title tr tt u ul var video".split())
+MARKUP = re.compile(r"<(?:!--|!\[CDATA\[|![A-Za-z]|\?)")  # a comment, CDATA, a doctype, a processing instruction
+TAG = re.compile(r"<(/)?([A-Za-z][\w:.-]*)(\s[^<>]*?)?\s*/?>")
+CLOSING = re.compile(r"</([A-Za-z][\w:.-]*)")
+LESS_THAN = re.compile("<")
 BREAK = re.compile(r"<(?:br|hr|/?(?:p|div|li|tr|td|th|h[1-6]|blockquote))\b[^>]*>", re.IGNORECASE)  # words either side stay apart
 # Far beyond any real paper's (arXiv caps abstracts at 1,920 characters, titles are a line): one entry of
 # a 20 MB feed must not make each digest it is picked for too big for the relay, every day.
@@ -63,10 +66,35 @@ def clean_text(value: str | None, *, limit: int = MAX_TEXT, tex: bool = False) -
     if not value:
         return ""
     if "<" in value or "&" in value:  # most titles and abstracts are plain: skip the HTML pass for them
-        value = html.unescape(nh3.clean(BREAK.sub(" ", NOT_A_TAG.sub("&lt;", value)), tags=set()))
+        value = html.unescape(nh3.clean(BREAK.sub(" ", stray_brackets_escaped(value)), tags=set()))
     if tex and ("\\" in value or "``" in value):
         value = tex_to_text(value)
     return shorten(plain_text(value), limit)
+
+
+def stray_brackets_escaped(value: str) -> str:
+    """``value`` with every ``<`` that opens no HTML tag written as ``&lt;``, so the HTML pass keeps it as text.
+
+    A ``<`` opens a tag when it starts a comment, a doctype or CDATA; closes an element; names a namespaced
+    one (``<jats:p>``, ``<mml:mi>``); or names a known element with no attribute, an attribute with a value,
+    or a closing tag later on (``<td nowrap>…</td>``). Any other name counts only when it is closed later
+    (MathML's ``<mi>…</mi>``). So "n<k and d>2", "a<b and c>d" and "<projektor>" are text.
+    """
+    closed_last = {found[1].lower(): found.start() for found in CLOSING.finditer(value)}  # one pass: no rescans
+    pieces, last = [], 0
+    for opening in LESS_THAN.finditer(value):
+        position = opening.start()
+        if MARKUP.match(value, position):
+            continue
+        tag = TAG.match(value, position)
+        if tag is not None:
+            name, attributes = tag[2].lower(), (tag[3] or "").strip()
+            closed_later = closed_last.get(name, -1) > position
+            if tag[1] or ":" in name or closed_later or (name in HTML_TAGS and (not attributes or "=" in attributes)):
+                continue
+        pieces += [value[last:position], "&lt;"]
+        last = position + 1
+    return "".join([*pieces, value[last:]])
 
 
 # arXiv abstracts are TeX source: the accents and quotes a reader would otherwise see as na\"ive and ``this''.
@@ -74,17 +102,23 @@ TEX_ACCENTS = {'"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": 
                "c": "\u0327", "v": "\u030c", "u": "\u0306", "H": "\u030b"}
 TEX_ACCENT = re.compile(r"""\{?\\(?:(["'`^~=.])\s*|([cvuH])(?:\s+|(?=\{)))\{?(\\i|[A-Za-z])\}?\}?""")
 TEX_ESCAPE = re.compile(r"\\([&%_#$])")
+TEX_MATH = re.compile(r"((?<!\\)\$[^$]*(?<!\\)\$)")  # $…$ (an escaped \$ is no delimiter)
+TEX_QUOTES = re.compile(r"``(.*?)''", re.DOTALL)
 
 
 def tex_to_text(value: str) -> str:
-    """TeX accents (``\\"o``, ``\\'{e}``, ``{\\c c}``), quotes (````…''``) and escaped characters (``\\&``) as
-    the characters they stand for. Maths stays as it is: ``$O(n^2)$`` reads well enough and rewriting it is a guess."""
+    """TeX accents (``\\"o``, ``\\'{e}``, ``{\\c c}``), quotes (````…''``, as a pair) and escaped characters (``\\&``)
+    as the characters they stand for, outside maths: ``$f''(x)$`` and ``$a\\=b$`` stay as they are, since
+    rewriting maths is a guess."""
     def accented(found: re.Match[str]) -> str:
         letter = "i" if found[3] == "\\i" else found[3]
         return unicodedata.normalize("NFC", letter + TEX_ACCENTS[found[1] or found[2]])
 
-    value = TEX_ACCENT.sub(accented, value)
-    return TEX_ESCAPE.sub(r"\1", value.replace("``", "\u201c").replace("''", "\u201d"))
+    parts = TEX_MATH.split(value)  # text, maths, text, maths, …
+    for i in range(0, len(parts), 2):
+        text = TEX_QUOTES.sub("\u201c\\1\u201d", TEX_ACCENT.sub(accented, parts[i]))
+        parts[i] = TEX_ESCAPE.sub(r"\1", text)
+    return "".join(parts)
 
 
 def web_url(value: str | None) -> str | None:

@@ -80,6 +80,11 @@ def test_a_truncated_feed_is_refused_whole() -> None:
         ("Let x<y. Then", "Let x<y. Then"),
         ("a tool called <projektor>, which", "a tool called <projektor>, which"),
         ("R&amp;D &lt;3", "R&D <3"),
+        # markup that is markup, though not on a short list: namespaced, closed later, boolean attributes
+        ("<jats:p>We study <jats:italic>foo</jats:italic> bars.</jats:p>", "We study foo bars."),
+        ("<mml:math><mml:mi>x</mml:mi></mml:math> holds", "x holds"),
+        ('<td nowrap>cell</td> and <script defer src="x.js">alert(1)</script>after', "cell and after"),
+        ("<article>A</article> <mark>B</mark> <!DOCTYPE html>C <?php echo 1; ?>D", "A B C D"),
     ],
 )
 def test_html_in_titles_and_abstracts_is_reduced_to_text(text: str, expected: str) -> None:
@@ -94,6 +99,8 @@ def test_html_in_titles_and_abstracts_is_reduced_to_text(text: str, expected: st
         ('Schr\\"{o}dinger, Erd\\H{o}s, {\\c c}a, G\\"odel, \\v{S}ekli, \\^{\\i}le', "Schrödinger, Erdős, ça, Gödel, Šekli, île"),
         ("R\\&D on 50\\% of runs", "R&D on 50% of runs"),
         ("$O(n^2)$ time, \\cite{x} and \\alpha-divergence", "$O(n^2)$ time, \\cite{x} and \\alpha-divergence"),  # maths stays
+        ("we bound $f''(x)$ and $a\\=b$ for na\\\"ive users", "we bound $f''(x)$ and $a\\=b$ for naïve users"),  # in maths too
+        ("it costs \\$5, a ``fair'' price", "it costs $5, a “fair” price"),  # an escaped dollar opens no maths
     ],
 )
 def test_tex_accents_and_quotes_become_the_characters_they_stand_for(text: str, expected: str) -> None:
