@@ -251,9 +251,11 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
                 issue_dates[key] = next_issue_date(repo.schedule_of(subscriber), now=now)
             issue = issue_dates[key]
             planned = last.get(subscriber.id)
-            if planned is not None and schedule.local_date(subscriber.timezone, planned.replace(tzinfo=dt.UTC)) >= issue:
-                # That issue went out (or is planned) already: the next digest is the one after it.
-                after = max(now, planned.replace(tzinfo=dt.UTC))
+            planned_date = schedule.local_date(subscriber.timezone, planned.replace(tzinfo=dt.UTC)) if planned else None
+            if planned_date is not None and planned_date >= issue:
+                # That local day has its digest already (sent at its hour, or earlier with --only): the next
+                # digest is the first one after that day.
+                after = max(now, schedule.end_of_local_day(subscriber.timezone, planned_date))
                 following = schedule.next_send_at(repo.schedule_of(subscriber), after=after)
                 issue = schedule.local_date(subscriber.timezone, following)
             report.picks.append(Pick(subscriber.email, picks, issue))

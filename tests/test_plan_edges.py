@@ -191,3 +191,15 @@ def test_digest_json_says_when_the_next_digest_is_due(cli, configured) -> None:
     due = next_send(configured, "ada@example.org")
     early = json.loads(cli("digest", "--json", "--allow-future", "--at", at(due - dt.timedelta(hours=1))).out)
     assert early["picks"] == [] and dt.datetime.fromisoformat(early["next_due_at"].replace("Z", "+00:00")) == due
+
+
+def test_a_dry_run_after_an_early_only_digest_labels_the_next_day(cli, configured) -> None:
+    """'digest --only' sent today's digest hours before her hour: the next one is tomorrow's, not today's."""
+    assert cli("init").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models", "--hour", "8").code == 0
+    due = next_send(configured, "ada@example.org")  # 08:00 UTC
+    early = due - dt.timedelta(hours=5)
+    assert "sent 1" in cli("digest", "--only", "ada@example.org", "--allow-future", "--at", at(early)).out
+    later = json.loads(cli("digest", "--dry-run", "--json", "--at", at(early + dt.timedelta(hours=1))).out)
+    assert later[0]["issue_date"] == (due.date() + dt.timedelta(days=1)).isoformat()
