@@ -891,6 +891,8 @@ async def _until_done_or_interrupted(start: Callable[[asyncio.Event], Any], *, g
 
     def on_signal(name: str) -> None:
         if received:
+            for console in (out, err):  # the progress bar hid the cursor; exiting at once skips its restoring it
+                console.show_cursor(True)
             sys.stderr.write(f"error: stopped at once ({received[0]}, then {name}): the messages being handed to the relay "
                              "are sent once more, with the same Message-ID, by the next run, with the rest\n")
             sys.stderr.flush()

@@ -69,7 +69,7 @@ async def run_digest(
         return run
     runtime.settings.require("secret_key", "from_address", purpose="sending digests")
     if runtime.settings.dispatch == "procrastinate":
-        return await _plan_and_enqueue(runtime, run, only=only)
+        return await _plan_and_enqueue(runtime, run, only=only, stop=stop)
     async with contextlib.AsyncExitStack() as stack:
         # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
         mailers = [await stack.enter_async_context(m) for m in runtime.mailers()]
@@ -81,7 +81,7 @@ async def run_digest(
         if only:
             plan = await asyncio.to_thread(plan_now, runtime, email=only, now=now)
         else:
-            plan = await asyncio.to_thread(plan_due, runtime, now=now, keep_picks=True)
+            plan = await asyncio.to_thread(plan_due, runtime, now=now, keep_picks=True, stopped=_stopped(stop))
         run.candidates, run.picks, run.missed = plan.candidates, plan.picks, plan.missed
         delivered = await send_due(runtime, mailers=mailers, subscriber_id=_subscriber_id(runtime, only),
                                    stop=stop, progress=progress, ahead=ahead)
@@ -95,7 +95,7 @@ async def run_digest(
     return run
 
 
-async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | None) -> DigestRun:
+async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | None, stop: asyncio.Event | None) -> DigestRun:
     """Plan, and enqueue the send batches in the same transactions; workers send them (``newsletter.scale``)."""
     from newsletter.scale.app import relay_queue
     from newsletter.scale.enqueue import PlannedBatches
@@ -104,9 +104,15 @@ async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | Non
     if only:
         plan = await asyncio.to_thread(plan_now, runtime, email=only, now=run.now, after_record=enqueue)
     else:
-        plan = await asyncio.to_thread(plan_due, runtime, now=run.now, keep_picks=True, after_record=enqueue)
+        plan = await asyncio.to_thread(plan_due, runtime, now=run.now, keep_picks=True, after_record=enqueue,
+                                       stopped=_stopped(stop))
     run.candidates, run.picks, run.missed, run.enqueued = plan.candidates, plan.picks, plan.missed, enqueue.jobs
     return run
+
+
+def _stopped(stop: asyncio.Event | None) -> Callable[[], bool]:
+    """Whether the run was told to stop, asked from the planning thread between batches."""
+    return stop.is_set if stop is not None else (lambda: False)
 
 
 def _due_count(runtime: Runtime, now: dt.datetime) -> int:

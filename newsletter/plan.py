@@ -66,16 +66,17 @@ AfterRecord = Callable[[Session, set[tuple[int, dt.date]]], object]
 
 
 def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False,
-             after_record: AfterRecord | None = None) -> PlanReport:
+             after_record: AfterRecord | None = None, stopped: Callable[[], bool] = lambda: False) -> PlanReport:
     """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction.
 
     ``after_record(session, recorded)`` runs in each batch's transaction with the (subscriber id, issue
     date) pairs it recorded: the job queue enqueues their send batches there, so rows and jobs commit together.
+    ``stopped()`` (Ctrl-C, SIGTERM) is asked between batches: what is planned is committed, the rest stays due.
     """
     report = PlanReport()
     indexes: dict[Window, tuple[list[Paper], PaperIndex]] = {}  # one per window for the whole pass, not per batch
     schedule_unscheduled(runtime, now=now)
-    while True:
+    while not stopped():
         with runtime.sessions() as session:
             ledger.begin_write(session)
             query = (select(Subscriber)
@@ -94,6 +95,7 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False,
             if after_record is not None:
                 after_record(session, recorded)
             session.commit()
+    return report
 
 
 def schedule_unscheduled(runtime: Runtime, *, now: dt.datetime) -> int:

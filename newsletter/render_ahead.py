@@ -17,7 +17,7 @@ What can go wrong, and what happens:
   stops; what was claimed and not sent is released, and the next run sends it;
 - the child dies (killed, out of memory): the same, with its exit status;
 - the sender stops (the relay went away, SIGTERM, Ctrl-C) or planning fails: the child is told to
-  stop, is waited for a few seconds and then terminated, before the sender releases its leases;
+  stop, is waited for a few seconds and then killed, before the sender releases its leases;
 - logging in the child reaches the parent's loggers, and so its handlers.
 """
 
@@ -141,8 +141,8 @@ class RenderAhead:
                     self._from_child.recv()
             self._child.join(timeout=0.1)
         if self._child.is_alive():
-            logger.warning("the rendering process did not stop within %.0f s; terminating it", STOP_WAIT_S)
-            self._child.terminate()
+            logger.warning("the rendering process did not stop within %.0f s; killing it", STOP_WAIT_S)
+            self._child.kill()  # it ignores SIGTERM (sent to the whole group by timeout(1) and systemd)
             self._child.join(timeout=STOP_WAIT_S)
         self._from_child.close()
         self._to_child.close()
@@ -219,7 +219,9 @@ class _Orders:
 
 
 def _child_main(settings: Settings, holder: str, to_parent: Connection, from_parent: Connection, log_level: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    # Ctrl-C, and the SIGTERM of timeout(1) or systemd, reach the whole process group: the parent stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(_Sender(to_parent))]  # type: ignore[arg-type]
     root.setLevel(log_level)

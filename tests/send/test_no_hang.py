@@ -96,7 +96,8 @@ def digest_disturbed(environ: dict[str, str], cwd: Path, url: str, sink: FaultyS
                      disturb: Callable[[subprocess.Popen[str]], object]) -> tuple[int, str]:
     """`newsletter digest` in a process, ``disturb``ed once the sink has ``after`` messages; (exit status, stderr)."""
     process = subprocess.Popen([sys.executable, "-m", "newsletter", "digest", "--allow-future", "--at", fixed_send_moment(url)],
-                               env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env=environ, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own process group, as a terminal's job or a service has
     try:
         deadline = time.monotonic() + HARD_TIMEOUT_S
         while len(sink.received) < after and process.poll() is None and time.monotonic() < deadline:
@@ -237,7 +238,7 @@ def test_ctrl_c_stops_taking_messages_records_those_in_flight_and_a_later_run_se
     env(**settings)
     readers = add_readers(cli, tmp_path, 200)  # 10 s at 20 a second: Ctrl-C lands mid-run
     returncode, stderr = digest_disturbed(environment(**settings), tmp_path, sqlite_url, relay, after=20,
-                                          disturb=lambda process: process.send_signal(signal_number))
+                                          disturb=lambda process: os.killpg(process.pid, signal_number))  # the whole group
     assert returncode == status
     line = one_error_line(stderr)
     assert line.startswith(f"error: interrupted ({name})") and "stays pending" in line
