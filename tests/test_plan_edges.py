@@ -203,3 +203,29 @@ def test_a_dry_run_after_an_early_only_digest_labels_the_next_day(cli, configure
     assert "sent 1" in cli("digest", "--only", "ada@example.org", "--allow-future", "--at", at(early)).out
     later = json.loads(cli("digest", "--dry-run", "--json", "--at", at(early + dt.timedelta(hours=1))).out)
     assert later[0]["issue_date"] == (due.date() + dt.timedelta(days=1)).isoformat()
+
+
+def test_planning_stops_between_batches_when_told_and_the_rest_stays_due(cli, configured, monkeypatch) -> None:
+    """Ctrl-C or SIGTERM during planning: what is planned is committed, the rest is planned by the next run."""
+    import newsletter.plan as plan_module
+
+    assert cli("init").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    for n in range(5):
+        assert cli("subscribers", "add", f"r{n}@example.org", "--topic", "diffusion models").code == 0
+    due = next_send(configured, "r0@example.org")
+    monkeypatch.setattr(plan_module, "PLAN_BATCH", 2)
+    asked = []
+
+    def stopped() -> bool:  # told to stop once the first batch is planned
+        asked.append(True)
+        return len(asked) > 1
+
+    runtime = Runtime.build(load_settings())
+    try:
+        first = plan_due(runtime, now=due + dt.timedelta(minutes=1), stopped=stopped)
+        assert first.due == 2, "one batch, then it stopped"
+        rest = plan_due(runtime, now=due + dt.timedelta(minutes=1))
+        assert rest.due == 3
+    finally:
+        runtime.engine.dispose()
