@@ -306,9 +306,7 @@ def score_subscribers(
                 email=subscribers[p].email,
                 preferences=subscribers[p].preferences,
                 max_papers=subscribers[p].max_papers,
-                # What they rated they have seen, sent or not (a paper rated from the command line came back as
-                # its own "similar to a paper you liked"); their own model may take the ratings from the examples.
-                already_sent=frozenset(sent.get(subscribers[p].id, ())) | {e.paper.key for e in examples.get(subscribers[p].id, ())},
+                already_sent=frozenset(sent.get(subscribers[p].id, ())),
                 examples=examples.get(subscribers[p].id, ()),
             )
             for p in positions

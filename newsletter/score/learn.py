@@ -138,8 +138,11 @@ def prepare(profiles: Sequence[Profile], vectors: Mapping[str, np.ndarray]) -> t
     """
     models = {row: model for row, profile in enumerate(profiles)
               if (model := fit_reader(profile.examples, vectors)) is not None}
+    # The dislikes go to the model, out of the examples; they stay papers the reader has seen (never news to them).
     asked = [replace(profile, max_papers=max(profile.max_papers, POOL),
-                     examples=tuple(e for e in profile.examples if e.kind != "disliked")) if row in models else profile
+                     examples=tuple(e for e in profile.examples if e.kind != "disliked"),
+                     already_sent=profile.already_sent | {e.paper.key for e in profile.examples if e.kind == "disliked"})
+             if row in models else profile
              for row, profile in enumerate(profiles)]
     return models, asked
 

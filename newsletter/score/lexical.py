@@ -275,9 +275,10 @@ class _Queries:
                     add_category(row, category.lower())
             for name in prefs.authors:
                 add_author(row, name)
-            # Papers already sent, and the subscriber's own seeds: "more like this one" is not news to them.
-            seeds = [e.paper.key for e in profile.examples if e.kind == "seed"]
-            for key in (*profile.already_sent, *seeds):
+            # Papers already sent, and the ones the subscriber named (seeds) or rated, sent or not: not news to them.
+            # (A paper rated from the command line came back as its own "similar to a paper you liked".)
+            named = [e.paper.key for e in profile.examples]
+            for key in (*profile.already_sent, *named):
                 if key in key_rows:
                     sent_rows.append(row)
                     sent_papers.append(key_rows[key])
