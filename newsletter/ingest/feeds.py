@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
 import html
 import re
 import unicodedata
@@ -121,6 +122,14 @@ def tex_to_text(value: str) -> str:
     return "".join(parts)
 
 
+def paper_key(identity: str) -> str:
+    """A paper's key from its link or guid: as it is, or, when longer than a key may be, a hash of all of it
+    (cut, two long ids with the same beginning were one paper, and the second overwrote the first)."""
+    if len(identity) <= MAX_NAME:
+        return identity
+    return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
+
+
 def web_url(value: str | None) -> str | None:
     """Only http(s) links reach an email: no javascript:, data: or file: URLs from a feed, and none
     with spaces, controls or invisible characters in them."""
@@ -166,7 +175,7 @@ def _paper(entry: Any) -> Paper | None:
         return None
     summary = entry.get("summary") or entry.get("description") or ""
     abstract, announce_type = arxiv.strip_rss_prefix(clean_text(summary, tex=found is not None))
-    announce_type = entry.get("arxiv_announce_type") or announce_type
+    announce_type = clean_text(entry.get("arxiv_announce_type") or announce_type, limit=32) or None  # its column's width
     arxiv_id: str | None
     version: int | None
     key: str | None
@@ -179,7 +188,7 @@ def _paper(entry: Any) -> Paper | None:
     else:
         arxiv_id = version = None
         abs_url, pdf_url = web_url(entry.get("link")), web_url(_pdf_link(entry))
-        key = abs_url or clean_text(entry.get("id"), limit=MAX_NAME)  # the link is the paper's identity outside arXiv; the guid if none
+        key = paper_key(abs_url or clean_text(entry.get("id"), limit=MAX_TEXT))  # the link outside arXiv; the guid if none
         if not key:
             return None
     return Paper(

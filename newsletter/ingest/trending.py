@@ -15,7 +15,7 @@ from typing import Any
 
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv
-from newsletter.ingest.feeds import MAX_AUTHORS, MAX_NAME, MAX_TITLE, ParsedFeed, clean_text, web_url
+from newsletter.ingest.feeds import MAX_AUTHORS, MAX_NAME, MAX_TEXT, MAX_TITLE, ParsedFeed, clean_text, paper_key, web_url
 from newsletter.records import Paper
 from newsletter.wording import shorten
 
@@ -49,7 +49,7 @@ def _paper(element: Any, index: int, source: str) -> Paper:
     keywords, authors = paper.get("ai_keywords"), paper.get("authors")
     keywords, authors = (value if isinstance(value, list) else [] for value in (keywords, authors))
     return Paper(
-        key=arxiv_id or clean_text(paper["id"], limit=MAX_NAME),
+        key=arxiv_id or paper_key(clean_text(paper["id"], limit=MAX_TEXT)),
         arxiv_id=arxiv_id,
         title=clean_text(paper.get("title") or element.get("title"), limit=MAX_TITLE, tex=arxiv_id is not None),
         abstract=clean_text(paper.get("summary") or element.get("summary") or "", tex=arxiv_id is not None),

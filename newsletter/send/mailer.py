@@ -236,7 +236,8 @@ class SmtpMailer:
 
 def _classify(code: int, text: str, *, in_rcpt: bool) -> Exception:
     detail = f"{code} {text}".strip()
-    if 400 <= code < 500 or (code == 552 and in_rcpt):
+    # 552 for a full mailbox is temporary wherever it comes (RFC 5321 4.5.3.1.10 asks senders to read it as 452).
+    if 400 <= code < 500 or (code == 552 and (in_rcpt or MAILBOX_FULL.search(text))):
         return TemporaryFailure(detail)
     # The address was accepted; the message itself is refused: too big (552 at DATA, 5.2.3, 5.3.4) or for its
     # content (5.6.x). Ours to fix, so it counts no bounce against the subscriber.
@@ -245,6 +246,7 @@ def _classify(code: int, text: str, *, in_rcpt: bool) -> Exception:
     return PermanentFailure(detail)
 
 
+MAILBOX_FULL = re.compile(r"\b5\.2\.2\b|mailbox full|quota", re.IGNORECASE)
 ABOUT_THE_MESSAGE = re.compile(r"\b5\.(?:2\.3|3\.4|6\.\d{1,3})\b")  # RFC 3463 enhanced codes about a message, not a mailbox
 SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -178,3 +178,12 @@ def test_a_source_url_must_be_http_or_a_file() -> None:
     with pytest.raises(InvalidInput, match="ftp://example.org/feed.xml: only http.s. URLs and file paths can be sources"):
         resolve("ftp://example.org/feed.xml")
     assert resolve("file:///srv/feeds/../feeds/cs.rss").url == "/srv/feeds/cs.rss"
+
+
+def test_a_long_guid_is_hashed_into_a_key_not_cut() -> None:
+    """Cut at 300 characters, two long ids with the same beginning became one paper."""
+    from newsletter.ingest.feeds import MAX_NAME, paper_key
+
+    first, second = "urn:lab:" + "x" * 400 + "1", "urn:lab:" + "x" * 400 + "2"
+    assert paper_key(first) != paper_key(second) and len(paper_key(first)) <= MAX_NAME
+    assert paper_key("urn:lab:paper-1") == "urn:lab:paper-1"

@@ -101,12 +101,13 @@ def test_a_refusal_of_the_message_itself_is_no_bounce_of_the_address(cli, env, l
     is about the message, ours to fix: it fails, but never suppresses the subscriber. An address refused at
     DATA ("5.1.1 user unknown") is still the address's."""
     env(bounce_limit=1)
-    too_big, bad_content, unknown = list_ready[5], list_ready[6], list_ready[7]
+    too_big, bad_content, unknown, full = list_ready[5], list_ready[6], list_ready[7], list_ready[8]
     sink.refuse_data = {too_big: "552 Error: Too much mail data", bad_content: "554 5.6.0 message content rejected",
-                        unknown: "550 5.1.1 user unknown"}
+                        unknown: "550 5.1.1 user unknown", full: "552 5.2.2 mailbox full"}
     digest(cli)
     rows = deliveries(sqlite_url)
     assert [rows[a].status for a in (too_big, bad_content, unknown)] == ["failed"] * 3
+    assert rows[full].status == "retry", "a full mailbox is temporary, at DATA as at RCPT"
     assert "Too much mail data" in rows[too_big].last_error
     shown = {a: json.loads(cli("subscribers", "show", a, "--json").out)["status"] for a in (too_big, bad_content, unknown)}
     assert shown == {too_big: "active", bad_content: "active", unknown: "bounced"}
