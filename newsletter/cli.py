@@ -946,19 +946,19 @@ def print_why_nothing_was_sent(runtime: Any, *, only: str | None, now: dt.dateti
     """After a run that sent nothing: when the next digest is due, or that ``only``'s of today went already."""
     from newsletter import schedule
 
+    if only is None:
+        upcoming = _next_due(runtime)
+        moment = f"at {now:%Y-%m-%d %H:%M} UTC" if at_given else "now"  # --at: "now" was another moment
+        if upcoming is not None and upcoming <= now:
+            # Due, and yet not planned by this run: another run or daemon is at them (it plans in batches), or a
+            # schedule cannot be worked out (the log names it). "The next is due at <a past moment>" said neither.
+            out.print(f"nothing for this run {moment}: the digests due since {upcoming:%Y-%m-%d %H:%M} UTC were not "
+                      "planned by it; another run or daemon is planning them, or the log says why not")
+        elif upcoming is not None:  # a new user's first run: say when, and how to see one now
+            out.print(f"nobody is due {moment}; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
+                      "('digest --only EMAIL' sends one now, 'digest --dry-run' shows them all)")
+        return
     with runtime.sessions() as session:
-        if only is None:
-            upcoming = repo.next_send_at(session)
-            moment = f"at {now:%Y-%m-%d %H:%M} UTC" if at_given else "now"  # --at: "now" was another moment
-            if upcoming is not None and upcoming.replace(tzinfo=dt.UTC) <= now:
-                # Due, and yet not planned by this run: another run or daemon is at them (it plans in batches), or a
-                # schedule cannot be worked out (the log names it). "The next is due at <a past moment>" said neither.
-                out.print(f"nothing for this run {moment}: the digests due since {upcoming:%Y-%m-%d %H:%M} UTC were not "
-                          "planned by it; another run or daemon is planning them, or the log says why not")
-            elif upcoming is not None:  # a new user's first run: say when, and how to see one now
-                out.print(f"nobody is due {moment}; the next digest is due at {upcoming:%Y-%m-%d %H:%M} UTC "
-                          "('digest --only EMAIL' sends one now, 'digest --dry-run' shows them all)")
-            return
         subscriber = repo.get_subscriber(session, email=only)
         issue_date = schedule.local_date(subscriber.timezone, now)
         status = repo.delivery_status(session, subscriber_id=subscriber.id, issue_date=issue_date)

@@ -34,7 +34,6 @@ MAX_AUTHORS = 5  # past five, "et al."
 SUBJECT_TITLE_CHARS = 90  # phones show ~40–90 characters of a subject
 TEXT_COLUMNS = 76  # plain text wrapped as mail readers expect (RFC 3676 suggests 72–78)
 TEXT_INDENT = "  "  # a card's lines under its "* title"
-# Control characters (terminal escapes, NUL, CR) and bidi overrides: text from outside keeps none of them.
 WEB_SCHEMES = ("https://", "http://")  # the only links an email may carry
 
 
