@@ -44,7 +44,7 @@ BREAK = re.compile(r"<(?:br|hr|/?(?:p|div|li|tr|td|th|h[1-6]|blockquote))\b[^>]*
 MAX_TEXT = 20_000  # an abstract, a summary
 MAX_TITLE = 1_000
 MAX_NAME = 300  # an author, a category, a keyword
-MAX_AUTHORS = 1_000
+MAX_NAMES = 1_000  # authors, or categories, of one paper
 # feedparser reports these for documents it could still read completely.
 HARMLESS_BOZO = (feedparser.CharacterEncodingOverride,)
 
@@ -220,14 +220,14 @@ def _categories(entry: Any) -> tuple[str, ...]:
     primary = (entry.get("arxiv_primary_category") or {}).get("term")
     terms = [primary] if primary else []
     terms += [t.get("term") for t in entry.get("tags") or [] if t.get("term")]
-    return tuple(dict.fromkeys(clean_text(t, limit=MAX_NAME) for t in terms[:MAX_AUTHORS] if t))
+    return tuple(dict.fromkeys(clean_text(t, limit=MAX_NAME) for t in terms[:MAX_NAMES] if t))
 
 
 def _authors(entry: Any) -> tuple[str, ...]:
     names = [a.get("name", "") for a in entry.get("authors") or []]
     if len(names) == 1 and ("," in names[0] or " and " in names[0]):
         names = AUTHOR_SPLIT.split(names[0])  # arXiv RSS: "Ada Lovelace, Alan Turing and Grace Hopper"
-    return tuple(n for n in (clean_text(n, limit=MAX_NAME) for n in names[:MAX_AUTHORS]) if n)
+    return tuple(n for n in (clean_text(n, limit=MAX_NAME) for n in names[:MAX_NAMES]) if n)
 
 
 def _pdf_link(entry: Any) -> str | None:

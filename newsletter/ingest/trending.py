@@ -15,7 +15,7 @@ from typing import Any
 
 from newsletter.errors import FeedError
 from newsletter.ingest import arxiv
-from newsletter.ingest.feeds import MAX_AUTHORS, MAX_NAME, MAX_TEXT, MAX_TITLE, ParsedFeed, clean_text, paper_key, web_url
+from newsletter.ingest.feeds import MAX_NAME, MAX_NAMES, MAX_TEXT, MAX_TITLE, ParsedFeed, clean_text, paper_key, web_url
 from newsletter.records import Paper
 from newsletter.wording import shorten
 
@@ -53,7 +53,7 @@ def _paper(element: Any, index: int, source: str) -> Paper:
         arxiv_id=arxiv_id,
         title=clean_text(paper.get("title") or element.get("title"), limit=MAX_TITLE, tex=arxiv_id is not None),
         abstract=clean_text(paper.get("summary") or element.get("summary") or "", tex=arxiv_id is not None),
-        authors=tuple(n for n in (clean_text(a.get("name"), limit=MAX_NAME) for a in authors[:MAX_AUTHORS]
+        authors=tuple(n for n in (clean_text(a.get("name"), limit=MAX_NAME) for a in authors[:MAX_NAMES]
                                   if isinstance(a, dict)) if n),
         abs_url=arxiv.abs_url(arxiv_id) if arxiv_id else None,
         pdf_url=arxiv.pdf_url(arxiv_id) if arxiv_id else None,
