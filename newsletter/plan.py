@@ -245,22 +245,17 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
         windows = [window_now(s, now=now, daily_days=runtime.settings.candidate_window_days, last_sent=last.get(s.id))
                    for s in subscribers]
         report.candidates, ranked = score_subscribers(runtime, session, subscribers=subscribers, windows=windows)
-        issue_dates: dict[tuple[str, int, int, str, int], dt.date] = {}  # subscribers share a few schedules
+        # Subscribers share a few schedules and send moments: each issue date is worked out once (a Schedule
+        # checks its fields as it is made, and walking one to its next send costs ~20 µs).
+        issue_dates: dict[tuple[object, ...], dt.date] = {}
         for subscriber, picks in zip(subscribers, ranked, strict=True):
-            key = (subscriber.timezone, subscriber.send_hour, subscriber.send_minute, subscriber.frequency,
-                   subscriber.send_weekday)
-            if key not in issue_dates:  # each worked out once (a Schedule checks its fields as it is made)
-                issue_dates[key] = next_issue_date(repo.schedule_of(subscriber), now=now)
-            issue = issue_dates[key]
             planned = last.get(subscriber.id)
-            planned_date = schedule.local_date(subscriber.timezone, planned.replace(tzinfo=dt.UTC)) if planned else None
-            if planned_date is not None and planned_date >= issue:
-                # That local day has its digest already (sent at its hour, or earlier with --only): the next
-                # digest is the first one after that day.
-                after = max(now, schedule.end_of_local_day(subscriber.timezone, planned_date))
-                following = schedule.next_send_at(repo.schedule_of(subscriber), after=after)
-                issue = schedule.local_date(subscriber.timezone, following)
-            report.picks.append(Pick(subscriber.email, picks, issue))
+            key = (subscriber.timezone, subscriber.send_hour, subscriber.send_minute, subscriber.frequency,
+                   subscriber.send_weekday, planned)
+            if key not in issue_dates:
+                issue_dates[key] = next_issue_date(repo.schedule_of(subscriber), now=now,
+                                                   planned=planned.replace(tzinfo=dt.UTC) if planned else None)
+            report.picks.append(Pick(subscriber.email, picks, issue_dates[key]))
         # Nothing is recorded but the sentence vectors embedded on the way: a cache, kept so that the next
         # dry run and the real plan find them (a dry run of 100,000 new subscribers' sentences embeds for
         # minutes; without this, every dry run would again).
@@ -269,12 +264,16 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
     return report
 
 
-def next_issue_date(plan: schedule.Schedule, *, now: dt.datetime) -> dt.date:
-    """The local date of a schedule's next digest: today's if it is due now, else the next send day's."""
+def next_issue_date(plan: schedule.Schedule, *, now: dt.datetime, planned: dt.datetime | None = None) -> dt.date:
+    """The local date of a schedule's next digest: today's if it is due now, else the next send day's. ``planned``
+    (aware): the latest digest recorded; once that local day has its digest (sent at its hour, or earlier with
+    --only), the next is the first one after that day."""
     due = schedule.due_issue(plan, now)
-    if due is not None:
-        return due.issue_date
-    return schedule.issue_for(plan, schedule.next_send_at(plan, after=now)).issue_date
+    issue = due.issue_date if due is not None else schedule.issue_for(plan, schedule.next_send_at(plan, after=now)).issue_date
+    if planned is not None and (planned_date := schedule.local_date(plan.timezone, planned)) >= issue:
+        after = max(now, schedule.end_of_local_day(plan.timezone, planned_date))
+        issue = schedule.local_date(plan.timezone, schedule.next_send_at(plan, after=after))
+    return issue
 
 
 def score_subscribers(
