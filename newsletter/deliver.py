@@ -98,9 +98,9 @@ async def send_due(
         if delivery_ids is None and (cancelled := ledger.cancel_unsent(session, now=at)):
             logger.info("cancelled %s digests of subscribers no longer active", cancelled)
         session.commit()
-        recent = ledger.recent_send_times(session, since=at - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
-    if limiter is None:
-        limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
+        if limiter is None:  # this process's own limit, seeded with the latest sends so it holds right after a restart
+            recent = ledger.recent_send_times(session, since=at - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
+            limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
     lease = dt.timedelta(seconds=settings.lease_s)
     with runtime.sessions() as writes, runtime.sessions() as reads:
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,

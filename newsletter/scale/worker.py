@@ -80,8 +80,7 @@ def run_worker(settings: Settings, *, concurrency: int = DEFAULT_CONCURRENCY, qu
         handler.addFilter(BatchesInBrief())
     limiter = (SharedRateLimiter(conninfo(settings.database_url), relay=relay_queue(settings), per_second=settings.smtp_rate_per_s)
                if settings.smtp_rate_per_s > 0 else None)
-    # With the shared limit on, send_due's own per-process limiter is off: each batch is sent under the shared one.
-    runtime = Runtime.build(settings.model_copy(update={"smtp_rate_per_s": 0.0}) if limiter else settings)
+    runtime = Runtime.build(settings)  # with the shared limit on, each batch is sent under it, not a per-process one
     app = make_app(settings.database_url, min_size=1, max_size=concurrency + EXTRA_CONNECTIONS)
     try:
         ensure_queue_schema(runtime.engine)  # the scale extra installed after `newsletter init`: the queue is applied now
