@@ -28,7 +28,7 @@ from newsletter.db.models import Delivery, DeliveryStatus, Subscriber, Subscribe
 from newsletter.deliver import send_due, wall_clock
 from newsletter.errors import DeliveryError
 from newsletter.runtime import Runtime, new_holder
-from newsletter.scale.ratelimit import SharedRateLimiter
+from newsletter.send.dispatch import Limiter
 from newsletter.send.mailer import Mailer
 
 RELAY_BACKOFF_FIRST_S = 5.0  # a relay that refused one connection is often back within seconds (a restart)
@@ -50,7 +50,7 @@ def relay_backoff_s(failures: int) -> float:
 
 
 async def deliver_batch(
-    runtime: Runtime, delivery_ids: Sequence[int], *, limiter: SharedRateLimiter | None = None, relay_failures: int = 0,
+    runtime: Runtime, delivery_ids: Sequence[int], *, limiter: Limiter | None = None, relay_failures: int = 0,
     clock: Callable[[], dt.datetime] = wall_clock,
 ) -> BatchResult:
     """Send what is due of ``delivery_ids`` over this runtime's mailers, under ``limiter`` when given (shared by the workers)."""

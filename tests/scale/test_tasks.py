@@ -26,6 +26,7 @@ from newsletter.runtime import Runtime
 from newsletter.scale.app import INGEST_SOURCE, SEND_BATCH, check_dispatch, make_app, relay_queue
 from newsletter.scale.batch import RELAY_BACKOFF_MAX_S, deliver_batch, relay_backoff_s
 from newsletter.scale.enqueue import source_lock
+from newsletter.send.dispatch import RateLimiter
 from newsletter.send.mailer import Mailer, RecordingMailer
 from tests.conftest import FIXTURES
 from tests.scale.seeding import plan_everyone, seed, settings_for
@@ -222,3 +223,18 @@ def test_dispatch_through_procrastinate_on_sqlite_is_a_one_line_error(sqlite_url
     assert "NEWSLETTER_DISPATCH=procrastinate needs PostgreSQL" in str(raised.value) and "\n" not in str(raised.value)
     check_dispatch(settings.model_copy(update={"dispatch": "inline"}))  # the embedded default is fine
     check_dispatch(settings_for("postgresql://u@db.example.org/n").model_copy(update={"dispatch": "procrastinate"}))
+
+
+def test_a_batch_is_sent_under_the_limiter_it_is_given(runtime: Runtime, recorded: RecordingMailer) -> None:
+    """A worker passes the relay's shared limit: every message takes its turn from it, not from a limit of the
+    process's own (the worker's runtime keeps its rate setting)."""
+    class Counted(RateLimiter):
+        taken = 0
+
+        async def acquire(self) -> None:
+            Counted.taken += 1
+            await super().acquire()
+
+    batch = [i for i, _ in plan_everyone(runtime)[:7]]
+    result = asyncio.run(deliver_batch(runtime, batch, limiter=Counted(1_000)))
+    assert result.outcomes == {"sent": 7} and Counted.taken == 7 and len(recorded.sent) == 7
