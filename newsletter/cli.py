@@ -367,7 +367,7 @@ def subscribers_add(
     hour: Annotated[int, typer.Option(help=HOUR_HELP)] = 7,
     minute: Annotated[int, typer.Option(help=MINUTE_HELP)] = 0,
     frequency: Annotated[str, typer.Option(help=FREQUENCY_HELP)] = "daily",
-    weekday: Annotated[str, typer.Option(help=WEEKDAY_HELP)] = "monday",
+    weekday: Annotated[str | None, typer.Option(help=WEEKDAY_HELP + " Default: monday.")] = None,
     max_papers: Annotated[int | None, typer.Option(help=MAX_PAPERS_HELP)] = None,
     seed: SeedOption = None,
     seed_bibtex: SeedBibtexOption = None,
@@ -388,8 +388,8 @@ def subscribers_add(
         timezone=validate.check_timezone(timezone),
         send_hour=validate.check_hour(hour),
         send_minute=validate.check_minute(minute),
-        frequency=validate.check_frequency(frequency),
-        send_weekday=validate.check_weekday(weekday),
+        frequency=(frequency := validate.check_frequency(frequency)),
+        send_weekday=validate.check_weekday_given(weekday, frequency=frequency) or 0,
         max_papers=validate.check_max_papers(ctx.settings.default_max_papers if max_papers is None else max_papers),
     )
     with ctx.sessions() as session:
@@ -471,7 +471,7 @@ def _updated(current: NewSubscriber, *, ctx: Context, topic: list[str] | None, e
         "send_hour": None if hour is None else validate.check_hour(hour),
         "send_minute": None if minute is None else validate.check_minute(minute),
         "frequency": None if frequency is None else validate.check_frequency(frequency),
-        "send_weekday": None if weekday is None else validate.check_weekday(weekday),
+        "send_weekday": validate.check_weekday_given(weekday, frequency=validate.check_frequency(frequency or current.frequency)),
         "max_papers": None if max_papers is None else validate.check_max_papers(max_papers),
     }
     return replace(current, preferences=preferences, **{name: value for name, value in schedule.items() if value is not None})

@@ -94,3 +94,14 @@ def check_weekday(name: str) -> int:
         if len(text) >= 3 and day.startswith(text):
             return number
     raise InvalidInput(f"unknown weekday {name!r}: use monday to sunday (or mon … sun)")
+
+
+def check_weekday_given(name: str | None, *, frequency: str) -> int | None:
+    """A weekday given as an option: only a weekly digest has one, so with another frequency it is an
+    error rather than a setting that silently does nothing."""
+    if name is None:
+        return None
+    if frequency != "weekly":
+        raise InvalidInput(f"--weekday is for a weekly digest, and this one is {frequency}: add --frequency weekly, "
+                           "or leave --weekday out")
+    return check_weekday(name)

@@ -102,6 +102,22 @@ def test_update_of_an_unknown_address_or_with_a_bad_value_is_one_line_and_change
     assert show(cli, "ada@example.org") == before
 
 
+def test_a_weekday_for_a_digest_that_is_not_weekly_is_refused_not_ignored(cli, ready) -> None:
+    """--weekday with a daily digest was stored and did nothing: the reader waited for a Friday digest daily."""
+    added = cli("subscribers", "add", "ada@example.org", "--topic", "graphs", "--weekday", "fri")
+    assert "--weekday is for a weekly digest, and this one is daily: add --frequency weekly" in one_line_error(added)
+    assert "ada@example.org" not in cli("subscribers", "list").out
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "graphs", "--frequency", "weekdays").code == 0
+    before = show(cli, "ada@example.org")
+    refused = cli("subscribers", "update", "ada@example.org", "--weekday", "fri")
+    assert "this one is weekdays" in one_line_error(refused) and show(cli, "ada@example.org") == before
+    moved = cli("subscribers", "update", "ada@example.org", "--frequency", "weekly", "--weekday", "fri")
+    assert moved.code == 0, moved.err
+    assert "  frequency: weekdays → weekly" in moved.out and show(cli, "ada@example.org")["send_weekday"] == 4
+    assert cli("subscribers", "update", "ada@example.org", "--weekday", "tue").code == 0, "weekly already: a day is fine"
+    assert cli("subscribers", "add", "bo@example.org", "--topic", "graphs", "--frequency", "weekly").code == 0
+
+
 def test_update_help_says_lists_are_replaced(cli) -> None:
     result = cli("subscribers", "update", "--help")
     assert result.code == 0 and "REPLACES the whole" in result.out
