@@ -26,7 +26,7 @@ from newsletter.db import ledger, repo
 from newsletter.db.ledger import DueDelivery, Ledger, Outcome, RetryPolicy
 from newsletter.db.models import DeliveryStatus, naive
 from newsletter.errors import NewsletterError
-from newsletter.issue import day_renderer, day_trending, message_for
+from newsletter.issue import day_renderer, message_for
 from newsletter.records import Paper
 from newsletter.render.digest import DigestRenderer
 from newsletter.runtime import Runtime, holder_is_dead
@@ -102,11 +102,11 @@ async def send_due(
             recent = ledger.recent_send_times(session, since=at - dt.timedelta(seconds=2), limit=max(int(settings.smtp_rate_per_s), 1))
             limiter = RateLimiter(settings.smtp_rate_per_s, recent=[t.replace(tzinfo=dt.UTC).timestamp() for t in recent])
     lease = dt.timedelta(seconds=settings.lease_s)
-    with runtime.sessions() as writes, runtime.sessions() as reads:
+    with runtime.engine.connect() as writes, runtime.sessions() as reads:
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
                                                           bounce_limit=settings.bounce_limit), holder=runtime.holder)
 
-        # The ledger session is used by the group commit (in a worker thread, or inline on the event loop) and
+        # The ledger's connection is used by the group commit (in a worker thread, or inline on the event loop) and
         # by lease renewal (in a worker thread): one at a time.
         writing = threading.Lock()
 
@@ -264,7 +264,6 @@ class BatchBuilder:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.renderers: dict[dt.date, DigestRenderer] = {}
-        self.trending_ids: dict[dt.date, list[int]] = {}
         self.papers: dict[int, Paper] = {}
 
     def claim_and_build(self, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
@@ -279,19 +278,21 @@ class BatchBuilder:
         missing = {paper_id for rows in items.values() for paper_id, _, _ in rows} - self.papers.keys()
         self.papers.update(repo.papers_by_id(session, ids=missing))
         for issue_date in {d.issue_date for d in claimed} - self.renderers.keys():
-            trending = day_trending(session, settings=settings, issue_date=issue_date)
             self.renderers[issue_date] = day_renderer(session, settings=settings, templates=runtime.templates,
-                                                      issue_date=issue_date, trending=trending)
-            self.trending_ids[issue_date] = [p.id for p in trending if p.id is not None]
+                                                      issue_date=issue_date)
+        exclusions = repo.exclusions_of(session, subscriber_ids=[d.subscriber_id for d in claimed])
         session.commit()  # end the read transaction
-        # The archive shows the email as built here: record its trending section on the rows we hold, in a
-        # write transaction of its own (on SQLite a read transaction cannot safely turn into a write one).
+        # The archive shows the email as built here: record its trending section on the rows we hold (without
+        # the papers the reader excluded), in a write transaction of its own (on SQLite a read transaction cannot
+        # safely turn into a write one).
         ledger.begin_write(session)
-        ledger.record_trending(session, holder=runtime.holder,
-                               trending={d.id: self.trending_ids[d.issue_date] for d in claimed})
+        ledger.record_trending(session, holder=runtime.holder, trending={
+            d.id: [p.id for p in self.renderers[d.issue_date].trending_for(exclusions.get(d.subscriber_id, ())) if p.id is not None]
+            for d in claimed})
         session.commit()
         return [message_for(d, settings=settings, renderer=self.renderers[d.issue_date], picks=items[d.id],
-                            papers=self.papers, dkim=runtime.dkim) for d in claimed]
+                            papers=self.papers, dkim=runtime.dkim, exclude=exclusions.get(d.subscriber_id, ()))
+                for d in claimed]
 
 
 def _no_digest_builds(held: Sequence[OutboundMessage]) -> NewsletterError:

@@ -31,12 +31,14 @@ def day_end(issue_date: dt.date) -> dt.datetime:
 
 
 def message_for(delivery: DueDelivery, *, settings: Settings, renderer: DigestRenderer,
-         picks: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper], dkim: DkimKey | None) -> OutboundMessage:
-    """One delivery's message, or the reason it cannot be built."""
+         picks: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper], dkim: DkimKey | None,
+         exclude: Sequence[str] = ()) -> OutboundMessage:
+    """One delivery's message, or the reason it cannot be built. ``exclude``: the reader's excluded phrases."""
     recipient = settings.redirect_all_to or delivery.email
     sender = settings.from_address or ""
     try:
-        email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(picks, papers)))
+        email = renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(picks, papers),
+                                            exclude=exclude))
         address, smtputf8 = wire_address(recipient)  # an IDN domain as xn--…; UTF-8 only before the @
         data = build_message(email, from_address=sender, list_name=settings.list_name, list_id=f"digest.{settings.from_domain}",
                              commands_address=settings.list_address,
@@ -80,7 +82,10 @@ def archived_html(session: Session, *, settings: Settings, templates: jinja2.Env
         papers = {paper_id: dataclasses.replace(paper, upvotes=then.get(paper_id)) for paper_id, paper in papers.items()}
     trending = None if sent.trending_ids is None else [papers[i] for i in sent.trending_ids if i in papers]
     renderer = day_renderer(session, settings=settings, templates=templates, issue_date=issue_date, trending=trending)
-    return renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(items, papers))).html
+    # Recorded: as it was shown. Not recorded: the date's trending as of now, less what the reader excludes now.
+    exclude = () if trending is not None else repo.exclusions_of(session, subscriber_ids=[subscriber_id]).get(subscriber_id, ())
+    return renderer.render(digest_for(settings=settings, delivery=delivery, picks=recorded_picks(items, papers),
+                                      exclude=exclude)).html
 
 
 def recorded_picks(items: Sequence[tuple[int, float, list[str]]], papers: dict[int, Paper]) -> tuple[RankedPaper, ...]:
@@ -89,7 +94,7 @@ def recorded_picks(items: Sequence[tuple[int, float, list[str]]], papers: dict[i
 
 
 def digest_for(*, settings: Settings, delivery: DueDelivery, picks: Sequence[RankedPaper],
-               now: dt.datetime | None = None) -> Digest:
+               now: dt.datetime | None = None, exclude: Sequence[str] = ()) -> Digest:
     """One delivery's digest with its signed links.
 
     Each paper's "more / less like this" link names the subscriber and that paper, issued at the
@@ -121,4 +126,5 @@ def digest_for(*, settings: Settings, delivery: DueDelivery, picks: Sequence[Ran
         view_url=f"{base}/digest/{delivery.issue_date.isoformat()}/{token(tokens.VIEW)}",
         message_id=delivery.message_id,
         feedback_urls=tuple(feedback_url(pick.paper) for pick in picks),
+        exclude=tuple(exclude),
     )

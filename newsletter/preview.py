@@ -25,6 +25,7 @@ def preview_digest(runtime: Runtime, *, email: str, issue_date: dt.date | None, 
     recorded = None
     with runtime.sessions() as session:
         subscriber = repo.get_subscriber(session, email=email)
+        exclude = repo.preferences_record(subscriber.preferences).exclude
         recorded = repo.deliveries_on(session, issue_date=issue_date or local_date(subscriber.timezone, now)).get(subscriber.id)
         if recorded is not None:
             issue_date = recorded.issue_date
@@ -41,7 +42,8 @@ def preview_digest(runtime: Runtime, *, email: str, issue_date: dt.date | None, 
     with runtime.sessions() as session:
         renderer = day_renderer(session, settings=settings, templates=runtime.templates, issue_date=issue_date)
     delivery = DueDelivery(recorded.id if recorded else 0, subscriber.id, subscriber.email, message_id, issue_date)
-    return renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks, now=now))
+    return renderer.render(digest_for(settings=settings, delivery=delivery, picks=picks, now=now,
+                                      exclude=exclude))
 
 
 __all__ = ["preview_digest"]

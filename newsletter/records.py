@@ -152,6 +152,8 @@ class Digest:
     # One per paper, in order, each naming its paper: + "/up" or "/down" is "more / less like this".
     # Empty: the email has no feedback links.
     feedback_urls: tuple[str, ...] = ()
+    # The reader's excluded phrases: a trending paper that holds one is not shown to them either.
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

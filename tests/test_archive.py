@@ -51,3 +51,32 @@ def test_the_archive_is_the_sent_email_even_after_trending_moved_on(cli, configu
     assert any(title[:40] in archived for title in trending_titles)
     assert newcomer.title[:40] not in archived or newcomer.title[:40] in sent_html
     assert nothing is None
+
+
+def test_the_sent_email_the_archive_and_the_preview_leave_out_trending_papers_the_reader_excludes(
+        cli, configured, tmp_path: Path) -> None:
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"), str(FIXTURES / "hf_daily.json")).code == 0
+    engine = make_engine(configured)
+    with make_sessionmaker(engine)() as session:
+        top = session.scalar(select(Paper).where(Paper.upvotes.is_not(None)).order_by(Paper.upvotes.desc()).limit(1))
+    engine.dispose()
+    # Excluding the trending paper's own first title words: whatever the fixture's top paper is about.
+    phrase = " ".join(top.title.split()[:3])
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models", "--exclude", phrase).code == 0
+    assert cli("subscribers", "add", "bob@example.org", "--topic", "diffusion models").code == 0
+    preview = cli("preview", "ada@example.org", "--out", str(tmp_path / "preview.html"))
+    assert preview.code == 0, preview.err
+    assert cli("digest").code == 0
+    emails = {eml.parent.name: message_from_bytes(eml.read_bytes(), policy=default) for eml in (tmp_path / "outbox").rglob("*.eml")}
+    text = {who: m.get_body(("plain",)).get_content() for who, m in emails.items()}
+    ada, bob = text["ada_example.org"], text["bob_example.org"]
+    assert top.title[:30] in bob.split("TRENDING TODAY", 1)[1], "the fixture's top paper trends for a reader who keeps it"
+    assert top.title[:30] not in ada
+    assert top.title[:30] not in (tmp_path / "preview.html").read_text(encoding="utf-8")
+    settings = load_settings()
+    with make_sessionmaker(make_engine(configured))() as session:
+        delivery = session.scalar(select(Delivery).join(Subscriber).where(Subscriber.email == "ada@example.org"))
+        assert delivery.trending_ids is not None and top.id not in delivery.trending_ids
+        archived = archived_html(session, settings=settings, templates=make_environment(), subscriber_id=delivery.subscriber_id,
+                                 issue_date=delivery.issue_date)
+    assert archived is not None and top.title[:30] not in archived

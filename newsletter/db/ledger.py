@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import String, TextClause, and_, bindparam, case, func, or_, select, text, update
+from sqlalchemy import Connection, String, TextClause, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -71,24 +71,29 @@ class RetryPolicy:
 
 
 class Ledger:
-    """Writes of one sending run; the caller batches calls (see send.dispatch.GroupCommitter)."""
+    """Writes of one sending run; the caller batches calls (see send.dispatch.GroupCommitter) and commits.
 
-    def __init__(self, session: Session, *, policy: RetryPolicy, holder: str) -> None:
-        self.session, self.policy, self.holder = session, policy, holder
+    On a Core ``Connection``, not a ``Session``: these writes run once per commit group, about once per
+    message, and a session's unit of work around each commit cost more than the statements (a start and a
+    sent on SQLite: ~0.8 ms with a session, ~0.5 ms without, medians of 1,500).
+    """
+
+    def __init__(self, connection: Connection, *, policy: RetryPolicy, holder: str) -> None:
+        self.connection, self.policy, self.holder = connection, policy, holder
         self.expired = 0  # retries that fell outside the window and were recorded as expired
 
     def started(self, delivery_ids: Sequence[int], *, now: dt.datetime) -> set[int]:
         """Mark ``sending`` what this sender is about to hand over; returns the ids it still holds (send only those)."""
-        # One plain statement for the whole group, on the session's connection: building an ORM UPDATE
+        # One plain statement for the whole group, building an ORM UPDATE
         # per message cost more than the rest of the send.
         if not delivery_ids:
             return set()
-        rows = self.session.connection().execute(MARK_SENDING, {"ids": list(delivery_ids), "now": now, "holder": self.holder})
+        rows = self.connection.execute(MARK_SENDING, {"ids": list(delivery_ids), "now": now, "holder": self.holder})
         return set(rows.scalars())
 
     def _run(self, statement: TextClause, rows: list[dict[str, object]]) -> None:
         if rows:
-            self.session.connection().execute(statement, rows)  # executemany of one cached statement
+            self.connection.execute(statement, rows)  # executemany of one cached statement
 
     def finished(self, outcomes: Sequence[Outcome], *, now: dt.datetime) -> None:
         by_status: dict[str, list[Outcome]] = {}
@@ -106,10 +111,10 @@ class Ledger:
     def _set(self, outcomes: Sequence[Outcome], *, status: str, now: dt.datetime) -> None:
         statement = (update(Delivery).where(Delivery.id == bindparam("delivery"), Delivery.leased_by == self.holder)
                      .values(status=status, last_error=bindparam("error"), updated_at=now))
-        self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error} for o in outcomes])
+        self.connection.execute(statement, [{"delivery": o.delivery_id, "error": o.error} for o in outcomes])
 
     def _schedule_retries(self, outcomes: Sequence[Outcome], *, now: dt.datetime) -> None:
-        tried = {row.id: row for row in self.session.execute(
+        tried = {row.id: row for row in self.connection.execute(
             select(Delivery.id, Delivery.attempts, Delivery.created_at).where(Delivery.id.in_([o.delivery_id for o in outcomes]))
         )}
         due: list[tuple[Outcome, dt.datetime | None]] = []
@@ -122,7 +127,7 @@ class Ledger:
             statement = (update(Delivery).where(Delivery.id == bindparam("delivery"), Delivery.leased_by == self.holder)
                          .values(status=DeliveryStatus.RETRY, last_error=bindparam("error"), next_attempt_at=bindparam("when"),
                                  updated_at=now))
-            self.session.connection().execute(statement, [{"delivery": o.delivery_id, "error": o.error, "when": w} for o, w in due])
+            self.connection.execute(statement, [{"delivery": o.delivery_id, "error": o.error, "when": w} for o, w in due])
         if expired:
             self._set([o for o, _ in expired], status=DeliveryStatus.EXPIRED, now=now)
             self.expired += len(expired)
@@ -130,13 +135,13 @@ class Ledger:
     def _count_bounces(self, outcomes: Sequence[Outcome], *, now: dt.datetime) -> None:
         ids = [o.subscriber_id for o in outcomes]
         hard = [o.subscriber_id for o in outcomes if o.hard_bounce]
-        self.session.execute(update(Subscriber).where(Subscriber.id.in_(ids)).values(bounce_count=Subscriber.bounce_count + 1))
-        self.session.execute(
+        self.connection.execute(update(Subscriber).where(Subscriber.id.in_(ids)).values(bounce_count=Subscriber.bounce_count + 1))
+        self.connection.execute(
             update(Subscriber)
             .where(Subscriber.id.in_(ids), or_(Subscriber.bounce_count >= self.policy.bounce_limit, Subscriber.id.in_(hard)))
             .values(status="bounced")
         )
-        cancel_unsent(self.session, subscriber_ids=ids, now=now)  # a later digest of theirs already planned
+        cancel_unsent(self.connection, subscriber_ids=ids, now=now)  # a later digest of theirs already planned
 
 
 def lease_free(*, now: dt.datetime):
@@ -297,13 +302,13 @@ def claim_due(
     return [DueDelivery(*row) for row in rows]
 
 
-def renew_leases(session: Session, *, holder: str, until: dt.datetime) -> None:
+def renew_leases(session: Session | Connection, *, holder: str, until: dt.datetime) -> None:
     """Keep what ``holder`` still has to send (the caller commits)."""
     session.execute(update(Delivery).where(Delivery.leased_by == holder, Delivery.lease_until.is_not(None))
                     .values(lease_until=until))
 
 
-def release_leases(session: Session, *, holder: str) -> None:
+def release_leases(session: Session | Connection, *, holder: str) -> None:
     """Give back every delivery ``holder`` claimed: what it sent is recorded, the rest is free for the next sender."""
     session.execute(update(Delivery).where(Delivery.leased_by == holder).values(leased_by=None, lease_until=None))
 
@@ -452,7 +457,7 @@ def supersede_unsent(session: Session, *, issues: Sequence[tuple[int, dt.date]],
         )
 
 
-def cancel_unsent(session: Session, *, subscriber_ids: Sequence[int] | None = None, now: dt.datetime) -> int:
+def cancel_unsent(session: Session | Connection, *, subscriber_ids: Sequence[int] | None = None, now: dt.datetime) -> int:
     """Digests not handed over yet of subscribers who are not active (they unsubscribed, paused or bounced):
     ``cancelled``, for good. Left ``pending``, they waited a day to expire (and woke the operator), or went
     out, planned on old preferences, to someone who signed up again meanwhile. ``subscriber_ids``: only

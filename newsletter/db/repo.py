@@ -85,6 +85,16 @@ def _preferences(topics: list[dict[str, Any]] | None, exclude: list[str] | None,
     )
 
 
+def exclusions_of(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+    """The excluded phrases of these subscribers, of those who have any."""
+    found: dict[int, tuple[str, ...]] = {}
+    for start in range(0, len(subscriber_ids), IN_CHUNK):
+        rows = session.execute(select(Preferences.subscriber_id, Preferences.exclude)
+                               .where(Preferences.subscriber_id.in_(subscriber_ids[start : start + IN_CHUNK])))
+        found.update((subscriber_id, tuple(exclude)) for subscriber_id, exclude in rows if exclude)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Reader:
     """A subscriber as scoring reads them: schedule, limit and preferences, without the ORM's state.

@@ -28,6 +28,7 @@ from markupsafe import Markup
 from newsletter.paths import resource_dir
 from newsletter.records import Digest, OutgoingEmail, Paper
 from newsletter.render.tldr import tldr_of
+from newsletter.score.lexical import PaperIndex
 from newsletter.wording import inert
 
 MAX_AUTHORS = 5  # past five, "et al."
@@ -148,6 +149,8 @@ class DigestRenderer:
                    "dark_css": Markup(self._source("email/dark.css"))}
         self.trending = [outside_text_made_inert(p) for p in trending]
         self._trending: dict[tuple[str, ...], tuple[str, str]] = {}
+        self._trending_index: PaperIndex | None = None
+        self._trending_for: dict[tuple[str, ...], list[Paper]] = {}
         html = env.get_template("email/shell.html.j2").render(context)
         inliner = css_inline.CSSInliner(extra_css=self.css, keep_style_tags=True, load_remote_stylesheets=False)
         self.shell_html = _Filled(inliner.inline(html), self.slots)
@@ -179,10 +182,25 @@ class DigestRenderer:
                                                   _Filled(text, self.slots), paper.title)
         return card
 
-    def _trending_section(self, picked: set[str]) -> tuple[str, str]:
+    def trending_for(self, exclude: Sequence[str]) -> list[Paper]:
+        """The day's trending papers a reader with these exclusions is shown: none that holds an excluded
+        phrase ("nothing they didn't ask for" holds below their picks too). Worked out once per distinct list."""
+        key = tuple(exclude)
+        shown = self._trending_for.get(key)
+        if shown is None:
+            if key and self.trending:
+                self._trending_index = self._trending_index or PaperIndex.build(self.trending)
+                hidden = self._trending_index.excluded(key)
+                shown = [p for p in self.trending if p.key not in hidden]
+            else:
+                shown = self.trending
+            self._trending_for[key] = shown
+        return shown
+
+    def _trending_section(self, picked: set[str], exclude: Sequence[str]) -> tuple[str, str]:
         """The "trending today" section (HTML, text) without the reader's own picks: those are above it already.
         Rendered once per distinct set of papers shown (a handful a day)."""
-        shown = [p for p in self.trending if p.key not in picked]
+        shown = [p for p in self.trending_for(exclude) if p.key not in picked]
         key = tuple(p.key for p in shown)
         section = self._trending.get(key)
         if section is None:
@@ -210,7 +228,7 @@ class DigestRenderer:
         preheader = " · ".join(titles[:3])
         common = {"count": count, "preferences_url": digest.preferences_url,
                   "unsubscribe_url": digest.unsubscribe_url, "view_url": digest.view_url}
-        trending_html, trending_text = self._trending_section({p.paper.key for p in digest.papers})
+        trending_html, trending_text = self._trending_section({p.paper.key for p in digest.papers}, digest.exclude)
         html = self.shell_html.fill(papers="".join(html_cards), preheader=escape(preheader), trending=trending_html,
                                     email=escape(digest.email), **{k: escape(v) for k, v in common.items()})
         subscribed = wrapped(f"You get this because you subscribed as {digest.email}.", first="", rest="")

@@ -126,6 +126,10 @@ class PaperIndex:
         self.categories = {k: np.unique(v) for k, v in categories.items()}
         self.authors = {k: np.unique(v) for k, v in authors.items()}
 
+    def excluded(self, exclude: Sequence[str]) -> set[str]:
+        """Keys of the papers that hold any of these excluded phrases, matched as the ranking matches them."""
+        return {self.papers[row].key for phrase in exclude for row in self.phrase_rows(text.phrase_terms(phrase.lower()))}
+
     def phrase_rows(self, phrase: tuple[str, ...]) -> np.ndarray:
         """Rows of papers whose text holds the stemmed phrase contiguously (cached per phrase)."""
         if phrase in self._phrase_rows:

@@ -190,6 +190,22 @@ def test_a_trending_paper_already_picked_is_not_repeated() -> None:
     assert "Trending today" in renderer.render(digest(paper(2))).html, "someone else still sees both"
 
 
+def test_a_trending_paper_holding_a_phrase_the_reader_excludes_is_not_shown_to_them() -> None:
+    """"Trending today" listed papers the reader had excluded ("not reinforcement learning"), under their picks."""
+    excluded = paper(3, title="Offline Reinforcement Learning at Scale", upvotes=99,
+                     abstract="We study offline reinforcement-learning agents. " * 3)
+    other = paper(4, title="Everyone Reads This", upvotes=50)
+    renderer = DigestRenderer(env=ENV, list_name="Paper digest", issue_date=DATE, trending=[excluded, other])
+    mine = renderer.render(replace(digest(paper(1)), exclude=("reinforcement learning",)))
+    for body, heading in ((mine.html, "Trending today"), (mine.text, "TRENDING TODAY")):
+        trending = body.split(heading, 1)[1]
+        assert "Everyone Reads This" in trending and "Offline Reinforcement" not in trending
+    assert "Offline Reinforcement" in renderer.render(digest(paper(1))).html, "a reader who did not exclude it sees it"
+    everything_excluded = renderer.render(replace(digest(paper(1)), exclude=("reinforcement learning", "everyone reads")))
+    assert "Trending today" not in everything_excluded.html and "TRENDING TODAY" not in everything_excluded.text
+    assert [p.key for p in renderer.trending_for(("Reinforcement Learning",))] == [other.key], "any case, any word form"
+
+
 def test_the_plain_text_is_wrapped_and_signed_off_like_a_letter() -> None:
     long_title = "A Very Long Title About Diffusion Models That Goes On " * 3
     long_reasons = ("topic: “diffusion models”, “score-based generative models”, “consistency distillation”",
