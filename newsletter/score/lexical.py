@@ -128,7 +128,12 @@ class PaperIndex:
 
     def excluded(self, exclude: Sequence[str]) -> set[str]:
         """Keys of the papers that hold any of these excluded phrases, matched as the ranking matches them."""
-        return {self.papers[row].key for phrase in exclude for row in self.phrase_rows(text.phrase_terms(phrase.lower()))}
+        return {self.papers[row].key for phrase in exclude for row in self.exclusion_rows(phrase.lower())}
+
+    def exclusion_rows(self, phrase: str) -> np.ndarray:
+        """Rows of papers that hold an excluded phrase in any of its forms (``text.exclusion_forms``)."""
+        found = [self.phrase_rows(form) for form in text.exclusion_forms(phrase)]
+        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
     def phrase_rows(self, phrase: tuple[str, ...]) -> np.ndarray:
         """Rows of papers whose text holds the stemmed phrase contiguously (cached per phrase)."""
@@ -308,7 +313,7 @@ class _Queries:
             by_topic=by_topic,
             topic_phrases=topic_phrases,
             by_exclusion=exclusions.by_profile(n),
-            exclusion_papers=_rows_matrix([index.phrase_rows(text.phrase_terms(str(x))) for x in exclusions.ids], n_papers),
+            exclusion_papers=_rows_matrix([index.exclusion_rows(str(x)) for x in exclusions.ids], n_papers),
             by_category=categories.by_profile(n),
             category_papers=_rows_matrix([index.categories.get(str(c), empty) for c in categories.ids], n_papers),
             restricts_categories=restricts,

@@ -7,6 +7,7 @@ import unicodedata
 from functools import lru_cache
 
 import Stemmer
+from anyascii import anyascii
 
 TOKEN = re.compile(r"[a-z0-9]+")  # hyphens and apostrophes split words: "self-supervised" → self, supervised
 # Common English function words plus words every abstract uses; they carry no topic.
@@ -22,6 +23,7 @@ STOP_WORDS = frozenset(
 )
 
 _stemmer = Stemmer.Stemmer("english")
+VOWELS = re.compile(r"[aeiouy]")
 
 
 @lru_cache(maxsize=200_000)
@@ -44,13 +46,39 @@ def phrase_terms(phrase: str) -> tuple[str, ...]:
     return tuple(terms(phrase))
 
 
+def exclusion_forms(phrase: str) -> list[tuple[str, ...]]:
+    """The term sequences an excluded phrase is found by: its own, and with each acronym in its other number.
+
+    Snowball keeps the s of an acronym's plural that has no vowel ("llms", "gnns"), so "--exclude LLM" let
+    papers about "LLMs" through. Only exclusions take both forms: merging the two terms everywhere made
+    "llm" a word of a fifth of the sample's papers, too common to be a reason, and reasons got worse.
+    """
+    forms: list[tuple[str, ...]] = [()]
+    for term in phrase_terms(phrase):
+        other = (term[:-1] if term.endswith("s") and len(term) >= 3 else term + "s") if not VOWELS.search(term) else None
+        forms = [(*form, choice) for form in forms for choice in ((term, other) if other else (term,))][:16]
+    return forms if forms != [()] else []
+
+
 def name_keys(name: str) -> tuple[str, ...]:
     """Keys an author name is matched by: the full name and 'initial surname', accents and case folded."""
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
-    parts = re.findall(r"[a-z]+", folded)
+    parts = re.findall(r"[a-z]+", _latin_folded(name).lower())
     if not parts:
         return ()
     if len(parts) == 1:
         return (parts[0],)
     short = f"{parts[0][0]} {parts[-1]}"
     return (" ".join(parts), short) if len(parts[0]) > 1 else (short,)
+
+
+@lru_cache(maxsize=1 << 12)
+def _latin_letter(char: str) -> str:
+    """A Latin letter that has no accent to strip (Ł, ø, ß, æ, ı) as ASCII; anything else: nothing."""
+    return anyascii(char) if unicodedata.name(char, "").startswith("LATIN ") else ""
+
+
+def _latin_folded(name: str) -> str:
+    """``name`` in ASCII: accents stripped ("José" → Jose) and Latin letters without one transliterated
+    ("Łukasz" → Lukasz; dropped, they left "ukasz"). Other scripts are dropped, as before: a name written in
+    both scripts ("Zhang Wei 张伟") keeps the keys of its Latin spelling."""
+    return "".join(c if c.isascii() else _latin_letter(c) for c in unicodedata.normalize("NFKD", name))

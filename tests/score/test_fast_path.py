@@ -77,7 +77,7 @@ def reference_picks(papers, profiles, *, min_score: float) -> list[list[tuple[st
             score = sum(w * bm25(term, i) for term, w in weights.items())
             score += sum(lexical.PHRASE_BONUS * topic.weight for topic in prefs.topics
                          if len(t.phrase_terms(topic.phrase)) > 1 and holds(i, t.phrase_terms(topic.phrase)))
-            excluded = any(holds(i, t.phrase_terms(x)) for x in prefs.exclude)
+            excluded = any(holds(i, form) for x in prefs.exclude for form in t.exclusion_forms(x))
             allowed = not prefs.categories or bool({c.lower() for c in paper.categories} & {c.lower() for c in prefs.categories})
             followed = any(k in followed_keys for name in paper.authors for k in t.name_keys(name))
             seeds = {e.paper.key for e in profile.examples if e.kind == "seed"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from newsletter.ingest.feeds import parse_feed
 from newsletter.paths import PACKAGE_DIR
 from newsletter.records import Preferences, Profile
 from newsletter.score import PaperIndex, lexical, rank_papers
-from newsletter.score.text import name_keys, phrase_terms
+from newsletter.score.text import exclusion_forms, name_keys, phrase_terms
 
 MIN_SCORE = 1.5
 
@@ -67,6 +68,22 @@ def test_a_followed_authors_paper_always_makes_the_digest_first(index, papers) -
 def test_authors_match_by_initial_and_without_accents() -> None:
     assert name_keys("Jürgen Müller")[0] == "jurgen muller"
     assert name_keys("J. Müller")[0] in name_keys("Jürgen Muller")
+    # Letters with no accent to strip were dropped: "Łukasz" became "ukasz", and "Lukasz Wang" found none of his papers.
+    assert name_keys("Łukasz Wang") == name_keys("Lukasz Wang") == ("lukasz wang", "l wang")
+    assert name_keys("Søren Straße") == ("soren strasse", "s strasse")
+    assert name_keys("Zhang Wei 张伟") == name_keys("Zhang Wei"), "another script beside the Latin spelling changes nothing"
+
+
+def test_an_excluded_acronym_excludes_its_plural_too(index) -> None:
+    """Snowball keeps the s of "LLMs" and "GNNs": --exclude LLM let a paper about LLMs through."""
+    assert exclusion_forms("LLM") == [("llm",), ("llms",)] and exclusion_forms("LLMs") == [("llms",), ("llm",)]
+    assert exclusion_forms("GNN inference") == [("gnn", "infer"), ("gnns", "infer")]
+    assert exclusion_forms("reinforcement learning") == [phrase_terms("reinforcement learning")], "words with vowels: one form"
+    llms = [p for p in index.papers if re.search(r"\bLLMs\b", f"{p.title} {p.abstract}")]  # not "MLLMs": another acronym
+    assert llms, "the sample must have papers that say LLMs"
+    [picks] = rank_papers(index, [profile(topics=["reward models", "language models"], exclude=["LLM"], max_papers=50)],
+                          min_score=MIN_SCORE)
+    assert picks and not {p.paper.key for p in picks} & {p.key for p in llms}
 
 
 def test_categories_restrict_the_picks(index) -> None:
