@@ -104,7 +104,8 @@ async def send_due(
     lease = dt.timedelta(seconds=settings.lease_s)
     with runtime.engine.connect() as writes, runtime.sessions() as reads:
         ledger_writes = Ledger(writes, policy=RetryPolicy(base_s=settings.retry_base_s, window_s=settings.retry_window_h * 3600,
-                                                          bounce_limit=settings.bounce_limit), holder=runtime.holder)
+                                                          bounce_limit=settings.bounce_limit), holder=runtime.holder,
+                               count_bounces=settings.redirect_all_to is None)
 
         # The ledger's connection is used by the group commit (in a worker thread, or inline on the event loop) and
         # by lease renewal (in a worker thread): one at a time.

@@ -187,6 +187,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an email address ({exc})") from None
         return value
 
+    @field_validator("redirect_all_to")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        """One address: "bad" went out as ``To: bad``, and "me@x, other@y" as two recipients."""
+        if value is None:
+            return None
+        from email_validator import EmailNotValidError, validate_email
+
+        try:
+            validate_email(value.strip(), check_deliverability=False, allow_smtputf8=True)
+        except EmailNotValidError as exc:
+            raise ValueError(f"{value!r} is not one email address ({exc})") from None
+        return value.strip()
+
     @field_validator("secret_key")
     @classmethod
     def _long_secret(cls, value: str | None) -> str | None:

@@ -196,6 +196,22 @@ def test_the_redirect_switch_sends_everything_to_one_address(cli, env, list_read
     assert set(sink.per_recipient()) == {"qa@example.org"}
 
 
+def test_a_refused_redirect_address_bounces_no_subscriber_and_a_bad_one_stops_at_the_setting(
+        cli, env, list_ready, sink, sqlite_url) -> None:
+    """Every message went to the test address and its 550 was counted against each real subscriber: after the
+    bounce limit they were all suppressed. And "bad" or "a@x, b@y" went out as the To: of every digest."""
+    env(bounce_limit=1, redirect_all_to="nosuch@example.org")
+    sink.permanent = {"nosuch@example.org": "550 5.1.1 no such user here"}
+    assert digest(cli) == {"failed": RECIPIENTS}
+    subscribers = json.loads(cli("subscribers", "list", "--json").out)
+    assert {s["status"] for s in subscribers} == {"active"} and not any(s.get("bounce_count") for s in subscribers)
+    for bad in ("bad", "me@example.org, other@example.net"):
+        env(redirect_all_to=bad)
+        result = cli("digest")
+        assert result.code != 0 and "NEWSLETTER_REDIRECT_ALL_TO" in result.err and "is not one email address" in result.err
+        assert len(result.err.strip().splitlines()) <= 2, result.err
+
+
 def test_dkim_signs_when_a_key_is_configured(cli, env, list_ready, sink, tmp_path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
