@@ -35,6 +35,7 @@ class Paper:
     project_url: str | None = None
     first_seen_at: dt.datetime | None = None  # when we first saw it (naive UTC); drives recency
     id: int | None = None  # database id once stored
+    link: str | None = None  # at ingest: the entry's own link, as its feed gave it (abs_url may be arXiv's, from the id)
 
     @property
     def primary_category(self) -> str | None:

@@ -17,11 +17,15 @@ ESCAPE_SEQUENCE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[
 INVISIBLE = dict.fromkeys([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
                            *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0x200B, 0x200E), 0x2060, 0xFEFF])
 INVISIBLE |= dict.fromkeys(map(ord, "\t\n\v\f\r\x85"), " ")
+# A lone UTF-16 surrogate (JSON's "\ud800") is no character: it cannot be stored or sent as UTF-8, and one in a
+# trending file lost the whole file. It becomes the replacement character.
+INVISIBLE |= dict.fromkeys(range(0xD800, 0xE000), "\ufffd")
 
 
 def inert(text: str) -> str:
     """``text`` inert on a terminal and in an email: escape sequences, control, bidi and zero-width characters
-    removed, line breaks and tabs made spaces. The common case (none of them) costs one C call."""
+    removed, line breaks and tabs made spaces, lone surrogates made U+FFFD. The common case (none of them)
+    costs one C call."""
     return text if text.isprintable() else ESCAPE_SEQUENCE.sub("", text).translate(INVISIBLE)
 
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import String, bindparam, func, insert, select, text, type_coerce, update
@@ -34,6 +35,7 @@ from newsletter.db.models import (
     utcnow,
 )
 from newsletter.errors import InvalidInput, NotFound
+from newsletter.ingest.arxiv import ARXIV_HOSTS
 from newsletter.ingest.sources import Trust
 from newsletter.wording import plain_text
 
@@ -359,11 +361,19 @@ def _links(paper: records.Paper) -> dict[str, str]:
 
 
 def _own_paper(paper: records.Paper) -> records.Paper | None:
-    """An untrusted feed's entry for an arXiv paper we do not have: the feed's own paper, keyed by its
-    abs link (never by the arXiv id, which only arXiv's sources may claim); None if it has no link."""
-    if not paper.abs_url:
+    """An untrusted feed's entry for an arXiv paper we do not have: the feed's own paper, keyed by its own
+    link (never by the arXiv id, which only arXiv's sources may claim); None if it has no link.
+
+    Its links are the feed's: the arXiv abs and PDF links made from the id it claims would send readers to
+    arXiv for text arXiv never published (or to another paper than the one the feed describes)."""
+    from newsletter.ingest.feeds import paper_key  # ingest only: feedparser is loaded already
+
+    link = paper.link or paper.abs_url  # an entry with no link of its own (trending JSON): the abs link of its id
+    if not link:
         return None
-    return replace(paper, key=paper.abs_url, arxiv_id=None, version=None, announce_type=None)
+    pdf = paper.pdf_url if paper.pdf_url and (urlsplit(paper.pdf_url).hostname or "") not in ARXIV_HOSTS else None
+    return replace(paper, key=paper_key(link), abs_url=link, pdf_url=pdf if paper.link else paper.pdf_url, arxiv_id=None,
+                   version=None, announce_type=None)
 
 
 def upsert_papers(
@@ -383,9 +393,9 @@ def upsert_papers(
     """
     rows = {r.key: r for r in _papers_where(session, Paper.key, dict.fromkeys(p.key for p in papers))}
     if trust is Trust.FEED:
-        unknown = [p for p in papers if p.arxiv_id is not None and p.key not in rows]
-        papers = [p for p in (p if p.arxiv_id is None or p.key in rows else _own_paper(p) for p in papers) if p]
-        own_keys = dict.fromkeys(p.abs_url for p in unknown if p.abs_url)
+        own = {p.key: _own_paper(p) for p in papers if p.arxiv_id is not None and p.key not in rows}
+        papers = [p for p in (own.get(p.key, p) if p.arxiv_id is not None else p for p in papers) if p]
+        own_keys = dict.fromkeys(p.key for p in own.values() if p)
         rows |= {r.key: r for r in _papers_where(session, Paper.key, own_keys)}
     counts = UpsertCounts()
     outcome: dict[str, str] = {}  # key → new | updated | unchanged (a key seen twice counts once)

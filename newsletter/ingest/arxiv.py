@@ -13,6 +13,7 @@ ARXIV_ID = re.compile(
 # The hosts that speak for arXiv: its listing, its API and its abstract pages. An id is read from a URL
 # only on these hosts (evil.example/arxiv.org/abs/… names no arXiv paper).
 ARXIV_HOSTS = frozenset({"arxiv.org", "www.arxiv.org", "export.arxiv.org", "rss.arxiv.org"})
+MAX_VERSION_DIGITS = 6
 ARXIV_PATH = re.compile(r"/(?:abs|pdf)/(?P<rest>.+?)(?:\.pdf)?/?")
 RSS_PREFIX = re.compile(
     r"^\s*arXiv:\S+\s+Announce Type:\s*(?P<type>[\w-]+)\s*(?:Abstract:\s*)?", re.IGNORECASE
@@ -33,7 +34,9 @@ def split_id(text: str) -> tuple[str, int | None] | None:
     if match is None:
         return None
     version = match.group("version")
-    return match.group("id"), int(version) if version else None
+    # v99999999999999999999 overflowed the database's integer and lost the whole feed: no paper has a
+    # million versions, so such a number is no version at all.
+    return match.group("id"), int(version) if version and len(version) <= MAX_VERSION_DIGITS else None
 
 
 def _id_in_url(url: str) -> str | None:

@@ -153,8 +153,20 @@ def refuse_unsafe_xml(body: bytes, *, source: str) -> None:
         pass
 
 
+# A numeric character reference to no character: a UTF-16 surrogate (&#xD800;) or past U+10FFFF. feedparser's
+# lenient parser crashed on the first (UnicodeEncodeError), and one such entry lost the whole feed.
+NUMERIC_REF = re.compile(rb"&#([xX][0-9a-fA-F]{1,16}|[0-9]{1,20});")
+
+
+def _no_character_ref(match: re.Match[bytes]) -> bytes:
+    number = match.group(1)
+    value = int(number[1:], 16) if number[:1] in (b"x", b"X") else int(number)
+    return b"&#xFFFD;" if 0xD800 <= value <= 0xDFFF or value > 0x10FFFF else match.group()
+
+
 def parse_feed(body: bytes, *, source: str) -> ParsedFeed:
     refuse_unsafe_xml(body, source=source)
+    body = NUMERIC_REF.sub(_no_character_ref, body)  # each becomes U+FFFD, the replacement character
     parsed = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
     problem = parsed.get("bozo_exception")
     if not parsed.get("version"):
@@ -203,6 +215,7 @@ def _paper(entry: Any) -> Paper | None:
         pdf_url=pdf_url,
         published_at=_date(entry.get("published_parsed") or entry.get("updated_parsed")),
         announce_type=announce_type,
+        link=web_url(entry.get("link")),
     )
 
 

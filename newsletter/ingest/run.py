@@ -118,7 +118,9 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
                 report.error = str(exc)
             else:  # a case nothing above foresaw: named, with the traceback in the log
                 log.exception("%s: unexpected error while ingesting", redact(spec.url))
-                report.error = f"{spec.url}: unexpected error ({type(exc).__name__}: {exc}); the log has the details"
+                cause = getattr(exc, "orig", None) or exc  # a database error: the driver's, without the SQL
+                first = (str(cause).strip().splitlines() or [""])[0]
+                report.error = f"{spec.url}: unexpected error ({type(cause).__name__}: {first}); the log has the details"
             if source is not None:
                 _record_failure(source, report, now=now)
                 session.commit()

@@ -73,7 +73,19 @@ def test_a_feed_entry_for_an_unknown_arxiv_paper_is_the_feeds_own_paper_every_ti
         session.commit()
         rows = session.scalars(select(Paper).order_by(Paper.id)).all()
     assert (first.new, second.new, second.unchanged) == (3, 0, 3)
-    assert [r.key for r in rows] == [p.abs_url for p in papers] and {r.arxiv_id for r in rows} == {None}
+    assert [r.key for r in rows] == [p.link for p in papers] and {r.arxiv_id for r in rows} == {None}
+
+
+def test_a_feeds_own_paper_keeps_the_feeds_links_not_arxivs_for_the_id_it_claims(sessions) -> None:
+    """A blog's entry with guid oai:arXiv.org:… was stored under https://arxiv.org/abs/<id> with arXiv's PDF link:
+    the email sent readers to arXiv for text arXiv never published."""
+    [listed] = parse_feed((FIXTURES / "arxiv_cs_lg.rss").read_bytes(), source="t").papers[:1]
+    claim = replace(listed, link="https://blog.example.com/post", title="A blog post")
+    with sessions() as session:
+        assert repo.upsert_papers(session, papers=[claim], source_id=None, now=NOW, trust=Trust.FEED).new == 1
+        [row] = session.scalars(select(Paper)).all()
+    assert (row.key, row.arxiv_id, row.title) == ("https://blog.example.com/post", None, "A blog post")
+    assert row.links == {"abs": "https://blog.example.com/post"}, "no arxiv.org link for the blog's text"
 
 
 def test_the_trending_api_creates_papers_arxiv_has_not_listed_and_arxiv_revises_them(sessions) -> None:

@@ -185,6 +185,26 @@ def test_escape_sequences_bidi_and_zero_width_characters_are_stripped_from_trend
 def test_the_corpus_covers_at_least_fifteen_inputs() -> None:
     covered = set(REFUSED) | {"script_in_abstract.xml", "javascript_link.xml", "item_without_title.xml",
                               "wrong_encoding.xml", "control_characters.xml", "huge_title.xml", "external_dtd.xml",
-                              "terminal_escapes.xml", "hf_terminal_escapes.json", "less_than_in_text.xml", "hf_odd_values.json"}
+                              "terminal_escapes.xml", "hf_terminal_escapes.json", "less_than_in_text.xml", "hf_odd_values.json",
+                              "no_character_refs_and_huge_version.rss", "hf_lone_surrogates.json"}
     assert covered == {p.name for p in HOSTILE.iterdir()}
     assert len(covered) >= 15
+
+
+def test_references_to_no_character_and_a_huge_version_lose_no_entry(cli, ready) -> None:
+    """&#xD800; crashed feedparser and v99999999999999999999 overflowed the database: either lost the whole feed."""
+    result = cli("ingest", str(HOSTILE / "no_character_refs_and_huge_version.rss"), "--json")  # a local file: arXiv's word
+    assert result.code == 0, result.err
+    [report] = json.loads(result.out)
+    assert (report["fetched"], report["new"], report["error"]) == (3, 3, None)
+    papers = {p.key: p for p in stored(ready)}
+    assert papers["2612.00050"].title == "Surrogate \ufffd and \ufffd and \ufffd and \ufffd ok \U0010ffff é title"
+    assert papers["2612.00051"].version is None, "no paper has a million versions: no version"
+    assert papers["2612.00052"].version == 1
+
+
+def test_lone_surrogates_in_trending_json_become_replacement_characters(cli, ready, httpserver) -> None:
+    assert ingest_one(cli, httpserver, "hf_lone_surrogates.json")["new"] == 1
+    [paper] = stored(ready)
+    assert (paper.title, paper.authors) == ("Surrogate \ufffd in JSON", ["A \ufffd B"])
+    assert "\ufffd surrogate" in paper.abstract

@@ -140,7 +140,7 @@ def test_a_feed_from_another_host_cannot_rewrite_an_arxiv_paper(cli, db, env, ht
     with db() as session:
         lookalike = session.scalar(select(Paper).where(Paper.key == "https://evil.example/arxiv.org/abs/2611.10009v9"))
         assert (lookalike.arxiv_id, lookalike.title) == (None, "Pwned: a replacement title")  # its own paper
-        unlisted = session.scalar(select(Paper).where(Paper.key == "https://arxiv.org/abs/2611.99999"))
+        unlisted = session.scalar(select(Paper).where(Paper.key == "https://arxiv.org/abs/2611.99999v1"))  # its own link
         assert unlisted.arxiv_id is None, "an arXiv id only arXiv's sources may claim"
         assert session.scalar(select(Paper).where(Paper.key == "2611.99999")) is None
 
