@@ -1132,6 +1132,9 @@ def preview(
         raise NewsletterError(f"--out {path} is a folder: give a file name, e.g. {path / 'preview.html'}")
     if not path.parent.is_dir():
         raise NewsletterError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
+    if (path.exists() or path.is_symlink()) and not _an_html_page(path):
+        # Run as root, "--out /etc/passwd" replaced the system's file with HTML. A preview replaces a page, not anything.
+        raise NewsletterError(f"--out {path} exists and is not an HTML page, so it is not overwritten; choose another path")
     with hint(SUBSCRIBERS_HINT, about="no subscriber "):
         email_out = preview_digest(Runtime.build(ctx.settings, engine=ctx.engine), email=email, issue_date=issue_date, now=now)
     try:
@@ -1140,6 +1143,18 @@ def preview(
         raise NewsletterError(f"--out {path}: cannot write it ({exc.strerror}); choose another path") from None
     out.print(safe(email_out.subject))
     out.print(Text.assemble(f"{len(email_out.html):,} bytes of HTML written to ", (str(path.resolve()), "bold")))
+
+
+def _an_html_page(path: Path) -> bool:
+    """Whether ``path`` is a regular file that is empty or starts like an HTML page (an earlier preview)."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        with path.open("rb") as file:
+            head = file.read(512).lstrip().lower()
+    except OSError:
+        return False
+    return not head or head.startswith((b"<!doctype html", b"<html"))
 
 
 def print_picks(picks: list, *, title: str) -> None:  # picks: list[pipeline.Pick]

@@ -77,6 +77,21 @@ def test_preview_writes_the_digest_without_sending_or_recording(cli, ready, tmp_
     assert out.read_text().count("paper-title") == sent_html.count("paper-title")
 
 
+def test_preview_replaces_an_earlier_preview_but_no_other_file(cli, ready, tmp_path: Path) -> None:
+    """Run as root, "preview … --out /etc/passwd" replaced the system's password file with HTML."""
+    precious = tmp_path / "passwd"
+    precious.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    refused = cli("preview", "ada@example.org", "--out", str(precious))
+    assert refused.code == 1 and "exists and is not an HTML page, so it is not overwritten" in refused.err
+    assert precious.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    link = tmp_path / "link.html"
+    link.symlink_to(precious)
+    assert cli("preview", "ada@example.org", "--out", str(link)).code == 1, "not through a link either"
+    page = tmp_path / "page.html"
+    assert cli("preview", "ada@example.org", "--out", str(page)).code == 0
+    assert cli("preview", "ada@example.org", "--out", str(page)).code == 0, "its own earlier page is replaced"
+
+
 def test_preview_of_an_unknown_subscriber_is_one_line(cli, ready) -> None:
     result = cli("preview", "ghost@example.org")
     assert result.code == 1 and "no subscriber 'ghost@example.org'" in result.err
