@@ -138,6 +138,18 @@ def _print_json(data: Any) -> None:
     _write_json_bytes([orjson.dumps(data, default=str, option=_json_options()) + b"\n"])
 
 
+def _redacted(data: Any) -> Any:
+    """``data`` with the passwords of URLs in its strings replaced by ``***``, as the tables show them (sources'
+    URLs may carry one: ``https://user:secret@host/feed``)."""
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {key: _redacted(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_redacted(value) for value in data]
+    return data
+
+
 def _print_json_list(items: Sequence[Any], make: Callable[[Any], Any], *, chunk: int = 2_000) -> None:
     """``[make(item) for item in items]`` printed as ``_print_json`` would, a chunk at a time: the data of
     100,000 subscribers' picks at once was ~1.5 GB of Python objects and bytes, and the page faults of
@@ -224,7 +236,7 @@ def ingest(
         reports = ingest_sources(specs, sessions=ctx.sessions, fetcher=Fetcher.from_settings(settings, client),
                                  now=utcnow(), on_start=lambda index, _spec: bar.start_task(tasks[index]), on_done=done)
     if as_json:
-        _print_json([r.as_dict() for r in reports])
+        _print_json(_redacted([r.as_dict() for r in reports]))
     else:
         # "outcome": the error, or a note ("same content as the last fetch") that is not one.
         table = Table("source", "fetched", "new", "updated", "unchanged", "outcome", "time", title="ingest")
@@ -295,7 +307,7 @@ def sources_list(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
             for s in repo.list_sources(session)
         ]
     if as_json:
-        _print_json(rows)
+        _print_json(_redacted(rows))
         return
     table = Table("id", "kind", "name", "url", "last fetched", "last error", title="sources")
     for r in rows:
@@ -1030,7 +1042,7 @@ def status(typer_ctx: typer.Context, as_json: JsonOption = False) -> None:
     with _ctx(typer_ctx).sessions() as session:
         report = read_status(session, now=utcnow(), is_dead=holder_is_dead)
     if as_json:
-        _print_json(report.as_dict())
+        _print_json(_redacted(report.as_dict()))
     else:
         print_status(report)
     if not report.ok:

@@ -426,3 +426,14 @@ def test_sending_one_subscribers_digest_again_says_it_went_already(cli, configur
     assert again.code == 0, again.err
     assert f"ada@example.org: their digest of {tomorrow.date()} (their local date) went out already; at most one a day" in again.out
     assert "digests at" not in again.out, "no empty table of picks above it"
+
+
+def test_a_sources_password_reaches_no_json_either(cli, ready) -> None:
+    """The tables masked it; `sources list --json`, `status --json` and `ingest --json` printed it."""
+    url = f"http://reader:hunter2@127.0.0.1:{free_port()}/feed.rss"
+    assert cli("sources", "add", url, "--name", "private", "--no-check").code == 0
+    failed = cli("ingest", "--json")
+    for result in (cli("sources", "list", "--json"), cli("status", "--json"), failed):
+        assert "hunter2" not in result.out and "hunter2" not in result.err, result.out
+    listed = json.loads(cli("sources", "list", "--json").out)
+    assert [s["url"] for s in listed] == [url.replace("hunter2", "***")]
