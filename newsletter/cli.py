@@ -1187,14 +1187,23 @@ def print_picks(picks: list, *, title: str) -> None:  # picks: list[pipeline.Pic
 def serve(
     typer_ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
 ) -> None:
     """Serve the web front: sign-up, confirmation, preferences, unsubscribe (RFC 8058 one-click), the archive and feedback."""
+    import socket
+
     import uvicorn
 
     from newsletter.web.app import create_app
 
     ctx = _ctx(typer_ctx)
+    try:  # a port in use, a host that is no address of this machine: one line, as `inbound` says it, not uvicorn's log
+        with socket.create_server((host, port)):
+            pass
+    except (OSError, OverflowError) as exc:
+        reason = str(getattr(exc, "strerror", None) or exc).split(" (while attempting", 1)[0]
+        raise NewsletterError(f"cannot listen on {host}:{port} ({reason}); "
+                              "choose another --host or --port") from None
     uvicorn.run(create_app(settings=ctx.settings, sessions=ctx.sessions), host=host, port=port)
 
 
@@ -1202,7 +1211,7 @@ def serve(
 def inbound(
     typer_ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: NEWSLETTER_INBOUND_HOST, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default: NEWSLETTER_INBOUND_PORT, 8025).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on (default: NEWSLETTER_INBOUND_PORT, 8025).")] = None,
 ) -> None:
     """Receive email commands (subscribe, topics, unsubscribe, help …) over SMTP and answer them by email.
 

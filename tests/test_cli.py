@@ -437,3 +437,18 @@ def test_a_sources_password_reaches_no_json_either(cli, ready) -> None:
         assert "hunter2" not in result.out and "hunter2" not in result.err, result.out
     listed = json.loads(cli("sources", "list", "--json").out)
     assert [s["url"] for s in listed] == [url.replace("hunter2", "***")]
+
+
+def test_serve_and_inbound_on_a_port_they_cannot_have_say_so_in_one_line(cli, ready) -> None:
+    """--port 99999 was an OverflowError traceback; a port in use was uvicorn's log line and exit status 3."""
+    import socket
+
+    for command in ("serve", "inbound"):
+        for port in ("99999", "-1"):
+            result = cli(command, "--port", port)
+            assert result.code == 2 and "Invalid value for '--port'" in result.err and "Traceback" not in result.err
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli("serve", "--port", str(port))
+    assert result.code == 1 and result.err.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --host or --port")
