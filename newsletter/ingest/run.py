@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
@@ -116,6 +117,10 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
             session.rollback()
             if isinstance(exc, NewsletterError):
                 report.error = str(exc)
+            elif isinstance(exc, OperationalError):  # the database's fault, not the source's: read-only, full, locked
+                report.error = (f"{spec.url}: the database could not store its papers ({exc.orig}); check that the "
+                                "database (and, for SQLite, its folder) is writable and its disk has room")
+                return _finished(report, started)  # recording the failure on the source would fail the same way
             else:  # a case nothing above foresaw: named, with the traceback in the log
                 log.exception("%s: unexpected error while ingesting", redact(spec.url))
                 cause = getattr(exc, "orig", None) or exc  # a database error: the driver's, without the SQL
@@ -124,6 +129,10 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
             if source is not None:
                 _record_failure(source, report, now=now)
                 session.commit()
+    return _finished(report, started)
+
+
+def _finished(report: SourceReport, started: float) -> SourceReport:
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

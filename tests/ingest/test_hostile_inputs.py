@@ -208,3 +208,13 @@ def test_lone_surrogates_in_trending_json_become_replacement_characters(cli, rea
     [paper] = stored(ready)
     assert (paper.title, paper.authors) == ("Surrogate \ufffd in JSON", ["A \ufffd B"])
     assert "\ufffd surrogate" in paper.abstract
+
+
+def test_a_read_only_database_is_one_line_per_source_without_a_traceback(cli, env, tmp_path) -> None:
+    path = tmp_path / "nl.db"
+    env(database_url=f"sqlite:///{path}")
+    assert cli("init").code == 0
+    env(database_url=f"sqlite:///file:{path}?mode=ro&uri=true")  # as a file the process may not write
+    result = cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
+    assert result.code == 1 and "Traceback" not in result.err and "INSERT" not in result.err + result.out
+    assert "the database could not store its papers (attempt to write a readonly database)" in result.err
