@@ -390,8 +390,10 @@ def subscribers_add(
     An address that asked to be forgotten ('subscribers forget') is refused: only its owner can
     subscribe it again.
     """
+    from newsletter.subscribers_csv import check_exportable
+
     ctx = _ctx(typer_ctx)
-    new = NewSubscriber(
+    new = check_exportable(NewSubscriber(
         email=validate.normalize_email(email),
         preferences=Preferences.from_lists(topics=topic or [], exclude=exclude or [],
                                            categories=[validate.check_category(c) for c in category or []],
@@ -403,7 +405,7 @@ def subscribers_add(
         frequency=(frequency := validate.check_frequency(frequency)),
         send_weekday=validate.check_weekday_given(weekday, frequency=frequency) or 0,
         max_papers=validate.check_max_papers(ctx.settings.default_max_papers if max_papers is None else max_papers),
-    )
+    ))
     with ctx.sessions() as session:
         with hint(f"'newsletter subscribers show {new.email}' shows it", about=f"{new.email} is already", on=InvalidInput):
             row = subscriptions.add(session, ctx.settings, new, via=subscriptions.Via.CLI)
@@ -442,6 +444,8 @@ def subscribers_update(
     list: give every topic they should have; --topic "" empties the list. A new time zone, hour,
     minute, frequency or weekday moves the next digest to the first send moment of the new schedule.
     """
+    from newsletter.subscribers_csv import check_exportable
+
     ctx = _ctx(typer_ctx)
     with ctx.sessions() as session:
         with hint(SUBSCRIBERS_HINT, about="no subscriber "):
@@ -450,7 +454,7 @@ def subscribers_update(
         after = _updated(before, ctx=ctx, topic=topic, exclude=exclude, category=category, author=author, describe=describe,
                          seed=seed, seed_bibtex=seed_bibtex, min_score=min_score, timezone=timezone, hour=hour, minute=minute,
                          frequency=frequency, weekday=weekday, max_papers=max_papers)
-        changes = _differences(before, after)
+        changes = _differences(before, check_exportable(after))
         if not changes:
             out.print(f"{before.email}: nothing changed")
             return

@@ -339,3 +339,21 @@ def test_a_subscriber_with_no_interests_is_added_with_a_note_that_no_digest_come
     imported = cli("subscribers", "import", str(file))
     assert imported.code == 0 and "imported 2 subscribers" not in imported.out and "imported 3 subscribers" in imported.out
     assert "note: 2 of them have no topic, author, sentence or seed paper" in imported.err
+
+
+def test_the_cli_takes_no_subscriber_an_export_could_not_import_again(cli, ready, tmp_path) -> None:
+    """A 20,000-character topic or 3,000 topics went in, out in the export, and the import of that export refused them."""
+    huge = cli("subscribers", "add", "ada@example.org", "--topic", "x" * 20_000)
+    assert "topics longer than 10,000 characters in all" in one_line_error(huge)
+    many = cli("subscribers", "add", "ada@example.org", *[a for n in range(3_000) for a in ("--topic", f"topic {n}")])
+    assert "topics longer than 10,000 characters" in one_line_error(many)
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "graphs").code == 0
+    long_sentence = cli("subscribers", "update", "ada@example.org", "--describe", "I study graphs. " * 700)
+    assert "describe longer than 10,000 characters" in one_line_error(long_sentence)
+    exported = tmp_path / "all.csv"
+    assert cli("subscribers", "add", "bo@example.org", "--topic", "y" * 9_000, "--describe", "z " * 4_000).code == 0
+    assert cli("subscribers", "export", "--out", str(exported)).code == 0
+    assert cli("subscribers", "remove", "bo@example.org", "--yes").code == 0
+    assert cli("subscribers", "remove", "ada@example.org", "--yes").code == 0
+    imported = cli("subscribers", "import", str(exported))
+    assert imported.code == 0, imported.err
