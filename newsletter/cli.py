@@ -33,7 +33,7 @@ from newsletter import subscriptions, validate
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker, sqlite_file
 from newsletter.db.models import SUBSCRIBER_STATUSES, Subscriber, utcnow
-from newsletter.errors import InvalidInput, NewsletterError, NotFound, redact
+from newsletter.errors import FeedError, InvalidInput, NewsletterError, NotFound, redact
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.settings import Settings, load_settings
 from newsletter.wording import inert, plural, shorten
@@ -355,9 +355,18 @@ def _seed_ids(seed: list[str] | None, seed_bibtex: Path | None) -> list[str]:
 
     seeds = normalise_ids(seed or [])
     if seed_bibtex is not None:
-        if not seed_bibtex.is_file():
+        if not seed_bibtex.exists():
             raise NewsletterError(f"{seed_bibtex}: no such file")
-        seeds += arxiv_ids_from_bibtex(seed_bibtex.read_text(encoding="utf-8", errors="replace"))
+        if not seed_bibtex.is_file():  # /dev/zero, a FIFO, a folder: nothing to read to an end
+            raise NewsletterError(f"{seed_bibtex}: not a regular file; give a BibTeX (.bib) file")
+        try:
+            found = arxiv_ids_from_bibtex(seed_bibtex.read_text(encoding="utf-8", errors="replace"))
+        except InvalidInput as exc:
+            raise NewsletterError(f"{seed_bibtex}: {exc}") from None
+        if not found:  # random bytes, or a file of journal papers only, was taken as "no seeds" without a word
+            raise NewsletterError(f"{seed_bibtex}: no entry with an arXiv id (eprint, an arxiv.org URL or an arXiv DOI); "
+                                  "nothing to use as seed papers")
+        seeds += found
     return list(dict.fromkeys(seeds))
 
 
@@ -519,9 +528,13 @@ def _fetch_seeds(ctx: Context, session: Session, ids: list[str]) -> None:
     from newsletter.ingest.fetch import Fetcher, make_client
     from newsletter.seeds import ensure_seed_papers
 
-    with make_client(timeout_s=ctx.settings.fetch_timeout_s, contact_email=ctx.settings.contact_email) as client:
-        missing = ensure_seed_papers(session, ids=ids, fetcher=Fetcher.from_settings(ctx.settings, client),
-                                     api_url=ctx.settings.arxiv_api_url)
+    try:
+        with make_client(timeout_s=ctx.settings.fetch_timeout_s, contact_email=ctx.settings.contact_email) as client:
+            missing = ensure_seed_papers(session, ids=ids, fetcher=Fetcher.from_settings(ctx.settings, client),
+                                         api_url=ctx.settings.arxiv_api_url)
+    except FeedError as exc:  # the user gave arXiv ids, not a URL: say what was being fetched, and what was kept
+        raise NewsletterError(f"cannot fetch the seed paper(s) {', '.join(ids)} from the arXiv API ({exc}); nothing was "
+                              "changed: try again when arXiv can be reached, or leave out the seeds it does not have yet") from None
     if missing:
         raise NewsletterError(f"arXiv does not know the seed paper(s) {', '.join(missing)}: check the ids")
 

@@ -78,6 +78,24 @@ def test_bad_seeds_and_weights_are_refused(cli, ready, arxiv_api) -> None:
     assert json.loads(cli("subscribers", "list", "--json").out) == []
 
 
+def test_seeds_the_api_cannot_give_now_and_bibtex_files_with_none_say_so(cli, env, ready, tmp_path: Path) -> None:
+    """Offline, --seed 2611.99999 said "https://export.arxiv.org/api/query?...: cannot connect ... check the URL" (the
+    user gave an id, not a URL); a file of random bytes as --seed-bibtex was taken as no seeds, without a word."""
+    env(arxiv_api_url=f"http://127.0.0.1:{free_port()}/api/query", fetch_timeout_s=5)
+    offline = cli("subscribers", "add", "ada@example.org", "--topic", "graphs", "--seed", "2611.99999")
+    assert offline.code == 1 and "cannot fetch the seed paper(s) 2611.99999 from the arXiv API (" in offline.err
+    assert "nothing was changed" in offline.err and json.loads(cli("subscribers", "list", "--json").out) == []
+    noise = tmp_path / "noise.bib"
+    noise.write_bytes(bytes(range(256)) * 8)
+    journal_only = tmp_path / "journal.bib"
+    journal_only.write_text("@article{a, title={Not on arXiv}, journal={Nature}}\n")
+    for path in (noise, journal_only):
+        refused = cli("subscribers", "add", "ada@example.org", "--seed-bibtex", str(path))
+        assert refused.code == 1 and f"{path}: " in refused.err and "no entry with an arXiv id" in refused.err, refused.err
+    device = cli("subscribers", "add", "ada@example.org", "--seed-bibtex", "/dev/zero")
+    assert device.code == 1 and "/dev/zero: not a regular file" in device.err
+
+
 def test_seeds_come_from_a_bibtex_file(cli, ready, arxiv_api, tmp_path: Path) -> None:
     bib = tmp_path / "mine.bib"
     bib.write_text("""
