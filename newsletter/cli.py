@@ -423,8 +423,10 @@ def subscribers_add(
         session.commit()
         first = _next_digest(row)
     seeds_note = f", {plural(len(new.preferences.seed_papers), 'seed paper')}" if new.preferences.seed_papers else ""
-    out.print(f"added {new.email} (active{seeds_note}); first digest {first}")
-    if new.preferences.selects_nothing:
+    if not new.preferences.selects_nothing:
+        out.print(f"added {new.email} (active{seeds_note}); first digest {first}")
+    else:  # "first digest <date>", then "no digest is sent": which one? None, until they have an interest.
+        out.print(f"added {new.email} (active{seeds_note}); no digest until it has an interest")
         err.print(f"note: {new.email} has {NO_INTERESTS}; 'newsletter subscribers update {new.email} --topic …' sets one")
 
 

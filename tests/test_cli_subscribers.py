@@ -326,8 +326,11 @@ def test_remove_with_yes_deletes_the_delivery_history(cli, ready) -> None:
 
 def test_a_subscriber_with_no_interests_is_added_with_a_note_that_no_digest_comes(cli, ready, tmp_path) -> None:
     added = cli("subscribers", "add", "ada@example.org", "--category", "cs.CL")  # categories only narrow
-    assert added.code == 0 and "added ada@example.org (active); first digest " in added.out
-    assert "UTC (" in added.out and "07:00 UTC)" in added.out, "when, in UTC and in their own zone"
+    assert added.code == 0 and added.out.strip() == "added ada@example.org (active); no digest until it has an interest"
+    assert "first digest" not in added.out, "no date promised for a digest that is not sent"
+    with_topic = cli("subscribers", "add", "al@example.org", "--topic", "graphs")
+    assert "added al@example.org (active); first digest " in with_topic.out
+    assert "UTC (" in with_topic.out and "07:00 UTC)" in with_topic.out, "when, in UTC and in their own zone"
     assert "note: ada@example.org has no topic, author, sentence or seed paper, so no digest is sent" in added.err
     assert "note:" in cli("subscribers", "show", "ada@example.org").err
     interested = cli("subscribers", "add", "bob@example.org", "--describe", "I study protein folding.")
