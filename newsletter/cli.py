@@ -220,6 +220,9 @@ def ingest(
     named = {row.url: row.name for row in rows if row.name}  # the table shows a source by the name it was given
     if sources:
         configured = {key: SourceSpec(row.url, row.kind) for row in rows for key in (str(row.id), row.name) if key}
+        for given in sources:  # a bare number names a source by id: "5: no such file" said nothing useful
+            if given.strip().isdigit() and given not in configured and not Path(given).exists():
+                raise InvalidInput(f"no source with id {given.strip()}; {SOURCES_HINT}")
         specs = [configured.get(s) or resolve(s, hf_daily_url=settings.hf_daily_url) for s in sources]
     else:
         specs = [spec for spec, _ in configured_sources(settings, ctx.sessions)]

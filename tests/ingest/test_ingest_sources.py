@@ -340,6 +340,9 @@ def test_ingest_takes_a_configured_source_by_its_id_or_name(cli, db, tmp_path, m
     assert [(r["source"], r["new"]) for r in by_id] == [(listed["cs.LG sample"]["url"], 60)]
     by_name = ingest(cli, "weekend listing")
     assert [r["source"] for r in by_name] == [listed["weekend listing"]["url"]]
-    assert "2612: no such file" in cli("ingest", "2612").err, "a number that is no id is still read as a path"
+    unknown = cli("ingest", "2612")  # it said "2612: no such file", as if a file had been meant
+    assert unknown.code == 1 and "no source with id 2612; 'newsletter sources list' shows the configured ones" in unknown.err
+    (tmp_path / "2612").write_bytes((FIXTURES / "arxiv_weekend.rss").read_bytes())
+    assert cli("ingest", "2612").code == 0, "a number that is no id but a file here is still read as that file"
     table = cli("ingest", "weekend listing").out
     assert "weekend listing" in table and "arxiv_weekend.rss" not in table, "the table names a source as it was named"
