@@ -180,7 +180,11 @@ class Fetcher:
         rules = network.Rules(allow_private=self.allow_private, deadline=deadline, clock=self.clock)
         with network.exchange(rules), self.client.stream("GET", url, headers=headers) as response:
             if response.is_redirect and "location" in response.headers:
-                return _Redirect(urljoin(url, response.headers["location"]))
+                target = urljoin(url, response.headers["location"])
+                if urlsplit(target).scheme.lower() not in ("http", "https"):  # file:///etc/passwd, ftp:, javascript:
+                    raise FeedError(f"{location}: refused, the server redirects to {shorten(target, 80)}, which is not "
+                                    "an http(s) URL; check the URL")
+                return _Redirect(target)
             if response.status_code == 304:
                 return Fetched(location, b"", etag=headers.get("If-None-Match"),
                                last_modified=headers.get("If-Modified-Since"), not_modified=True)
