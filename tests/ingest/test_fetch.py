@@ -349,7 +349,7 @@ def test_a_server_that_drips_hits_the_time_cap_for_the_whole_fetch(client, https
         fetcher(client, time_cap_s=1.0).get(httpserver.url_for("/drip"))
 
 
-@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://example.org/feed.rss", "javascript:alert(1)"])
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://example.org/feed.rss"])
 def test_a_redirect_to_anything_but_http_is_refused_and_named(client, httpserver: HTTPServer, target: str) -> None:
     """It said "cannot connect (Request URL is missing an 'http://' or 'https://' protocol)"."""
     httpserver.expect_request("/feed.rss").respond_with_response(Response(status=302, headers={"Location": target}))
