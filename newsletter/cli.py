@@ -1031,7 +1031,10 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
         out.print(f"queued {plural(run.enqueued, 'send batch', 'send batches')} for the workers (newsletter worker) ({seconds:.1f} s)")
         return
     sent = run.outcomes.get("sent", 0)
-    outcomes = ", ".join(f"{status} {count:,}" for status, count in sorted(run.outcomes.items())) or "nothing to send"
+    # With an error and no outcome, nothing was sent because the run stopped (an outbox it cannot write), not
+    # because nothing was due.
+    none = "none sent, the run stopped (below)" if run.errors else "nothing to send"
+    outcomes = ", ".join(f"{status} {count:,}" for status, count in sorted(run.outcomes.items())) or none
     rate = f", {sent / seconds:,.0f} emails/s" if sent and seconds > 0 else ""
     out.print(f"deliveries: {outcomes} ({seconds:.1f} s{rate})")
     if run.taken_over:

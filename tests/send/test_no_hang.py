@@ -158,6 +158,20 @@ def test_a_full_outbox_disk_stops_the_run_with_one_line_and_a_later_run_sends_th
     assert eml_counts(outbox) == Counter({e.replace("@", "_"): 1 for e in readers})
 
 
+def test_a_run_that_could_write_no_message_does_not_say_there_was_nothing_to_send(
+        cli, env, sqlite_url, tmp_path, small_disk) -> None:
+    """The summary said "deliveries: nothing to send", then the write error: nothing was sent because it stopped."""
+    subprocess.run(["mount", "-o", "remount,size=4k", str(small_disk)], check=True)  # not one digest fits
+    (small_disk / "filler").write_bytes(b"x" * 4096)
+    settings = dict(database_url=sqlite_url, secret_key="test-secret-key-0123456789abcdefghij",
+                    from_address="digest@example.org", email_backend="file", outbox_dir=small_disk / "outbox")
+    env(**settings)
+    add_readers(cli, tmp_path, 3)
+    run = run_cli(environment(**settings), tmp_path, "digest")
+    assert run.returncode == 1 and "nothing to send" not in run.stdout, run.stdout
+    assert "deliveries: none sent, the run stopped (below)" in run.stdout and "error: " in run.stderr
+
+
 @pytest.fixture
 def relay() -> Iterator[FaultySink]:
     sink, port = FaultySink(), free_port()
