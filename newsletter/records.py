@@ -52,7 +52,7 @@ class Topic:
         """``"diffusion models"`` or, weighted, ``"diffusion models^2"`` (a weight from 0.1 to 10)."""
         phrase, caret, weight = text.strip().rpartition("^")
         if not caret:
-            return cls(text.strip())
+            return cls(_matchable(text.strip(), text))
         try:
             value = float(weight)
         except ValueError:
@@ -61,7 +61,18 @@ class Topic:
             raise InvalidInput(f"topic {text!r}: the weight must be between 0.1 and 10")
         if not phrase.strip():  # "^2" alone was stored as no topic at all: a subscription that matched nothing
             raise InvalidInput(f"topic {text!r}: give the words before the weight, e.g. \"diffusion models{caret}{weight}\"")
-        return cls(phrase.strip(), value)
+        return cls(_matchable(phrase.strip(), text), value)
+
+
+def _matchable(phrase: str, text: str) -> str:
+    """``phrase`` if a paper's text can match it. "the" was taken, matched no word (common words are not
+    indexed) and sent papers for their meaning alone, each "close in meaning to “the”"."""
+    from newsletter.score.text import phrase_terms  # pure; imported here, as the scorer imports these records
+
+    if phrase and phrase.isascii() and not phrase_terms(phrase):  # other scripts: the meaning may still match
+        raise InvalidInput(f"topic {text!r} has only common words (such as the, of, paper, method) or single letters, "
+                           "which match no paper: name the subject itself")
+    return phrase
 
 
 @dataclass(frozen=True, slots=True)

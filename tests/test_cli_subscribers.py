@@ -141,7 +141,7 @@ def test_export_then_import_into_an_empty_database_exports_the_same_bytes(cli, e
                "--describe", FORMULA).code == 0
     # A ';' inside a topic (the CSV list separator) and a backslash come back as typed; terminal escapes, bidi
     # overrides and zero-width characters are never stored.
-    assert cli("subscribers", "add", "cy@example.org", "--topic", "x^y^0.5", "--topic", "graphs; and trees",
+    assert cli("subscribers", "add", "cy@example.org", "--topic", "kernels x^y^0.5", "--topic", "graphs; and trees",
                "--topic", "back\\slash", "--author", "Smith; John", "--exclude", "\x1b]0;pwned\x07vid\u200beo\u202e").code == 0
     assert cli("subscribers", "pause", "cy@example.org").code == 0
     for email, status in (("gone@example.org", "unsubscribed"), ("asked@example.org", "pending")):
@@ -172,7 +172,7 @@ def test_export_then_import_into_an_empty_database_exports_the_same_bytes(cli, e
     bob = show(cli, "bob@example.org")
     assert bob == bob | {"frequency": "weekly", "send_weekday": 4, "topics": ["robots"], "describe": FORMULA}
     cy = show(cli, "cy@example.org")
-    assert cy == cy | {"status": "paused", "topics": ["x^y^0.5", "graphs; and trees", "back\\slash"], "authors": ["Smith; John"],
+    assert cy == cy | {"status": "paused", "topics": ["kernels x^y^0.5", "graphs; and trees", "back\\slash"], "authors": ["Smith; John"],
                        "exclude": ["video"]}
     listed = {s["email"] for s in json.loads(cli("subscribers", "list", "--json").out)}
     assert listed == {"ada@example.org", "bob@example.org", "cy@example.org"}, "pending and unsubscribed are not exported"
@@ -360,3 +360,13 @@ def test_the_cli_takes_no_subscriber_an_export_could_not_import_again(cli, ready
     assert cli("subscribers", "remove", "ada@example.org", "--yes").code == 0
     imported = cli("subscribers", "import", str(exported))
     assert imported.code == 0, imported.err
+
+
+def test_a_topic_of_common_words_only_is_refused_as_matching_nothing(cli, ready) -> None:
+    """--topic "the" was taken, matched no word and sent papers "close in meaning to “the”"."""
+    for topic in ("the", "of the method^2", "R"):
+        refused = cli("subscribers", "add", "ada@example.org", "--topic", topic)
+        assert f"topic {topic!r} has only common words" in one_line_error(refused) and "name the subject itself" in refused.err
+    assert json.loads(cli("subscribers", "list", "--json").out) == []
+    assert cli("subscribers", "add", "ada@example.org", "--topic", "the transformer", "--topic", "深層学習").code == 0, (
+        "a common word beside a real one, and another script (its meaning may match), are fine")
