@@ -15,7 +15,8 @@ page on it) and what is only a *warning* (printed, exit 0). The rules:
 - **Daemon jobs.** A job whose last run ended in an error: a warning. One where the relay refused
   the login (SMTP 530/535, "authentication"): needs a person, as no retry will fix the password.
 - **Deliveries.** Any delivery expired in the last ``RECENT``: needs a person (someone did not get
-  their digest). Unsent deliveries older than ``STUCK_AFTER``: a warning. The counts by status are
+  their digest); so does one whose outcome stayed unknown after its one retry (the relay took it twice
+  without confirming, and it is not sent a third time). Unsent deliveries older than ``STUCK_AFTER``: a warning. The counts by status are
   over the deliveries *recorded* in the last ``RECENT`` (by ``created_at``), not by issue date: issue
   dates are each subscriber's local date, so "today" differs per subscriber.
 
@@ -138,6 +139,7 @@ class Deliveries:
     suppressed_subscribers: int  # status bounced: no longer sent to
     held: int = 0  # unsent, under a sender's live lease now
     held_by_dead: int = 0  # of those, held by a process of this host that no longer exists
+    unconfirmed: int = 0  # unknown after its retry too: the relay took it twice without confirming; not sent again
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,8 @@ def _deliveries(session: Session, *, now: dt.datetime, is_dead: Callable[[str], 
         suppressed_subscribers=session.scalar(select(count).where(Subscriber.status == SubscriberStatus.BOUNCED)) or 0,
         held=sum(held.values()),
         held_by_dead=sum(n for holder, n in held.items() if is_dead(holder)),
+        unconfirmed=session.scalar(select(count).where(Delivery.status == DeliveryStatus.UNKNOWN,
+                                                       Delivery.attempts >= ledger.UNKNOWN_MAX_ATTEMPTS)) or 0,
     )
 
 
@@ -306,6 +310,10 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if deliveries.expired_recently:
         problems.append(f"{plural(deliveries.expired_recently, 'delivery', 'deliveries')} expired in the last "
                         f"{span(RECENT)} (not sent within the retry window)")
+    if deliveries.unconfirmed:  # retried once already: a third copy could be a duplicate, so a person decides
+        problems.append(f"{plural(deliveries.unconfirmed, 'digest')} the relay took twice without confirming "
+                        "(a stall or a lost connection after the message): not sent again, it may have them; "
+                        "check the relay's log for their Message-IDs")
     if deliveries.held_by_dead:
         # With the job queue, 'digest' plans and queues only: a worker starting on this host takes them over.
         who = "the next 'newsletter worker' started on this host" if report.queue is not None else "the next 'newsletter digest'"

@@ -220,6 +220,20 @@ def test_deliveries_expired_in_the_last_day_need_a_person(cli, db) -> None:
     assert first == "status: NEEDS ATTENTION — 1 delivery expired in the last 24 h (not sent within the retry window)"
 
 
+def test_a_digest_the_relay_took_twice_without_confirming_needs_a_person(cli, db) -> None:
+    """Two stalls in a row left a delivery "unknown" after its one retry, never sent again, and status said OK."""
+    ada = subscriber("ada@example.org")
+    add(db, ada)
+    add(db, Delivery(subscriber_id=ada.id, issue_date=dt.date(2026, 1, 1), status="unknown", attempts=1, message_id="<a@x>"))
+    result, first = status(cli)
+    assert (result.code, first) == (0, "status: OK"), "unknown once: the next run retries it"
+    add(db, Delivery(subscriber_id=ada.id, issue_date=dt.date(2026, 1, 2), status="unknown", attempts=2, message_id="<b@x>"))
+    result, first = status(cli)
+    assert result.code == 1 and first == ("status: NEEDS ATTENTION — 1 digest the relay took twice without confirming (a stall "
+                                          "or a lost connection after the message): not sent again, it may have them; "
+                                          "check the relay's log for their Message-IDs")
+
+
 def test_the_json_report_on_both_databases(cli, env, database_url: str) -> None:
     env(database_url=database_url)
     engine = make_engine(database_url)

@@ -177,6 +177,11 @@ async def dispatch(
     """
     result = DispatchResult()
     taking = asyncio.Lock()  # one worker at a time advances ``jobs``
+    # Outcomes the relay never confirmed (it took the message, then no answer within the timeout), in a row
+    # across connections. A relay that stalls after DATA stalls every message: without a stop, a run marked
+    # 4 subscribers a timeout "unknown" until all were (hours), and each is sent again later, maybe a second copy.
+    unconfirmed = 0
+    stall_limit = max(len(mailers), 2)
 
     def halt(error: str) -> None:
         result.error = result.error or error
@@ -186,6 +191,14 @@ async def dispatch(
             return None if result.error else await anext(jobs, None)
 
     def report(outcome: Outcome) -> None:
+        nonlocal unconfirmed
+        if outcome.status == DeliveryStatus.UNKNOWN:
+            unconfirmed += 1
+            if unconfirmed >= stall_limit:
+                halt(f"the relay took {unconfirmed} messages in a row without confirming them ({outcome.error}); "
+                     "it may be stalled: check it (and NEWSLETTER_SMTP_TIMEOUT_S)")
+        elif outcome.status == DeliveryStatus.SENT:
+            unconfirmed = 0
         if outcome.status != DeliveryStatus.PENDING:
             result.outcomes[outcome.status] = result.outcomes.get(outcome.status, 0) + 1
             if on_outcome:

@@ -137,6 +137,21 @@ def test_a_stalling_server_hits_the_timeout_and_the_run_finishes(cli, env, list_
     assert digest(cli) == {"sent": 1}
 
 
+def test_a_relay_that_stalls_on_every_message_stops_the_run_instead_of_marking_everyone_unknown(
+        cli, env, list_ready, sink, sqlite_url) -> None:
+    """A relay that took each message and never answered made a run go on for hours, 4 subscribers "unknown" (to be
+    sent again, maybe twice) per timeout, until all were: it is stopped once each connection's message went so."""
+    env(smtp_timeout_s=3, smtp_pool_size=2)
+    sink.stall_for = {address: 60.0 for address in list_ready}
+    result = cli("digest", "--json")
+    assert result.code == 1
+    outcomes = json.loads(result.out)["outcomes"]
+    assert outcomes.get("unknown", 0) == 2 and not outcomes.get("sent"), outcomes
+    assert "the relay took 2 messages in a row without confirming them" in result.err and "may be stalled" in result.err
+    statuses = [d.status for d in deliveries(sqlite_url).values()]
+    assert statuses.count("pending") == RECIPIENTS - 2, "the rest wait for a relay that answers"
+
+
 def test_a_pool_of_connections_each_carries_many_messages(cli, env, list_ready, sink) -> None:
     env(smtp_pool_size=3)
     assert digest(cli) == {"sent": RECIPIENTS}
