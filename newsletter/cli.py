@@ -1314,9 +1314,20 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {safe(str(exc))}")
         return 1
     except SQLAlchemyError as exc:  # the database went away or refused mid-command: say so on one line
-        err.print(f"error: the database failed: {database_error(exc)}; check NEWSLETTER_DATABASE_URL and that the server is up")
+        err.print(f"error: the database failed: {database_error(exc)}; {database_advice(exc)}")
         return 1
     return 0
+
+
+def database_advice(exc: BaseException) -> str:
+    """What to check: an SQLite file has no server, and "database is locked" means another process holds it."""
+    text = str(getattr(exc, "orig", None) or exc)
+    if "database is locked" in text:
+        return ("another process held the SQLite database's write lock past the busy timeout (30 s): a long "
+                "transaction, a sqlite3 shell, a backup; try again when it is done")
+    if "readonly database" in text or "unable to open database" in text:
+        return "check that NEWSLETTER_DATABASE_URL names a database file this user can write, in a folder it can write"
+    return "check NEWSLETTER_DATABASE_URL and that the server is up"
 
 
 def database_error(exc: BaseException) -> str:

@@ -452,3 +452,19 @@ def test_serve_and_inbound_on_a_port_they_cannot_have_say_so_in_one_line(cli, re
         result = cli("serve", "--port", str(port))
     assert result.code == 1 and result.err.strip() == (
         f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --host or --port")
+
+
+def test_a_locked_sqlite_database_is_explained_as_a_lock_not_a_server_that_is_down() -> None:
+    """It said "check NEWSLETTER_DATABASE_URL and that the server is up": SQLite has no server; another process held it."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from newsletter.cli import database_advice
+
+    locked = OperationalError("UPDATE deliveries …", {}, sqlite3.OperationalError("database is locked"))
+    assert database_advice(locked).startswith("another process held the SQLite database's write lock past the busy timeout")
+    read_only = OperationalError("INSERT …", {}, sqlite3.OperationalError("attempt to write a readonly database"))
+    assert "a database file this user can write" in database_advice(read_only)
+    gone = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    assert database_advice(gone) == "check NEWSLETTER_DATABASE_URL and that the server is up"
