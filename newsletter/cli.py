@@ -426,6 +426,7 @@ def subscribers_add(
         session.commit()
         first = _next_digest(row)
     seeds_note = f", {plural(len(new.preferences.seed_papers), 'seed paper')}" if new.preferences.seed_papers else ""
+    _note_excluded_topics(new)
     if not new.preferences.selects_nothing:
         out.print(f"added {new.email} (active{seeds_note}); first digest {first}")
     else:  # "first digest <date>", then "no digest is sent": which one? None, until they have an interest.
@@ -480,6 +481,7 @@ def subscribers_update(
     out.print(f"updated {before.email}{next_note}")
     for name, (old, new) in changes.items():
         out.print(f"  {name}: {safe(old)} → {safe(new)}")
+    _note_excluded_topics(after)
 
 
 def _updated(current: NewSubscriber, *, ctx: Context, topic: list[str] | None, exclude: list[str] | None,
@@ -517,6 +519,21 @@ def _differences(before: NewSubscriber, after: NewSubscriber) -> dict[str, tuple
 
     old, new = subscriber_row(before), subscriber_row(after)
     return {name: (text(name, old[name]), text(name, new[name])) for name in old if old[name] != new[name]}
+
+
+def _note_excluded_topics(subscriber: NewSubscriber) -> None:
+    """A topic whose every match holds an excluded phrase (``--topic diffusion --exclude diffusion``) selects
+    nothing, for ever: accepted without a word, it looked like a quiet field."""
+    from newsletter.score.text import phrase_terms
+
+    for topic in subscriber.preferences.topics:
+        terms = phrase_terms(topic.phrase)
+        for excluded in subscriber.preferences.exclude:
+            part = phrase_terms(excluded)
+            if part and any(terms[i : i + len(part)] == part for i in range(len(terms) - len(part) + 1)):
+                err.print(f"note: every paper matching the topic {safe(topic.phrase)!r} holds the excluded "
+                          f"{safe(excluded)!r}, so that topic selects nothing")
+                break
 
 
 def _next_digest(row: Subscriber) -> str:

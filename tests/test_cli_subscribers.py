@@ -370,3 +370,14 @@ def test_a_topic_of_common_words_only_is_refused_as_matching_nothing(cli, ready)
     assert json.loads(cli("subscribers", "list", "--json").out) == []
     assert cli("subscribers", "add", "ada@example.org", "--topic", "the transformer", "--topic", "深層学習").code == 0, (
         "a common word beside a real one, and another script (its meaning may match), are fine")
+
+
+def test_a_topic_its_own_exclusion_cancels_is_pointed_out(cli, ready) -> None:
+    added = cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models", "--topic", "graphs",
+                "--exclude", "Diffusion")
+    assert added.code == 0
+    assert "note: every paper matching the topic 'diffusion models' holds the excluded 'Diffusion', so that topic" in added.err
+    assert "'graphs'" not in added.err
+    updated = cli("subscribers", "update", "ada@example.org", "--exclude", "graph")
+    assert "note: every paper matching the topic 'graphs' holds the excluded 'graph'" in updated.err, "any word form"
+    assert "note:" not in cli("subscribers", "update", "ada@example.org", "--exclude", "video").err
