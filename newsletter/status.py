@@ -140,6 +140,7 @@ class Deliveries:
     held: int = 0  # unsent, under a sender's live lease now
     held_by_dead: int = 0  # of those, held by a process of this host that no longer exists
     unconfirmed: int = 0  # unknown after its retry too: the relay took it twice without confirming; not sent again
+    interrupted: int = 0  # left "sending" by a sender that stopped mid-message (no live lease): unknown at the next run
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,8 @@ def _deliveries(session: Session, *, now: dt.datetime, is_dead: Callable[[str], 
         held_by_dead=sum(n for holder, n in held.items() if is_dead(holder)),
         unconfirmed=session.scalar(select(count).where(Delivery.status == DeliveryStatus.UNKNOWN,
                                                        Delivery.attempts >= ledger.UNKNOWN_MAX_ATTEMPTS)) or 0,
+        interrupted=session.scalar(select(count).where(Delivery.status == DeliveryStatus.SENDING,
+                                                       ledger.lease_free(now=now))) or 0,
     )
 
 
@@ -314,6 +317,9 @@ def assess(report: Report) -> tuple[tuple[str, ...], tuple[str, ...]]:
         problems.append(f"{plural(deliveries.unconfirmed, 'digest')} the relay took twice without confirming "
                         "(a stall or a lost connection after the message): not sent again, it may have them; "
                         "check the relay's log for their Message-IDs")
+    if deliveries.interrupted:
+        warnings.append(f"{plural(deliveries.interrupted, 'delivery', 'deliveries')} left \"sending\" by a sender that "
+                        "stopped mid-message: the next run records them unknown and sends them once more")
     if deliveries.held_by_dead:
         # With the job queue, 'digest' plans and queues only: a worker starting on this host takes them over.
         who = "the next 'newsletter worker' started on this host" if report.queue is not None else "the next 'newsletter digest'"

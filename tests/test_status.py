@@ -234,6 +234,20 @@ def test_a_digest_the_relay_took_twice_without_confirming_needs_a_person(cli, db
                                           "check the relay's log for their Message-IDs")
 
 
+def test_a_delivery_left_sending_without_a_live_lease_is_a_warning(cli, db) -> None:
+    """A daemon stopped during a relay stall left rows "sending" with no lease; status showed "sending 4" and nothing else."""
+    ada = subscriber("ada@example.org")
+    add(db, ada)
+    add(db, Delivery(subscriber_id=ada.id, issue_date=dt.date(2026, 1, 1), status="sending", attempts=1, message_id="<a@x>",
+                     leased_by="host:1:dead", lease_until=utcnow() + dt.timedelta(minutes=5)))
+    result, _ = status(cli)
+    assert "stopped mid-message" not in result.out, "a live lease: its sender is at work"
+    add(db, Delivery(subscriber_id=ada.id, issue_date=dt.date(2026, 1, 2), status="sending", attempts=1, message_id="<b@x>"))
+    result, _ = status(cli)
+    assert ("warning: 1 delivery left \"sending\" by a sender that stopped mid-message: the next run records them unknown "
+            "and sends them once more") in result.out
+
+
 def test_the_json_report_on_both_databases(cli, env, database_url: str) -> None:
     env(database_url=database_url)
     engine = make_engine(database_url)
