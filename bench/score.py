@@ -30,6 +30,7 @@ from newsletter.paths import PACKAGE_DIR
 from newsletter.records import Preferences, Profile
 from newsletter.score import PaperIndex, rank_papers
 from newsletter.score.lexical import select_top
+from newsletter.score.text import phrase_terms
 
 WORK = ["I work on", "My lab studies", "We build", "I research", "Our team ships", "I am interested in"]
 
@@ -51,6 +52,7 @@ def make_profiles(count: int, papers: list, rng: random.Random) -> list[Profile]
     words = [w for t in titles for w in re.findall(r"[A-Za-z][a-z]{3,}", t)]
     pairs = sorted({f"{a.lower()} {b.lower()}" for t in titles for a, b in zip(t.split(), t.split()[1:], strict=False)
                     if a.isalpha() and b.isalpha()})
+    pairs = [pair for pair in pairs if phrase_terms(pair)]  # "and how" is no topic the product takes
     pool = rng.sample(pairs, min(300, len(pairs)))
     authors = sorted({a for p in papers[:211] for a in p.authors})
     profiles = []
