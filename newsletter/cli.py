@@ -33,7 +33,7 @@ from newsletter import subscriptions, validate
 from newsletter.db import migrate, repo
 from newsletter.db.engine import make_engine, make_sessionmaker, sqlite_file
 from newsletter.db.models import SUBSCRIBER_STATUSES, Subscriber, utcnow
-from newsletter.errors import FeedError, InvalidInput, NewsletterError, NotFound, redact
+from newsletter.errors import FeedError, InvalidInput, NewsletterError, NotFound, database_error, redact
 from newsletter.records import NewSubscriber, Preferences
 from newsletter.settings import Settings, load_settings
 from newsletter.wording import inert, plural, shorten
@@ -1331,7 +1331,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {safe(str(exc))}")
         return 1
     except SQLAlchemyError as exc:  # the database went away or refused mid-command: say so on one line
-        err.print(f"error: the database failed: {database_error(exc)}; {database_advice(exc)}")
+        err.print(f"error: the database failed: {safe(database_error(exc))}; {database_advice(exc)}")
         return 1
     return 0
 
@@ -1345,14 +1345,6 @@ def database_advice(exc: BaseException) -> str:
     if "readonly database" in text or "unable to open database" in text:
         return "check that NEWSLETTER_DATABASE_URL names a database file this user can write, in a folder it can write"
     return "check NEWSLETTER_DATABASE_URL and that the server is up"
-
-
-def database_error(exc: BaseException) -> str:
-    """The driver's own message, without SQLAlchemy's background link or the SQL, on one line, passwords masked."""
-    original = getattr(exc, "orig", None) or exc
-    text = " ".join(str(original).split())
-    text = text.split("(Background on this error at:")[0].split("[SQL:")[0].strip()
-    return safe(f"{type(original).__name__}: {text}")
 
 
 def run() -> None:

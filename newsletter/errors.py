@@ -18,6 +18,15 @@ def redact(text: str) -> str:
     return _SECRET_PARAMETER.sub(r"\g<head>***", _USERINFO_PASSWORD.sub(r"\g<head>:***@", text))
 
 
+def database_error(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's background link or the SQL, on one line, passwords masked;
+    any other exception's message the same way."""
+    original = getattr(exc, "orig", None) or exc
+    text = " ".join(str(original).split())
+    text = text.split("(Background on this error at:")[0].split("[SQL:")[0].strip()
+    return redact(f"{type(original).__name__}: {text}")
+
+
 class NewsletterError(Exception):
     """Base class: the message is shown to the user as it is."""
 

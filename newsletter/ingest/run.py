@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.db import repo
 from newsletter.db.models import Source
-from newsletter.errors import NewsletterError, redact
+from newsletter.errors import NewsletterError, database_error, redact
 from newsletter.ingest.feeds import ParsedFeed, parse_feed
 from newsletter.ingest.fetch import Fetched, Fetcher
 from newsletter.ingest.sources import ARXIV_API_PAGE, SourceSpec, query_param, resolve, source_trust, with_query
@@ -123,9 +123,7 @@ def ingest_one(spec: SourceSpec, *, sessions: sessionmaker[Session], fetcher: Fe
                 return _finished(report, started)  # recording the failure on the source would fail the same way
             else:  # a case nothing above foresaw: named, with the traceback in the log
                 log.exception("%s: unexpected error while ingesting", redact(spec.url))
-                cause = getattr(exc, "orig", None) or exc  # a database error: the driver's, without the SQL
-                first = (str(cause).strip().splitlines() or [""])[0]
-                report.error = f"{spec.url}: unexpected error ({type(cause).__name__}: {first}); the log has the details"
+                report.error = f"{spec.url}: unexpected error ({database_error(exc)}); the log has the details"
             if source is not None:
                 _record_failure(source, report, now=now)
                 session.commit()
