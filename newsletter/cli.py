@@ -524,13 +524,12 @@ def _differences(before: NewSubscriber, after: NewSubscriber) -> dict[str, tuple
 def _note_excluded_topics(subscriber: NewSubscriber) -> None:
     """A topic whose every match holds an excluded phrase (``--topic diffusion --exclude diffusion``) selects
     nothing, for ever: accepted without a word, it looked like a quiet field."""
-    from newsletter.score.text import phrase_terms
+    from newsletter.score.text import contains_phrase, exclusion_forms, phrase_terms
 
     for topic in subscriber.preferences.topics:
         terms = phrase_terms(topic.phrase)
-        for excluded in subscriber.preferences.exclude:
-            part = phrase_terms(excluded)
-            if part and any(terms[i : i + len(part)] == part for i in range(len(terms) - len(part) + 1)):
+        for excluded in subscriber.preferences.exclude:  # matched as the ranking matches exclusions
+            if any(contains_phrase(terms, form) for form in exclusion_forms(excluded)):
                 err.print(f"note: every paper matching the topic {safe(topic.phrase)!r} holds the excluded "
                           f"{safe(excluded)!r}, so that topic selects nothing")
                 break

@@ -381,3 +381,6 @@ def test_a_topic_its_own_exclusion_cancels_is_pointed_out(cli, ready) -> None:
     updated = cli("subscribers", "update", "ada@example.org", "--exclude", "graph")
     assert "note: every paper matching the topic 'graphs' holds the excluded 'graph'" in updated.err, "any word form"
     assert "note:" not in cli("subscribers", "update", "ada@example.org", "--exclude", "video").err
+    acronym = cli("subscribers", "add", "bo@example.org", "--topic", "LLMs at scale", "--exclude", "LLM")
+    assert "note: every paper matching the topic 'LLMs at scale' holds the excluded 'LLM'" in acronym.err, (
+        "as the ranking matches an excluded acronym: in both numbers")

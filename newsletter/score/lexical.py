@@ -148,7 +148,7 @@ class PaperIndex:
             candidates = set(self.weights[:, columns[0]].nonzero()[0])
             for column in columns[1:]:
                 candidates &= set(csc[:, column].nonzero()[0])  # type: ignore[index]
-            found = np.asarray(sorted(r for r in candidates if _contains(self.sequences[r], phrase)), dtype=np.int64)
+            found = np.asarray(sorted(r for r in candidates if text.contains_phrase(self.sequences[r], phrase)), dtype=np.int64)
         self._phrase_rows[phrase] = found
         return found
 
@@ -188,12 +188,6 @@ def _bm25(tf: sp.csr_matrix, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.nda
     row_norm = np.repeat(norm, np.diff(tf.indptr))
     weights.data = idf[tf.indices] * tf.data * (K1 + 1) / (tf.data + row_norm)
     return weights, idf
-
-
-def _contains(sequence: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
-    width = len(phrase)
-    first = phrase[0]
-    return any(sequence[i : i + width] == phrase for i, term in enumerate(sequence) if term == first)
 
 
 class _Interned:

@@ -46,6 +46,13 @@ def phrase_terms(phrase: str) -> tuple[str, ...]:
     return tuple(terms(phrase))
 
 
+def contains_phrase(sequence: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    """Whether the terms ``phrase`` (not empty) stand together, in order, in ``sequence``."""
+    width = len(phrase)
+    first = phrase[0]
+    return any(sequence[i : i + width] == phrase for i, term in enumerate(sequence) if term == first)
+
+
 def exclusion_forms(phrase: str) -> list[tuple[str, ...]]:
     """The term sequences an excluded phrase is found by: its own, and with each acronym in its other number.
 
