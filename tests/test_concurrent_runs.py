@@ -276,7 +276,7 @@ def test_a_delivery_leased_by_a_live_sender_is_left_alone_until_the_lease_lapses
             for email, attempts in ((held, 1), (twice, 2)):
                 [claimed] = ledger.claim_due(session, now=naive_utcnow(), holder="elsewhere:4242:cafe0000",
                                              lease=dt.timedelta(hours=1), limit=10, subscriber_id=ids[email])
-                elsewhere = ledger.Ledger(session, policy=policy, holder="elsewhere:4242:cafe0000")
+                elsewhere = ledger.Ledger(session.connection(), policy=policy, holder="elsewhere:4242:cafe0000")
                 assert elsewhere.started([claimed.id], now=naive_utcnow()) == {claimed.id}
                 session.execute(update(Delivery).where(Delivery.id == claimed.id).values(attempts=attempts))
                 session.commit()

@@ -84,7 +84,7 @@ def test_a_subscriber_who_leaves_after_their_digest_was_claimed_does_not_get_it(
             [claimed] = ledger.claim_due(session, now=now, holder="me", lease=dt.timedelta(minutes=5), limit=10)
             session.execute(update(Subscriber).values(status="unsubscribed"))
             session.commit()
-            sender = ledger.Ledger(session, policy=ledger.RetryPolicy(), holder="me")
+            sender = ledger.Ledger(session.connection(), policy=ledger.RetryPolicy(), holder="me")
             assert sender.started([claimed.id], now=now) == set(), "not marked sending: the worker skips it"
             session.commit()
             assert session.scalar(select(Delivery.status)) == "pending"

@@ -205,13 +205,35 @@ class SmtpMailer:
         _, smtp = self._announced
         self._announced = None
         try:
-            await smtp.data(envelope.data)
+            await self._hand_over(smtp, envelope.data)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset(smtp)
             raise _classify(exc.code, exc.message, in_rcpt=False) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             self._drop()
             raise UnknownOutcome(f"connection lost while the relay was taking the message ({exc})") from None
+
+    async def _hand_over(self, smtp: aiosmtplib.SMTP, message: bytes) -> None:
+        """DATA, the message as the wire carries it (``data_on_the_wire``), and the relay's reply to it.
+
+        What ``aiosmtplib.SMTP.data`` does, through its public ``execute_command`` and protocol, except for
+        preparing the message: it runs two regular expressions over it, ~0.4 ms for a 30 KB digest, the
+        largest single cost of the sending process (which a big run waits on); ``data_on_the_wire`` makes
+        the same bytes in ~0.03 ms.
+        """
+        response = await smtp.execute_command(b"DATA")
+        if response.code != 354:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        if smtp.protocol is None:  # closed while DATA's reply was read
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        try:
+            smtp.protocol.write(data_on_the_wire(message))
+            response = await smtp.protocol.read_response(timeout=self.timeout_s)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            smtp.close()  # as SMTP.data does: a reply given up on must not be paired with the next command
+            raise
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
 
     async def _require_smtputf8(self, smtp: aiosmtplib.SMTP, recipient: str) -> None:
         if smtp.is_ehlo_or_helo_needed:  # aiosmtplib greets lazily, at the first MAIL
@@ -232,6 +254,20 @@ class SmtpMailer:
         if self._smtp is not None:
             self._smtp.close()
         self._smtp = None
+
+
+def data_on_the_wire(message: bytes) -> bytes:
+    """The message as SMTP's DATA carries it (RFC 5321 §4.5.2): every line ending CRLF (a lone CR or LF
+    too), a final CRLF, a dot that starts a line doubled, and the closing dot. Byte for byte what
+    aiosmtplib's DATA makes of it (a property test holds the two equal), with bytes.replace."""
+    wire, endings = message, message.count(b"\r\n")
+    if message.count(b"\n") != endings or message.count(b"\r") != endings:  # a lone CR or LF somewhere
+        wire = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    if wire.startswith(b"."):
+        wire = b"." + wire
+    return wire.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 def _classify(code: int, text: str, *, in_rcpt: bool) -> Exception:
