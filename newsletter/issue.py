@@ -22,7 +22,7 @@ from newsletter.records import Digest, Envelope, Paper, RankedPaper
 from newsletter.render.digest import DigestRenderer
 from newsletter.render.mime import DkimKey, build_message
 from newsletter.send.dispatch import OutboundMessage, one_line
-from newsletter.send.mailer import wire_address
+from newsletter.send.mailer import crlf_only, wire_address
 from newsletter.settings import Settings
 
 
@@ -46,7 +46,8 @@ def message_for(delivery: DueDelivery, *, settings: Settings, renderer: DigestRe
     except Exception as exc:  # this digest fails alone, with the reason; the others go on
         return OutboundMessage(delivery.id, delivery.subscriber_id, Envelope(sender, recipient, delivery.message_id, b""),
                    failure=f"the message could not be built ({one_line(exc)})")
-    return OutboundMessage(delivery.id, delivery.subscriber_id, Envelope(sender, recipient, delivery.message_id, data))
+    return OutboundMessage(delivery.id, delivery.subscriber_id,
+                           Envelope(sender, recipient, delivery.message_id, data, crlf_only=crlf_only(data)))
 
 
 def day_trending(session: Session, *, settings: Settings, issue_date: dt.date) -> list[Paper]:

@@ -203,3 +203,6 @@ class Envelope:
     recipient: str
     message_id: str
     data: bytes
+    # Every line of ``data`` ends in CRLF (no lone CR or LF), as checked where it was built: a digest is
+    # checked in the process that renders it, so the sending process need not scan it again.
+    crlf_only: bool = False

@@ -205,7 +205,7 @@ class SmtpMailer:
         _, smtp = self._announced
         self._announced = None
         try:
-            await self._hand_over(smtp, envelope.data)
+            await self._hand_over(smtp, data_on_the_wire(envelope.data, known_crlf_only=envelope.crlf_only))
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset(smtp)
             raise _classify(exc.code, exc.message, in_rcpt=False) from None
@@ -213,13 +213,13 @@ class SmtpMailer:
             self._drop()
             raise UnknownOutcome(f"connection lost while the relay was taking the message ({exc})") from None
 
-    async def _hand_over(self, smtp: aiosmtplib.SMTP, message: bytes) -> None:
+    async def _hand_over(self, smtp: aiosmtplib.SMTP, wire: bytes) -> None:
         """DATA, the message as the wire carries it (``data_on_the_wire``), and the relay's reply to it.
 
         What ``aiosmtplib.SMTP.data`` does, through its public ``execute_command`` and protocol, except for
         preparing the message: it runs two regular expressions over it, ~0.4 ms for a 30 KB digest, the
         largest single cost of the sending process (which a big run waits on); ``data_on_the_wire`` makes
-        the same bytes in ~0.03 ms.
+        the same bytes in ~0.03 ms (~0.09 ms when it must check the line endings itself).
         """
         response = await smtp.execute_command(b"DATA")
         if response.code != 354:
@@ -227,7 +227,7 @@ class SmtpMailer:
         if smtp.protocol is None:  # closed while DATA's reply was read
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         try:
-            smtp.protocol.write(data_on_the_wire(message))
+            smtp.protocol.write(wire)
             response = await smtp.protocol.read_response(timeout=self.timeout_s)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             smtp.close()  # as SMTP.data does: a reply given up on must not be paired with the next command
@@ -256,12 +256,19 @@ class SmtpMailer:
         self._smtp = None
 
 
-def data_on_the_wire(message: bytes) -> bytes:
+def crlf_only(message: bytes) -> bool:
+    """Whether every line of ``message`` ends in CRLF: no lone CR, no lone LF."""
+    endings = message.count(b"\r\n")
+    return message.count(b"\n") == endings and message.count(b"\r") == endings
+
+
+def data_on_the_wire(message: bytes, *, known_crlf_only: bool = False) -> bytes:
     """The message as SMTP's DATA carries it (RFC 5321 §4.5.2): every line ending CRLF (a lone CR or LF
     too), a final CRLF, a dot that starts a line doubled, and the closing dot. Byte for byte what
-    aiosmtplib's DATA makes of it (a property test holds the two equal), with bytes.replace."""
-    wire, endings = message, message.count(b"\r\n")
-    if message.count(b"\n") != endings or message.count(b"\r") != endings:  # a lone CR or LF somewhere
+    aiosmtplib's DATA makes of it (a property test holds the two equal), with bytes.replace.
+    ``known_crlf_only``: ``crlf_only(message)`` was found true where the message was built."""
+    wire = message
+    if not known_crlf_only and not crlf_only(message):
         wire = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if not wire.endswith(b"\r\n"):
         wire += b"\r\n"

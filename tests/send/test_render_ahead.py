@@ -99,6 +99,8 @@ def test_the_messages_are_rendered_by_the_other_process(sqlite_url, tmp_path, mo
     assert report.error is None and report.outcomes == Counter(sent=250)
     assert sorted(e.recipient for e in mailer.sent) == [f"reader{i:03d}@example.org" for i in range(250)]
     assert all(b"Subject:" in e.data and e.message_id.encode() in e.data for e in mailer.sent)
+    # Checked where they were built, so the sender skips scanning them for lone line endings.
+    assert all(e.crlf_only and b"\n" not in e.data.replace(b"\r\n", b"") for e in mailer.sent)
     started = [r for r in caplog.records if "ahead of the sending in process" in r.getMessage()]
     assert started and str(os.getpid()) not in started[0].getMessage().split()
     assert not multiprocessing.active_children(), "the child is gone once the run is over"

@@ -5,6 +5,7 @@ and reach a real server as the same message."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from newsletter.records import Envelope
-from newsletter.send.mailer import SmtpMailer, data_on_the_wire
+from newsletter.send.mailer import SmtpMailer, crlf_only, data_on_the_wire
 from tests.conftest import free_port
 
 
@@ -38,6 +39,20 @@ def test_the_wire_form_is_aiosmtplibs_for_any_line_endings_and_dots(message: byt
 @given(st.binary(max_size=300))
 def test_the_wire_form_is_aiosmtplibs_for_any_bytes(message: bytes) -> None:
     assert data_on_the_wire(message) == aiosmtplib_wire(message)
+
+
+LONE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@given(tricky)
+def test_crlf_only_finds_any_lone_carriage_return_or_line_feed(message: bytes) -> None:
+    assert crlf_only(message) == (LONE_ENDING.search(message) is None)
+
+
+@given(tricky)
+def test_a_message_found_crlf_only_where_it_was_built_goes_out_as_aiosmtplib_would_send_it(message: bytes) -> None:
+    if crlf_only(message):
+        assert data_on_the_wire(message, known_crlf_only=True) == aiosmtplib_wire(message)
 
 
 @dataclass
