@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import aiosmtplib
-import pytest
-from aiosmtpd.controller import Controller
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
 from newsletter.records import Envelope
 from newsletter.send.mailer import SmtpMailer, crlf_only, data_on_the_wire
-from tests.conftest import free_port
+from tests.send.test_one_bad_delivery import relay  # noqa: F401  (a fixture: a real aiosmtpd that keeps what arrives)
 
 
 def aiosmtplib_wire(message: bytes) -> bytes:
@@ -55,24 +51,6 @@ def test_a_message_found_crlf_only_where_it_was_built_goes_out_as_aiosmtplib_wou
         assert data_on_the_wire(message, known_crlf_only=True) == aiosmtplib_wire(message)
 
 
-@dataclass
-class Keeper:
-    contents: list[bytes] = field(default_factory=list)
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook
-        self.contents.append(envelope.original_content)
-        return "250 OK"
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[Keeper, int]]:
-    keeper, port = Keeper(), free_port()
-    controller = Controller(keeper, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield keeper, port
-    controller.stop()
-
-
 MESSAGES = [
     b"Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n",  # a lone "." line would end DATA early
     b"Subject: bare line feeds\n\nline one\nline two\n.dot after LF",  # no CRLF at all, no final line ending
@@ -81,8 +59,8 @@ MESSAGES = [
 ]
 
 
-def test_a_real_server_receives_what_aiosmtplib_itself_would_deliver(server) -> None:
-    keeper, port = server
+def test_a_real_server_receives_what_aiosmtplib_itself_would_deliver(relay) -> None:  # noqa: F811  (the fixture imported above)
+    sink, port = relay
 
     async def both() -> None:
         async with SmtpMailer(host="127.0.0.1", port=port, security="none", timeout_s=10) as mailer:
@@ -93,7 +71,8 @@ def test_a_real_server_receives_what_aiosmtplib_itself_would_deliver(server) -> 
                                   hostname="127.0.0.1", port=port, use_tls=False, start_tls=False)
 
     asyncio.run(both())
-    ours, theirs = keeper.contents[: len(MESSAGES)], keeper.contents[len(MESSAGES):]
+    contents = [arrival.raw for arrival in sink.arrivals]
+    ours, theirs = contents[: len(MESSAGES)], contents[len(MESSAGES):]
     assert len(ours) == len(theirs) == len(MESSAGES)
     assert ours == theirs
     assert ours[0] == b"Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n"  # un-stuffed, whole
