@@ -23,7 +23,7 @@ from newsletter.db import ledger, repo
 from newsletter.db.models import DeliveryStatus, naive
 from newsletter.deliver import send_due
 from newsletter.plan import Pick, plan_due, plan_now, preview_next
-from newsletter.runtime import Runtime
+from newsletter.runtime import Runtime, holder_is_dead
 
 Progress = Callable[[int], None]  # messages done so far
 
@@ -70,6 +70,12 @@ async def run_digest(
     runtime.settings.require("secret_key", "from_address", purpose="sending digests")
     if runtime.settings.dispatch == "procrastinate":
         return await _plan_and_enqueue(runtime, run, only=only, stop=stop)
+    if not only and not await asyncio.to_thread(_anything_to_do, runtime, now):
+        # Nobody due, nothing to send or take over: the relay is not contacted, as the daemon's tick does not
+        # contact it. A `digest` from cron every few minutes said "cannot reach SMTP relay" (exit 1) on every
+        # idle run while the relay was down; it now says when the next digest is due, and the error comes
+        # with the first run that has something to send.
+        return run
     async with contextlib.AsyncExitStack() as stack:
         # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
         mailers = [await stack.enter_async_context(m) for m in runtime.mailers()]
@@ -124,6 +130,16 @@ def _due_count(runtime: Runtime, now: dt.datetime) -> int:
         if subscribers >= at_least:
             return subscribers
         return subscribers + ledger.due_count(session, now=naive(dt.datetime.now(dt.UTC)), at_least=at_least - subscribers)
+
+
+def _anything_to_do(runtime: Runtime, now: dt.datetime) -> bool:
+    """A subscriber due at ``now`` or not scheduled yet, a delivery due and free on the real clock (or left ``sending`` by a sender
+    whose claim lapsed, or held by a dead one), or any live claim (the run reports what another sender holds)."""
+    with runtime.sessions() as session:
+        real_now = naive(dt.datetime.now(dt.UTC))
+        return (repo.due_count(session, now=now, at_least=1) > 0 or repo.any_unscheduled(session)
+                or ledger.anything_to_send(session, now=real_now, is_dead=holder_is_dead)
+                or bool(ledger.live_leases(session, now=real_now)))
 
 
 def _subscriber_id(runtime: Runtime, email: str | None) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 
 from newsletter.db.engine import make_engine, make_sessionmaker
 from newsletter.db.models import Delivery, Paper, Source, Subscriber
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, fixed_send_moment, free_port
 
 
 def counts(database_url: str) -> dict[str, int]:
@@ -136,6 +137,19 @@ def test_unreachable_smtp_relay_is_reported_and_nothing_is_recorded(cli, env, re
     assert result.code == 1
     assert f"cannot reach SMTP relay 127.0.0.1:{port}" in result.err and "NEWSLETTER_SMTP_HOST" in result.err
     assert counts(ready) == before
+
+
+def test_an_idle_digest_run_leaves_a_dead_relay_alone_and_the_first_run_with_something_due_reports_it(cli, env, ready) -> None:
+    port = free_port()  # nothing listens there
+    env(email_backend="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_security="none")
+    cli("subscribers", "add", "ada@example.org", "--topic", "diffusion models")
+    cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss"))
+    due_at = dt.datetime.fromisoformat(fixed_send_moment(os.environ["NEWSLETTER_DATABASE_URL"]))
+    idle = cli("digest", "--allow-future", "--at", (due_at - dt.timedelta(hours=2)).isoformat())
+    assert idle.code == 0, idle.err  # from cron every few minutes: no error line on every idle run
+    assert "cannot reach" not in idle.err and "nothing to send" in idle.out
+    due = cli("digest")
+    assert due.code == 1 and f"cannot reach SMTP relay 127.0.0.1:{port}" in due.err
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,12 @@ def due_count(session: Session, *, now: dt.datetime, at_least: int) -> int:
     return session.scalar(select(func.count()).select_from(due)) or 0
 
 
+def any_unscheduled(session: Session) -> bool:
+    """Whether an active subscriber has no next send moment yet (planning gives them one)."""
+    return session.scalar(select(Subscriber.id).where(Subscriber.status == SubscriberStatus.ACTIVE,
+                                                      Subscriber.next_send_at.is_(None)).limit(1)) is not None
+
+
 def add_subscriber(session: Session, *, new: records.NewSubscriber) -> Subscriber:
     if session.scalar(select(Subscriber.id).where(Subscriber.email == new.email)) is not None:
         raise InvalidInput(f"{new.email} is already a subscriber")

@@ -155,7 +155,7 @@ def build_message(
     """
     commands = commands_address or from_address
     token = email.unsubscribe_url.rstrip("/").rsplit("/", 1)[-1]
-    boundary = "=_d" + hashlib.sha1(email.message_id.encode()).hexdigest()[:20]  # same bytes on a resend
+    boundary = "=_d" + hashlib.sha1(email.message_id.encode()).hexdigest()[:20]  # a resend keeps its boundary
     headers = [
         with_phrase("From", list_name, from_address),
         f"To: {header_text(to or email.to)}",
