@@ -133,11 +133,13 @@ def _due_count(runtime: Runtime, now: dt.datetime) -> int:
 
 
 def _anything_to_do(runtime: Runtime, now: dt.datetime) -> bool:
-    """A subscriber due at ``now`` or not scheduled yet, a delivery due and free on the real clock (or left ``sending`` by a sender
-    whose claim lapsed, or held by a dead one), or any live claim (the run reports what another sender holds)."""
+    """A subscriber due at ``now`` or not scheduled yet; a delivery due on the real clock (to send, or to cancel:
+    its subscriber left by a change made by hand, which the sender's sweep catches), left ``sending`` by a sender
+    whose claim lapsed, or held by a dead one; or any live claim (the run reports what another sender holds)."""
     with runtime.sessions() as session:
         real_now = naive(dt.datetime.now(dt.UTC))
         return (repo.due_count(session, now=now, at_least=1) > 0 or repo.any_unscheduled(session)
+                or ledger.due_count(session, now=real_now, at_least=1) > 0
                 or ledger.anything_to_send(session, now=real_now, is_dead=holder_is_dead)
                 or bool(ledger.live_leases(session, now=real_now)))
 
