@@ -70,7 +70,8 @@ async def run_digest(
     runtime.settings.require("secret_key", "from_address", purpose="sending digests")
     if runtime.settings.dispatch == "procrastinate":
         return await _plan_and_enqueue(runtime, run, only=only, stop=stop)
-    if not only and not await asyncio.to_thread(_anything_to_do, runtime, now):
+    due = None if only else await asyncio.to_thread(_due_count, runtime, now)
+    if due == 0 and not await asyncio.to_thread(_other_work, runtime):
         # Nobody due, nothing to send or take over: the relay is not contacted, as the daemon's tick does not
         # contact it. A `digest` from cron every few minutes said "cannot reach SMTP relay" (exit 1) on every
         # idle run while the relay was down; it now says when the next digest is due, and the error comes
@@ -80,7 +81,7 @@ async def run_digest(
         # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
         mailers = [await stack.enter_async_context(m) for m in runtime.mailers()]
         ahead = None
-        if not only and render_ahead.worthwhile(runtime, due=await asyncio.to_thread(_due_count, runtime, now)):
+        if due is not None and render_ahead.worthwhile(runtime, due=due):
             # A big run: a second process starts now, and claims and renders ahead of the sending once
             # everything is planned, on the other core.
             ahead = stack.enter_context(render_ahead.RenderAhead(runtime))
@@ -122,9 +123,11 @@ def _stopped(stop: asyncio.Event | None) -> Callable[[], bool]:
 
 
 def _due_count(runtime: Runtime, now: dt.datetime) -> int:
-    """Digests this run will send, counted up to the render-ahead threshold: the subscribers due at ``now`` and
-    the deliveries already due (a crashed run's rest, retries), on the real clock the sending runs on."""
-    at_least = runtime.settings.render_ahead_from
+    """Digests this run will send, counted up to the render-ahead threshold (and at least to one: 0 means none):
+    the subscribers due at ``now`` and the deliveries already due on the real clock the sending runs on (a
+    crashed run's rest, retries, and those whose subscriber left by a change made by hand, which the sender's
+    sweep cancels)."""
+    at_least = max(runtime.settings.render_ahead_from, 1)
     with runtime.sessions() as session:
         subscribers = repo.due_count(session, now=now, at_least=at_least)
         if subscribers >= at_least:
@@ -132,15 +135,12 @@ def _due_count(runtime: Runtime, now: dt.datetime) -> int:
         return subscribers + ledger.due_count(session, now=naive(dt.datetime.now(dt.UTC)), at_least=at_least - subscribers)
 
 
-def _anything_to_do(runtime: Runtime, now: dt.datetime) -> bool:
-    """A subscriber due at ``now`` or not scheduled yet; a delivery due on the real clock (to send, or to cancel:
-    its subscriber left by a change made by hand, which the sender's sweep catches), left ``sending`` by a sender
-    whose claim lapsed, or held by a dead one; or any live claim (the run reports what another sender holds)."""
+def _other_work(runtime: Runtime) -> bool:
+    """With no digest due: a subscriber not scheduled yet, a delivery left ``sending`` by a sender whose claim
+    lapsed or held by a dead one, or any live claim (the run reports what another sender holds)."""
     with runtime.sessions() as session:
         real_now = naive(dt.datetime.now(dt.UTC))
-        return (repo.due_count(session, now=now, at_least=1) > 0 or repo.any_unscheduled(session)
-                or ledger.due_count(session, now=real_now, at_least=1) > 0
-                or ledger.anything_to_send(session, now=real_now, is_dead=holder_is_dead)
+        return (repo.any_unscheduled(session) or ledger.anything_to_send(session, now=real_now, is_dead=holder_is_dead)
                 or bool(ledger.live_leases(session, now=real_now)))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, DateTime, String, Table, and_, bindparam, case, func, or_, select, text, update
+from sqlalchemy import Connection, DateTime, Dialect, String, Table, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter import records
@@ -86,7 +86,7 @@ class Ledger:
         self.count_bounces = count_bounces
         self.expired = 0  # retries that fell outside the window and were recorded as expired
         dialect = connection.dialect
-        self._marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._marker = _driver_marker(dialect)
         # A moment as the DateTime columns store it (SQLite: SQLAlchemy's text form; PostgreSQL: as it is).
         self._moment = DateTime().dialect_impl(dialect).bind_processor(dialect) or (lambda moment: moment)
         self._mark_sent = MARK_SENT.format(m=self._marker)
@@ -384,10 +384,15 @@ def _insert_items(session: Session, rows: list[tuple[int, int | None, int, float
     """The driver's own executemany: SQLAlchemy's per-row parameter processing (even Core's) was half
     the cost of recording 40,000 picks (~0.5 s of a 5,000-subscriber digest run)."""
     connection = session.connection()
-    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    marker = _driver_marker(connection.dialect)
     connection.exec_driver_sql(
         f"INSERT INTO {DeliveryItem.__tablename__} (delivery_id, paper_id, rank, score, reasons) VALUES ({', '.join([marker] * 5)})",
         rows)
+
+
+def _driver_marker(dialect: Dialect) -> str:
+    """The driver's own parameter marker: sqlite3's ``?``, psycopg's ``%s``."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
 
 
 def _insert_for(session: Session, table: Table) -> Any:
