@@ -894,7 +894,8 @@ def digest(
     with _progress(as_json) as bar, hint(SUBSCRIBERS_HINT, about="no subscriber "):
         task = bar.add_task("sending", total=None)
         run, interrupted = asyncio.run(_until_done_or_interrupted(lambda stop: run_digest(
-            runtime, now=now, only=only, dry_run=dry_run, stop=stop, progress=lambda done: bar.update(task, completed=done)),
+            runtime, now=now, only=only, dry_run=dry_run, stop=stop, progress=lambda done: bar.update(task, completed=done),
+            keep_picks=as_json or verbose or only is not None),
             graceful=not dry_run))  # a dry run writes nothing: Ctrl-C stops it at once
     seconds = time.perf_counter() - started
     if as_json:
@@ -912,7 +913,7 @@ def digest(
         if (verbose or only) and run.picks:  # a second --only the same day plans nothing: no empty table
             print_picks(run.picks, title=f"digests at {now:%Y-%m-%d %H:%M} UTC")
         print_digest_summary(run, seconds=seconds, dry_run=dry_run)
-        if not run.picks and not dry_run and not run.outcomes:
+        if not run.due and not dry_run and not run.outcomes:
             print_why_nothing_was_sent(runtime, only=only, now=now, at_given=at is not None)
     for message in run.errors:
         err.print(f"error: {safe(message)}")
@@ -1023,9 +1024,8 @@ _DAY_WENT = {"sent": "went out already", "empty": "was a quiet day (nothing abov
 
 
 def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  # run: pipeline.DigestRun
-    served = sum(1 for p in run.picks if p.papers)
     missed = f"{plural(run.missed, 'issue')} missed (not planned before their local day ended)" if run.missed else ""
-    if not dry_run and not run.picks:
+    if not dry_run and not run.due:
         # Nobody newly due: what this run sent (a crashed run's rest, retries) was planned earlier, and "0
         # subscribers due, scored against 0 candidate papers" above "sent 2,791" read as a contradiction.
         # With nothing sent either, 'digest' says after the summary when the next digest is due.
@@ -1034,10 +1034,10 @@ def print_digest_summary(run: Any, *, seconds: float, dry_run: bool) -> None:  #
             out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {earlier}" + (f"; {missed}" if missed else ""))
     else:
         # A dry run scores everyone's next digest, whatever their hour: nobody is "due" in it.
-        who = f"the next digests of {plural(len(run.picks), 'subscriber')}" if dry_run else f"{plural(len(run.picks), 'subscriber')} due"
+        who = f"the next digests of {plural(run.due, 'subscriber')}" if dry_run else f"{plural(run.due, 'subscriber')} due"
         out.print(f"digest at {run.now:%Y-%m-%d %H:%M} UTC: {who}, scored against {plural(run.candidates, 'candidate paper')}; "
-                  f"{served:,} with papers, {len(run.picks) - served:,} quiet" + (f"; {missed}" if missed else ""))
-        if run.picks and not run.candidates:
+                  f"{run.served:,} with papers, {run.due - run.served:,} quiet" + (f"; {missed}" if missed else ""))
+        if run.due and not run.candidates:
             out.print("no papers to pick from in their windows: 'newsletter ingest' fetches them "
                       "('newsletter sources list' shows the sources)")
     if dry_run:

@@ -145,7 +145,7 @@ async def send_due(
                 progress(done)
 
         if ahead is not None:
-            batches = ahead.batches()
+            batches = _here_until_ahead_starts(runtime, reads, ahead, clock=clock, stop=stop)
         else:
             batches = _batches_in_thread(runtime, reads, clock=clock, subscriber_id=subscriber_id,
                                          delivery_ids=delivery_ids, stop=stop)
@@ -153,8 +153,9 @@ async def send_due(
         keeper = asyncio.create_task(_keep_leases(renew, every_s=settings.lease_s / 3))
         try:
             # Inline on a local SQLite file, in a big `digest` run only: its loop has nothing else to do while a
-            # commit waits. The daemon's loop also runs its scheduler, heartbeat and SIGTERM, and its planning (in a
-            # thread) holds SQLite's write lock for seconds while it scores: a commit waiting there must not freeze it.
+            # commit waits. The daemon's loop also runs its scheduler, heartbeat and SIGTERM, and other processes'
+            # writes (a planning batch recording its picks, a web request) may hold SQLite's write lock meanwhile: a
+            # commit waiting there must not freeze it.
             inline = ahead is not None and runtime.engine.dialect.name == "sqlite"
             committer = GroupCommitter(write, in_thread=not inline)
             result = await dispatch(messages, mailers=mailers, committer=committer, limiter=limiter, on_outcome=counted)
@@ -224,6 +225,35 @@ async def _batches_in_thread(
                 upcoming.exception()  # retrieved: what it claimed is released with the rest of the leases
 
 
+async def _here_until_ahead_starts(
+    runtime: Runtime, session, ahead: RenderAhead, *, clock: Callable[[], dt.datetime],  # noqa: ANN001
+    stop: asyncio.Event | None,
+) -> AsyncGenerator[list[OutboundMessage], None]:
+    """The first batches claimed and rendered here, small, while the rendering process starts (its imports take
+    ~1 s, which the sending waited for); then the rendering process's batches. Told to go only now, after the
+    sweep above (a delivery past its retry window is expired, not claimed). Whatever ends the sending stops it
+    before the sender releases its leases."""
+    from newsletter.render_ahead import FIRST_BATCH
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
+    builder = BatchBuilder(runtime)
+    ahead.go()
+    try:
+        while not ahead.ready() and not stopped():
+            batch = await asyncio.to_thread(builder.claim_and_build, session, now=clock(), subscriber_id=None,
+                                            delivery_ids=None, limit=FIRST_BATCH, not_due_at=ahead.plan_at)
+            if not batch:
+                break
+            yield batch
+        async with contextlib.aclosing(ahead.batches(stopped=stopped)) as batches:
+            async for batch in batches:
+                yield batch
+    finally:
+        await asyncio.to_thread(ahead.close)
+
+
 async def _messages(batches: AsyncGenerator[list[OutboundMessage], None], *,
                     stop: asyncio.Event | None) -> AsyncIterator[OutboundMessage]:
     """The messages of the claimed batches, in order, until done or ``stop`` is set.
@@ -268,11 +298,14 @@ class BatchBuilder:
         self.papers: dict[int, Paper] = {}
 
     def claim_and_build(self, session, *, now: dt.datetime, subscriber_id: int | None,  # noqa: ANN001
-                        delivery_ids: Sequence[int] | None, limit: int = CLAIM_BATCH) -> list[OutboundMessage]:
+                        delivery_ids: Sequence[int] | None, limit: int = CLAIM_BATCH,
+                        not_due_at: dt.datetime | None = None) -> list[OutboundMessage]:
+        """Claim (``ledger.claim_due``, ``not_due_at`` aware) and build a batch of due deliveries."""
         runtime, settings = self.runtime, self.runtime.settings
         claimed: list[DueDelivery] = ledger.claim_due(session, now=naive(now), holder=runtime.holder,
                                                       lease=dt.timedelta(seconds=settings.lease_s), limit=limit,
-                                                      subscriber_id=subscriber_id, delivery_ids=delivery_ids)
+                                                      subscriber_id=subscriber_id, delivery_ids=delivery_ids,
+                                                      not_due_at=naive(not_due_at) if not_due_at else None)
         if not claimed:
             return []
         items = ledger.delivery_items(session, delivery_ids=[d.id for d in claimed])

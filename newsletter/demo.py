@@ -170,6 +170,7 @@ def run_demo(folder: Path, *, on_step: Callable[[str], object] = lambda _step: N
         for subscriber in SAMPLE_SUBSCRIBERS:
             one = asyncio.run(run_digest(runtime, now=now, only=subscriber.email))
             run.picks += one.picks
+            run.due, run.served = run.due + one.due, run.served + one.served
             run.outcomes.update(one.outcomes)
             run.candidates = max(run.candidates, one.candidates)
     finally:  # even a run that failed halfway: what it wrote is the demo's to remove next time

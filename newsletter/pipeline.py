@@ -4,7 +4,9 @@
 the run before anything is written); plan every digest due at ``now`` — score the papers of each
 subscriber's window and record the picks in the delivery ledger, committed before anything is sent
 (``newsletter.plan``); then claim, render and send every delivery that is due, the ledger written
-around each message (``newsletter.deliver``). Running it again, or beside other runs and daemons,
+around each message (``newsletter.deliver``). A big run plans its first few digests and starts
+sending them while its rendering process plans the rest (``newsletter.render_ahead``); each
+digest's picks are still committed before it can be claimed. Running it again, or beside other runs and daemons,
 sends nothing twice: one delivery per subscriber per local date, and a sender only sends what it
 has claimed.
 """
@@ -15,17 +17,19 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from newsletter import render_ahead
 from newsletter.db import ledger, repo
 from newsletter.db.models import DeliveryStatus, naive
-from newsletter.deliver import send_due
-from newsletter.plan import Pick, plan_due, plan_now, preview_next
+from newsletter.deliver import DeliveryReport, send_due
+from newsletter.plan import Pick, PlanReport, plan_due, plan_now, preview_next
 from newsletter.runtime import Runtime, holder_is_dead
+from newsletter.send.mailer import Mailer
 
 Progress = Callable[[int], None]  # messages done so far
+FIRST_PLAN_BATCH = 200  # a big run plans these here, and its rendering process plans the rest
 
 
 # repr=False: asyncio.run() reprs the finished main task, result included (CPython 3.11), and the default
@@ -34,7 +38,9 @@ Progress = Callable[[int], None]  # messages done so far
 class DigestRun:
     now: dt.datetime
     candidates: int = 0
-    picks: list[Pick] = field(default_factory=list)  # planned (or, dry, scored) in this run
+    picks: list[Pick] = field(default_factory=list)  # planned (or, dry, scored) in this run, unless not kept
+    due: int = 0  # digests planned (or, dry, scored) in this run
+    served: int = 0  # of those, with papers
     missed: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # delivery status → count, after sending
     errors: list[str] = field(default_factory=list)
@@ -45,7 +51,7 @@ class DigestRun:
     held_by_dead: int = 0  # of those, held by a sender of this host that died during the run
 
     def __repr__(self) -> str:
-        return (f"DigestRun(now={self.now.isoformat()}, candidates={self.candidates}, picks={len(self.picks)}, "
+        return (f"DigestRun(now={self.now.isoformat()}, candidates={self.candidates}, due={self.due}, "
                 f"missed={self.missed}, outcomes={dict(self.outcomes)}, errors={len(self.errors)})")
 
 
@@ -57,15 +63,18 @@ async def run_digest(
     dry_run: bool = False,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
+    keep_picks: bool = True,
 ) -> DigestRun:
     """Plan and send every digest due at ``now`` (aware UTC), or ``only`` one subscriber's, now.
 
     ``dry_run``: every active subscriber's next digest (or ``only``'s) scored now; nothing recorded or sent.
+    ``keep_picks=False``: ``DigestRun.picks`` may stay empty (its counts are kept): a big run then plans in its
+    rendering process, beside the sending.
     """
     run = DigestRun(now)
     if dry_run:
         plan = await asyncio.to_thread(preview_next, runtime, now=now, email=only)
-        run.candidates, run.picks = plan.candidates, plan.picks
+        run.candidates, run.picks, run.due, run.served = plan.candidates, plan.picks, plan.due, plan.served
         return run
     runtime.settings.require("secret_key", "from_address", purpose="sending digests")
     if runtime.settings.dispatch == "procrastinate":
@@ -80,18 +89,20 @@ async def run_digest(
     async with contextlib.AsyncExitStack() as stack:
         # Reach the relay before anything is written: an unreachable relay leaves the database as it was.
         mailers = [await stack.enter_async_context(m) for m in runtime.mailers()]
-        ahead = None
         if due is not None and render_ahead.worthwhile(runtime, due=due):
-            # A big run: a second process starts now, and claims and renders ahead of the sending once
-            # everything is planned, on the other core.
-            ahead = stack.enter_context(render_ahead.RenderAhead(runtime))
-        if only:
-            plan = await asyncio.to_thread(plan_now, runtime, email=only, now=now)
+            # A big run: a second process starts now, and claims and renders on the other core, ahead of the
+            # sending; the planning goes on beside it.
+            ahead = stack.enter_context(render_ahead.RenderAhead(runtime, plan_at=None if keep_picks else now))
+            delivered, plan = await _plan_ahead_and_send(runtime, ahead, mailers=mailers, now=now, stop=stop,
+                                                         progress=progress)
         else:
-            plan = await asyncio.to_thread(plan_due, runtime, now=now, keep_picks=True, stopped=_stopped(stop))
-        run.candidates, run.picks, run.missed = plan.candidates, plan.picks, plan.missed
-        delivered = await send_due(runtime, mailers=mailers, subscriber_id=_subscriber_id(runtime, only),
-                                   stop=stop, progress=progress, ahead=ahead)
+            if only:
+                plan = await asyncio.to_thread(plan_now, runtime, email=only, now=now)
+            else:
+                plan = await asyncio.to_thread(plan_due, runtime, now=now, keep_picks=True, stopped=_stopped(stop))
+            delivered = await send_due(runtime, mailers=mailers, subscriber_id=_subscriber_id(runtime, only),
+                                       stop=stop, progress=progress)
+        run.candidates, run.picks, run.missed, run.due, run.served = plan.candidates, plan.picks, plan.missed, plan.due, plan.served
     run.outcomes.update(delivered.outcomes)
     run.taken_over, run.held_elsewhere, run.held_until = delivered.taken_over, delivered.held_elsewhere, delivered.held_until
     run.held_by_dead = delivered.held_by_dead
@@ -100,6 +111,32 @@ async def run_digest(
     if delivered.error:
         run.errors.append(f"{delivered.error}; the remaining digests stay pending for the next run")
     return run
+
+
+async def _plan_ahead_and_send(runtime: Runtime, ahead: render_ahead.RenderAhead, *, mailers: Sequence[Mailer],
+                              now: dt.datetime, stop: asyncio.Event | None,
+                              progress: Progress | None) -> tuple[DeliveryReport, PlanReport]:
+    """A big run. Its first digests are planned here and the sending starts; the rendering process plans
+    the rest, a batch whenever nothing planned is left to claim, and renders them (planning 5,000
+    subscribers here kept this process, the one the sending waits on, busy for ~1.5 s before the
+    first message). Without ``ahead.plan_at`` (the picks are printed) everything is planned here first.
+
+    Each planning batch commits before its deliveries can be claimed, and on SQLite none holds the
+    write lock while it scores (``plan.plan_in_batches``), so the sending's commits do not wait on it.
+    The sending ends once nothing planned is left and nothing is left to plan; the rendering process
+    stops planning when the sending stops early (the relay went away, SIGTERM): what it did not plan
+    stays due for the next run."""
+    if ahead.plan_at is None:
+        plan = await asyncio.to_thread(plan_due, runtime, now=now, keep_picks=True, stopped=_stopped(stop))
+    else:
+        plan = await asyncio.to_thread(plan_due, runtime, now=now, stopped=_stopped(stop), batch=FIRST_PLAN_BATCH, batches=1)
+    if stop is not None and stop.is_set():
+        ahead.plan_at = None  # told to stop while planning: the child only sends what is planned (and due)
+    delivered = await send_due(runtime, mailers=mailers, stop=stop, progress=progress, ahead=ahead)
+    if (rest := ahead.planned) is not None:
+        plan.due, plan.served, plan.empty = plan.due + rest.due, plan.served + rest.served, plan.empty + rest.empty
+        plan.missed, plan.candidates = plan.missed + rest.missed, max(plan.candidates, rest.candidates)
+    return delivered, plan
 
 
 async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | None, stop: asyncio.Event | None) -> DigestRun:
@@ -114,6 +151,7 @@ async def _plan_and_enqueue(runtime: Runtime, run: DigestRun, *, only: str | Non
         plan = await asyncio.to_thread(plan_due, runtime, now=run.now, keep_picks=True, after_record=enqueue,
                                        stopped=_stopped(stop))
     run.candidates, run.picks, run.missed, run.enqueued = plan.candidates, plan.picks, plan.missed, enqueue.jobs
+    run.due, run.served = plan.due, plan.served
     return run
 
 

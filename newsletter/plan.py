@@ -11,16 +11,17 @@ those due (by index, in batches), and for each walks their schedule up to now:
 - ``next_send_at`` moves on to the next send moment.
 
 Claims: on PostgreSQL the due subscribers are locked as they are read (``FOR UPDATE SKIP LOCKED``),
-so concurrent planners split them; on SQLite a batch is one write transaction (``BEGIN IMMEDIATE``).
-Either way the ledger's one-delivery-per-subscriber-per-local-date key makes a second plan of the
-same issue a no-op.
+so concurrent planners split them. On SQLite a batch is scored outside the write lock and recorded
+only for those whose ``next_send_at`` is still what it read (``plan_in_batches``): concurrent
+planners may score the same subscribers, and the first to record has them. Either way the ledger's
+one-delivery-per-subscriber-per-local-date key makes a second plan of the same issue a no-op.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,7 @@ class Pick:
 @dataclass
 class PlanReport:
     due: int = 0  # digests that were due and got planned (pending or empty)
+    served: int = 0  # of those, with papers
     empty: int = 0  # quiet days: nothing above the subscriber's threshold
     missed: int = 0  # issues whose local day ended before they were planned
     candidates: int = 0  # papers in the largest window scored
@@ -66,22 +68,46 @@ AfterRecord = Callable[[Session, set[tuple[int, dt.date]]], object]
 
 
 def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False,
-             after_record: AfterRecord | None = None, stopped: Callable[[], bool] = lambda: False) -> PlanReport:
-    """Plan every digest due at ``now`` (aware), a batch of subscribers per transaction.
+             after_record: AfterRecord | None = None, stopped: Callable[[], bool] = lambda: False,
+             batch: int | None = None, batches: int | None = None) -> PlanReport:
+    """Plan every digest due at ``now`` (aware), ``batch`` subscribers at a time (default PLAN_BATCH), or
+    only ``batches`` batches of them. See ``plan_in_batches``."""
+    report = PlanReport()
+    for planned, so_far in enumerate(plan_in_batches(runtime, now=now, keep_picks=keep_picks, after_record=after_record,
+                                                     stopped=stopped, batch=batch), start=1):
+        report = so_far
+        if planned == batches:
+            break
+    return report
+
+
+def plan_in_batches(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False,
+                    after_record: AfterRecord | None = None, stopped: Callable[[], bool] = lambda: False,
+                    batch: int | None = None) -> Iterator[PlanReport]:
+    """Plan every digest due at ``now`` (aware), ``batch`` subscribers at a time; yields the report so far
+    after each batch is committed (its deliveries can be claimed from then on).
 
     ``after_record(session, recorded)`` runs in each batch's transaction with the (subscriber id, issue
     date) pairs it recorded: the job queue enqueues their send batches there, so rows and jobs commit together.
     ``stopped()`` (Ctrl-C, SIGTERM) is asked between batches: what is planned is committed, the rest stays due.
+
+    On SQLite a batch is three transactions, so that the database's one write lock is never held while
+    it scores (a sender beside it commits each message, and waited on it for the whole batch): a short
+    write takes the batch (older unsent digests give way); the scoring reads; a short write records
+    the picks of those whose next send moment is still the one read (another planner that got there
+    first has moved it: theirs). On PostgreSQL a batch is one transaction: its rows are locked as they
+    are read (``FOR UPDATE SKIP LOCKED``), and nothing else waits on them.
     """
     report = PlanReport()
     indexes: dict[Window, tuple[list[Paper], PaperIndex]] = {}  # one per window for the whole pass, not per batch
     schedule_unscheduled(runtime, now=now)
+    optimistic = runtime.engine.dialect.name == "sqlite"
     while not stopped():
         with runtime.sessions() as session:
             ledger.begin_write(session)
             query = (select(Subscriber)
                      .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at <= naive(now))
-                     .order_by(Subscriber.next_send_at, Subscriber.id).limit(PLAN_BATCH))
+                     .order_by(Subscriber.next_send_at, Subscriber.id).limit(batch or PLAN_BATCH))
             if session.get_bind().dialect.name == "postgresql":
                 # FOR NO KEY UPDATE: rows another planner holds are skipped, and inserting a delivery (whose
                 # foreign key takes a key-share lock on the subscriber, as --only does) never deadlocks with it.
@@ -89,13 +115,22 @@ def plan_due(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = False,
             subscribers = list(session.scalars(query).unique())
             if not subscribers:
                 session.commit()
-                return report
-            recorded = _plan_batch(runtime, session, subscribers, now=now, report=report, keep_picks=keep_picks,
-                                   indexes=indexes)
+                return
+            walked = _walk_batch(session, subscribers, now=now)
+            if optimistic:
+                session.commit()
+            # On SQLite, new sentence vectors stored on the way are committed at once: an insert takes the write lock
+            # until the commit, and the rest of the scoring must not hold it.
+            scored = _score_batch(runtime, session, walked, indexes=indexes, after_store=session.commit if optimistic else None)
+            if optimistic:
+                session.commit()
+                ledger.begin_write(session)
+                scored = scored.still_due(session)
+            recorded = _record_batch(runtime, session, scored, report=report, keep_picks=keep_picks)
             if after_record is not None:
                 after_record(session, recorded)
             session.commit()
-    return report
+        yield report
 
 
 def schedule_unscheduled(runtime: Runtime, *, now: dt.datetime) -> int:
@@ -116,48 +151,83 @@ def schedule_unscheduled(runtime: Runtime, *, now: dt.datetime) -> int:
     return scheduled
 
 
-def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber], *, now: dt.datetime,
-                report: PlanReport, keep_picks: bool,
-                indexes: dict[Window, tuple[list[Paper], PaperIndex]]) -> set[tuple[int, dt.date]]:
-    settings = runtime.settings
-    due: list[tuple[Subscriber, schedule.Schedule, schedule.DueIssue]] = []
-    planned: list[PlannedDelivery] = []
+@dataclass
+class _Batch:
+    """A batch of due subscribers walked up to now: what to record for each, once scored."""
+
+    read_at: dict[int, dt.datetime]  # subscriber id → the next send moment the batch was read with
+    emails: dict[int, str]
+    moves: list[tuple[int, dt.datetime | None]]  # (subscriber id, their next send moment; None: a schedule to fix)
+    missed: list[PlannedDelivery]
+    due: list[tuple[Subscriber, schedule.Schedule, schedule.DueIssue]]
+    picks: list[list[RankedPaper]] = field(default_factory=list)  # of ``due``, in its order, once scored
+    candidates: int = 0  # papers in the largest window scored
+
+    def still_due(self, session: Session) -> _Batch:
+        """The batch without the subscribers whose next send moment is no longer the one it was read with
+        (another planner recorded their digest meanwhile), or who are no longer active."""
+        current = repo.next_send_moments(session, subscriber_ids=list(self.read_at))
+        kept = {i for i, when in self.read_at.items() if i in current and current[i] == when}
+        if len(kept) == len(self.read_at):
+            return self
+        logger.info("%s of %s subscribers were planned by another run meanwhile", len(self.read_at) - len(kept), len(self.read_at))
+        due = [(i, entry) for i, entry in enumerate(self.due) if entry[0].id in kept]
+        return _Batch({i: w for i, w in self.read_at.items() if i in kept}, self.emails,
+                      [m for m in self.moves if m[0] in kept], [m for m in self.missed if m.subscriber_id in kept],
+                      [entry for _, entry in due], [self.picks[i] for i, _ in due], self.candidates)
+
+
+def _walk_batch(session: Session, subscribers: list[Subscriber], *, now: dt.datetime) -> _Batch:
+    """Walk each subscriber's schedule up to now, and let their older unsent digests give way to the one due now."""
+    batch = _Batch({s.id: s.next_send_at for s in subscribers}, {s.id: s.email for s in subscribers}, [], [], [])  # type: ignore[misc]  # selected by next_send_at <= now
     walks: dict[tuple[schedule.Schedule, dt.datetime], _Walk] = {}  # subscribers share a few schedules and moments
-    moves: list[tuple[int, dt.datetime | None]] = []  # (subscriber id, their next send moment)
     for subscriber in subscribers:
         try:
             plan = repo.schedule_of(subscriber)
         except NewsletterError as exc:  # a schedule written by hand that makes no sense: skip them, not everyone
             logger.warning("subscriber %s has an invalid schedule (%s); skipped until it is fixed", subscriber.email, exc)
-            moves.append((subscriber.id, None))
+            batch.moves.append((subscriber.id, None))
             continue
         send_at = aware(subscriber.next_send_at)  # type: ignore[arg-type]  # selected by next_send_at <= now
         if (walk := walks.get((plan, send_at))) is None:
             walk = walks[(plan, send_at)] = _walk(plan, send_at, now=now)
-        planned.extend(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at))
-                       for issue in walk.missed)
+        batch.missed.extend(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at))
+                            for issue in walk.missed)
         if walk.due is not None:
-            due.append((subscriber, plan, walk.due))
-        moves.append((subscriber.id, naive(walk.next_send_at)))
-    repo.move_next_send_at(session, moves=moves)
-    ledger.supersede_unsent(session, issues=[(s.id, issue.issue_date) for s, _, issue in due], now=utcnow())
-    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s, _, _ in due])
+            batch.due.append((subscriber, plan, walk.due))
+        batch.moves.append((subscriber.id, naive(walk.next_send_at)))
+    ledger.supersede_unsent(session, issues=[(s.id, issue.issue_date) for s, _, issue in batch.due], now=utcnow())
+    return batch
+
+
+def _score_batch(runtime: Runtime, session: Session, batch: _Batch, *,
+                 indexes: dict[Window, tuple[list[Paper], PaperIndex]], after_store: Callable[[], None] | None) -> _Batch:
+    """The picks of each subscriber due, among the papers of their window (back to their last digest planned)."""
+    settings = runtime.settings
+    last = ledger.last_planned_send(session, subscriber_ids=[s.id for s, _, _ in batch.due])
     windows = []
     known: dict[tuple[schedule.Schedule, dt.date, dt.datetime | None], Window] = {}
-    for subscriber, plan, issue in due:
+    for subscriber, plan, issue in batch.due:
         previous = last.get(subscriber.id)
         if (window := known.get((plan, issue.issue_date, previous))) is None:
             window = known[(plan, issue.issue_date, previous)] = naive_window(schedule.candidate_window(
                 plan, issue.issue_date, daily_days=settings.candidate_window_days, last_sent=aware(previous) if previous else None))
         windows.append(window)
-    candidates, ranked = score_subscribers(runtime, session, subscribers=[repo.reader_of(s) for s, _, _ in due], windows=windows,
-                                           indexes=indexes)
-    report.candidates = max(report.candidates, candidates)
-    for (subscriber, _, issue), picks in zip(due, ranked, strict=True):
+    batch.candidates, batch.picks = score_subscribers(runtime, session, subscribers=[repo.reader_of(s) for s, _, _ in batch.due],
+                                                      windows=windows, indexes=indexes, after_store=after_store)
+    return batch
+
+
+def _record_batch(runtime: Runtime, session: Session, batch: _Batch, *, report: PlanReport,
+                  keep_picks: bool) -> set[tuple[int, dt.date]]:
+    settings = runtime.settings
+    report.candidates = max(report.candidates, batch.candidates)
+    repo.move_next_send_at(session, moves=batch.moves)
+    planned = list(batch.missed)
+    for (subscriber, _, issue), picks in zip(batch.due, batch.picks, strict=True):
         status = DeliveryStatus.PENDING if picks or settings.send_empty_digest else DeliveryStatus.EMPTY  # quiet: no email
         planned.append(PlannedDelivery(subscriber.id, issue.issue_date, picks, status, naive(issue.send_at)))
     recorded = ledger.record_deliveries(session, planned=planned, message_domain=settings.from_domain, now=utcnow())
-    emails = {s.id: s.email for s in subscribers}
     for entry in planned:  # only what this pass recorded: another run (or --only) may have planned some first
         if (entry.subscriber_id, entry.issue_date) not in recorded:
             continue
@@ -166,8 +236,9 @@ def _plan_batch(runtime: Runtime, session: Session, subscribers: list[Subscriber
             continue
         report.due += 1
         report.empty += entry.status == DeliveryStatus.EMPTY
+        report.served += bool(entry.picks)
         if keep_picks:
-            report.picks.append(Pick(emails[entry.subscriber_id], list(entry.picks), entry.issue_date))
+            report.picks.append(Pick(batch.emails[entry.subscriber_id], list(entry.picks), entry.issue_date))
     return recorded
 
 
@@ -227,7 +298,7 @@ def plan_now(runtime: Runtime, *, email: str, now: dt.datetime, after_record: Af
             recorded = ledger.record_deliveries(session, message_domain=runtime.settings.from_domain, now=utcnow(),
                                                 planned=[PlannedDelivery(subscriber.id, issue_date, picks, status, naive(now))])
             if recorded:
-                report.due, report.empty = 1, int(status == DeliveryStatus.EMPTY)
+                report.due, report.empty, report.served = 1, int(status == DeliveryStatus.EMPTY), int(bool(picks))
                 report.picks.append(Pick(subscriber.email, picks, issue_date))
                 if after_record is not None:
                     after_record(session, recorded)
@@ -260,7 +331,7 @@ def preview_next(runtime: Runtime, *, now: dt.datetime, email: str | None = None
         # dry run and the real plan find them (a dry run of 100,000 new subscribers' sentences embeds for
         # minutes; without this, every dry run would again).
         session.commit()
-    report.due = len(report.picks)
+    report.due, report.served = len(report.picks), sum(1 for pick in report.picks if pick.papers)
     return report
 
 
@@ -278,11 +349,13 @@ def next_issue_date(plan: schedule.Schedule, *, now: dt.datetime, planned: dt.da
 
 def score_subscribers(
     runtime: Runtime, session: Session, *, subscribers: Sequence[repo.Reader], windows: Sequence[Window],
-    indexes: dict[Window, tuple[list[Paper], PaperIndex]] | None = None,
+    indexes: dict[Window, tuple[list[Paper], PaperIndex]] | None = None, after_store: Callable[[], None] | None = None,
 ) -> tuple[int, list[list[RankedPaper]]]:
     """Rank the papers first seen in each subscriber's window (subscribers sharing a window are scored together).
 
     ``indexes`` keeps each window's papers and index for the caller's next batches (same papers, same index).
+    ``after_store``: called after sentence vectors embedded on the way are stored (planning on SQLite commits
+    there, so that it holds the write lock for the insert only).
     """
     indexes = {} if indexes is None else indexes
     settings = runtime.settings
@@ -310,7 +383,7 @@ def score_subscribers(
             )
             for p in positions
         ]
-        ranked = rank_window(runtime, papers, index, profiles, session=session)
+        ranked = rank_window(runtime, papers, index, profiles, session=session, after_store=after_store)
         for position, subscriber_picks in zip(positions, ranked, strict=True):
             picks[position] = subscriber_picks
     return candidates, picks
@@ -344,12 +417,13 @@ def window_index(settings: Settings, papers: Sequence[Paper], *, end: dt.datetim
 
 
 def rank_window(runtime: Runtime, papers: Sequence[Paper], index: PaperIndex, profiles: Sequence[Profile], *,
-                session: Session | None) -> list[list[RankedPaper]]:
+                session: Session | None, after_store: Callable[[], None] | None = None) -> list[list[RankedPaper]]:
     """The profiles' picks among one window's papers, as a digest ranks them: lexical, fused with meaning
     when the model is on, re-ordered by a reader's own model (``score.learn``). Without a ``session``
     (a preview) new embeddings are not stored."""
     settings = runtime.settings
-    embedded = embed_for_ranking(runtime, papers, profiles, session=session) if settings.semantic and papers else None
+    embedded = (embed_for_ranking(runtime, papers, profiles, session=session, after_store=after_store)
+                if settings.semantic and papers else None)
     if embedded is None:
         return rank_papers(index, profiles, min_score=settings.min_score, semantic=None)
     return rank_learned(index, profiles, similarity=embedded.similarity, vectors=embedded.vectors, min_score=settings.min_score)
@@ -395,8 +469,9 @@ class Embedded:
 
 
 def embed_for_ranking(runtime: Runtime, papers: Sequence[Paper], profiles: Sequence[Profile], *,
-                      session: Session | None = None) -> Embedded | None:
-    """The vectors the semantic similarity and ``score.learn`` work from; None without the model."""
+                      session: Session | None = None, after_store: Callable[[], None] | None = None) -> Embedded | None:
+    """The vectors the semantic similarity and ``score.learn`` work from; None without the model.
+    ``after_store()`` runs after each of the two lookups (papers, interests) that may store new vectors."""
     model = runtime.semantic_model()
     if model is None:
         return None
@@ -409,7 +484,11 @@ def embed_for_ranking(runtime: Runtime, papers: Sequence[Paper], profiles: Seque
         interests = dict(zip(texts, model.embed(texts), strict=True))
     else:
         vectors = embeddings.embed_papers(session, model=model, papers=everything)
+        if after_store is not None:
+            after_store()
         interests = embeddings.embed_interests(session, model=model, texts=texts)
+        if after_store is not None:
+            after_store()
     return Embedded(papers, {paper.key: vector for paper, vector in zip(everything, vectors, strict=True)}, interests)
 
 

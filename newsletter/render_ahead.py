@@ -1,16 +1,18 @@
-"""Claiming and rendering in a second process, ahead of the sending: a big run uses both cores.
+"""Claiming, rendering (and planning) in a second process, ahead of the sending: a big run uses both cores.
 
 Sending is CPU-bound in Python (the SMTP client's own work, the ledger's commits), and so is
-rendering (Jinja, MIME, about 0.5 ms a message): in one process they share one core, however many
-the machine has. For a big run a child process starts while this one plans (it imports and compiles
-the templates meanwhile); once the digests are planned, it claims the due deliveries (under the
-sender's lease holder, so the sender's lease renewal and final release cover them), renders them
-and hands them over, a batch at a time, at most two batches ahead of the sending: memory stays flat at
-any list size. The sender does with those batches what it does with batches rendered
-in its own thread.
+rendering (Jinja, MIME, about 0.5 ms a message) and planning (scoring, about 0.3 ms a subscriber):
+in one process they share one core, however many the machine has. For a big run a child process
+starts at once; the sender plans the first few digests (``pipeline``) and starts sending them,
+rendered in its own thread, while the child imports (~1 s). Told to go, the child claims the due
+deliveries (under the sender's lease holder, so the sender's lease renewal and final release cover
+them), renders them and hands them over, a batch at a time, at most two batches ahead of the
+sending: memory stays flat at any list size. Whenever nothing planned is left to claim, it plans
+the next batch of subscribers due (``go(plan_at=…)``), until nobody is; then it says what it planned
+and is done. The sender switches to its batches as soon as it speaks.
 
-Planning stays in the sender, before any sending: on SQLite a planning batch holds the database's
-write lock while it scores, which would stall the sending's ledger commits if the two overlapped.
+Planning beside the sending is sound on SQLite because a planning batch does not hold the
+database's write lock while it scores (``plan.plan_in_batches``): the sender's commits would wait on it.
 
 What can go wrong, and what happens:
 - the child raises (a database error, a bug): the error reaches the sender as the reason the run
@@ -33,10 +35,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from newsletter.db.engine import sqlite_file
 from newsletter.errors import NewsletterError
@@ -44,9 +46,13 @@ from newsletter.runtime import Runtime
 from newsletter.send.dispatch import OutboundMessage, one_line
 from newsletter.settings import Settings
 
+if TYPE_CHECKING:
+    from newsletter.plan import PlanReport
+
 logger = logging.getLogger(__name__)
 FIRST_BATCH = 100  # a small first batch: the sending starts sooner
 POLL_S = 0.5  # how often each side looks whether the other is still there
+PLAN_BATCH = 1_000  # subscribers the child plans at a time: each batch is claimed as soon as it is committed
 STOP_WAIT_S = 10.0  # a stopped child finishes the batch it is rendering within this, or is terminated
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "QUOTA PERIOD" or "max PERIOD" (cgroup v2)
 
@@ -87,7 +93,9 @@ class RenderAhead:
     warning about them into the sender's log, after the crash it was about).
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, plan_at: dt.datetime | None = None) -> None:
+        """``plan_at``: the child also plans the digests still due at that moment (aware), a batch whenever
+        nothing planned is left to claim; ``planned`` then has what it planned, once it is done."""
         context = multiprocessing.get_context("spawn")  # not fork: the parent has threads and open connections
         self._from_child, to_parent = context.Pipe(duplex=False)
         from_parent, self._to_child = context.Pipe(duplex=False)
@@ -95,6 +103,9 @@ class RenderAhead:
                                       args=(runtime.settings, runtime.holder, to_parent, from_parent,
                                             logging.getLogger().getEffectiveLevel()))
         self._to_parent, self._from_parent = to_parent, from_parent
+        self._told = False
+        self.plan_at = plan_at
+        self.planned: PlanReport | None = None  # what the child planned (``go(plan_at=…)``), once it said so
 
     def __enter__(self) -> RenderAhead:
         # Ignored while it starts (the child inherits it): a Ctrl-C during its imports would print a traceback there.
@@ -112,12 +123,27 @@ class RenderAhead:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    async def batches(self) -> AsyncGenerator[list[OutboundMessage], None]:
-        """Claimed and rendered batches from the child, until nothing is due."""
-        self._tell("go")
+    def go(self) -> None:
+        """Tell the child to start claiming (and planning, with ``plan_at``). Idempotent."""
+        if not self._told:
+            self._told = True
+            self._tell(("go", self.plan_at))
+
+    def ready(self) -> bool:
+        """Whether the child has said anything yet (a batch, mostly): it has started."""
+        try:
+            return self._from_child.poll(0)
+        except (EOFError, OSError):
+            return True
+
+    async def batches(self, *, stopped: Callable[[], bool] = lambda: False) -> AsyncGenerator[list[OutboundMessage], None]:
+        """Claimed and rendered batches from the child, until nothing is due (nor, with ``plan_at``, left to
+        plan), or ``stopped()`` (SIGTERM, Ctrl-C: looked at while waiting too, since planning a stretch of quiet
+        days hands over nothing for a while)."""
+        self.go()
         try:
             while True:
-                kind, value = await asyncio.to_thread(self._next)
+                kind, value = await asyncio.to_thread(self._next, stopped)
                 if kind == "batch":
                     yield value
                 elif kind == "done":
@@ -138,8 +164,15 @@ class RenderAhead:
             # wrote half a batch into (or that a cancelled read left mid-message): it is thrown away.
             with contextlib.suppress(Exception):
                 while self._from_child.poll(0.1):
-                    self._from_child.recv()
+                    kind, value = self._from_child.recv()
+                    if kind == "planned":  # a child stopped while planning says what it planned
+                        self.planned = value
             self._child.join(timeout=0.1)
+        with contextlib.suppress(Exception):  # what it said as it ended ("planned", after a stop)
+            while self._from_child.poll(0):
+                kind, value = self._from_child.recv()
+                if kind == "planned":
+                    self.planned = value
         if self._child.is_alive():
             logger.warning("the rendering process did not stop within %.0f s; killing it", STOP_WAIT_S)
             self._child.kill()  # it ignores SIGTERM (sent to the whole group by timeout(1) and systemd)
@@ -147,19 +180,25 @@ class RenderAhead:
         self._from_child.close()
         self._to_child.close()
 
-    def _tell(self, order: str) -> None:
+    def _tell(self, order: object) -> None:
         with contextlib.suppress(OSError):  # the child is gone already (closed, or it died): nothing to tell
             self._to_child.send(order)
 
-    def _next(self) -> tuple[str, Any]:
+    def _next(self, stopped: Callable[[], bool]) -> tuple[str, Any]:
         """The child's next batch, "done" or error; its log records on the way go to our loggers."""
         while True:
+            if stopped():
+                self._tell("stop")
+                return "done", None
             try:
                 if self._from_child.poll(POLL_S):
                     kind, value = self._from_child.recv()
-                    if kind != "log":
+                    if kind == "planned":
+                        self.planned = value
+                    elif kind != "log":
                         return kind, value
-                    logging.getLogger(value.name).handle(value)
+                    else:
+                        logging.getLogger(value.name).handle(value)
                     continue
                 if self._child.is_alive():
                     continue
@@ -192,18 +231,21 @@ class _Sender:
 
 
 class _Orders:
-    """The parent's word, as the child reads it: "go" once everything is planned, "stop" when the run
-    ends early. The parent gone (its end of the pipe closed: it died, or closed) is a stop too."""
+    """The parent's word, as the child reads it: "go" (with the moment to plan at, if it plans too), "stop"
+    when the run ends early. The parent gone (its end of the pipe closed: it died, or closed) is a stop too."""
 
     def __init__(self, from_parent: Connection) -> None:
         self.from_parent = from_parent
         self.go = self.stopped = False
+        self.plan_at: dt.datetime | None = None
 
     def _read(self, timeout: float) -> None:
         try:
             while not self.stopped and self.from_parent.poll(timeout):
                 order = self.from_parent.recv()
-                self.go, self.stopped = self.go or order == "go", self.stopped or order == "stop"
+                if isinstance(order, tuple) and order[0] == "go":
+                    self.go, self.plan_at = True, order[1]
+                self.stopped = self.stopped or order == "stop"
                 timeout = 0
         except (EOFError, OSError):
             self.stopped = True
@@ -246,20 +288,38 @@ def _child_main(settings: Settings, holder: str, to_parent: Connection, from_par
 
 
 def _render_until_done(runtime: Runtime, to_parent: Connection, stop: _Orders) -> bool:
-    """Claim, render and hand over batches until none is due; False if told to stop on the way."""
+    """Claim, render and hand over batches until none is due (planning the next batch of digests, with
+    ``plan_at``, whenever none is); False if told to stop on the way."""
     from newsletter.deliver import CLAIM_BATCH, BatchBuilder
+    from newsletter.plan import PlanReport, plan_in_batches
 
     builder = BatchBuilder(runtime)
     limit = FIRST_BATCH
     parent = multiprocessing.parent_process()
-    with runtime.sessions() as session:
-        # A parent gone (its pipe ended, or it is no longer alive): claiming under its name after it died would
-        # hold rows from the next run.
-        while not stop.is_set() and (parent is None or parent.is_alive()):
-            batch = builder.claim_and_build(session, now=dt.datetime.now(dt.UTC), subscriber_id=None, delivery_ids=None,
-                                            limit=limit)
-            limit = CLAIM_BATCH
-            if not batch:  # after a short batch, one more look: deliveries that came due meanwhile
-                return True
-            to_parent.send(("batch", batch))  # waits while the parent is not reading
+    planning = None if stop.plan_at is None else plan_in_batches(runtime, now=stop.plan_at, stopped=stop.is_set,
+                                                                 batch=PLAN_BATCH)
+    planned = PlanReport()
+    try:
+        with runtime.sessions() as session:
+            # A parent gone (its pipe ended, or it is no longer alive): claiming under its name after it died would
+            # hold rows from the next run.
+            while not stop.is_set() and (parent is None or parent.is_alive()):
+                batch = builder.claim_and_build(session, now=dt.datetime.now(dt.UTC), subscriber_id=None,
+                                                delivery_ids=None, limit=limit,
+                                                not_due_at=stop.plan_at if planning is not None else None)
+                if batch:
+                    limit = CLAIM_BATCH
+                    to_parent.send(("batch", batch))  # waits while the parent is not reading
+                    continue
+                if planning is None:  # after a short batch, one more look: deliveries that came due meanwhile
+                    return True
+                # Nothing planned is left to claim: plan the next batch of digests (after the last, one more look).
+                if (report := next(planning, None)) is None:
+                    planning = None
+                else:
+                    planned = report
+    finally:
+        if stop.plan_at is not None:
+            with contextlib.suppress(OSError):
+                to_parent.send(("planned", planned))
     return False

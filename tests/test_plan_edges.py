@@ -7,7 +7,7 @@ import json
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import make_url, select, update
 
 from newsletter.db import ledger
 from newsletter.db.engine import make_engine, make_sessionmaker
@@ -229,3 +229,82 @@ def test_planning_stops_between_batches_when_told_and_the_rest_stays_due(cli, co
         assert rest.due == 3
     finally:
         runtime.engine.dispose()
+
+
+def readers_due(cli, count: int) -> dt.datetime:  # noqa: ANN001
+    assert cli("init").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    for n in range(count):
+        assert cli("subscribers", "add", f"r{n}@example.org", "--topic", "diffusion models").code == 0
+    return next_send_of_first(cli)
+
+
+def next_send_of_first(cli) -> dt.datetime:  # noqa: ANN001
+    return next_send(load_settings().database_url, "r0@example.org") + dt.timedelta(minutes=1)
+
+
+def test_planning_on_sqlite_scores_without_holding_the_write_lock(cli, configured, monkeypatch) -> None:
+    """A sender beside the planner commits each message: it must not wait while a batch is scored."""
+    import sqlite3
+
+    import newsletter.plan as plan_module
+
+    if not configured.startswith("sqlite"):
+        pytest.skip("PostgreSQL locks the rows it plans, not the database")
+    now = readers_due(cli, 3)
+    score = plan_module.score_subscribers
+    writes_while_scoring = []
+
+    def score_and_write_beside(*args: object, **kwargs: object):  # noqa: ANN202
+        other = sqlite3.connect(make_url(configured).database, timeout=0, isolation_level=None)
+        try:  # another process's write, not willing to wait at all
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE subscribers SET bounce_count = bounce_count WHERE id = 0")
+            other.execute("COMMIT")
+            writes_while_scoring.append("written")
+        except sqlite3.OperationalError as exc:
+            writes_while_scoring.append(str(exc))
+        finally:
+            other.close()
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "score_subscribers", score_and_write_beside)
+    runtime = Runtime.build(load_settings())
+    try:
+        assert plan_due(runtime, now=now).due == 3
+    finally:
+        runtime.engine.dispose()
+    assert writes_while_scoring == ["written"]
+
+
+def test_a_subscriber_changed_while_their_batch_was_scored_is_not_recorded_over(cli, configured, monkeypatch) -> None:
+    """SQLite: the picks are recorded only for those whose next send moment is still the one read (another
+    planner, or a change of schedule, got there first) and who are still active."""
+    import newsletter.plan as plan_module
+
+    if not configured.startswith("sqlite"):
+        pytest.skip("PostgreSQL holds the rows of the batch it scores: nobody changes them meanwhile")
+    now = readers_due(cli, 4)
+    moved_to = now + dt.timedelta(days=3)
+    score = plan_module.score_subscribers
+    engine = make_engine(configured)
+
+    def changed_while_scoring(*args: object, **kwargs: object):  # noqa: ANN202
+        with make_sessionmaker(engine)() as session:  # another process: a new hour for r1, r2 leaves
+            session.execute(update(Subscriber).where(Subscriber.email == "r1@example.org").values(next_send_at=moved_to))
+            session.execute(update(Subscriber).where(Subscriber.email == "r2@example.org").values(status="unsubscribed"))
+            session.commit()
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "score_subscribers", changed_while_scoring)
+    runtime = Runtime.build(load_settings())
+    try:
+        assert plan_due(runtime, now=now).due == 2
+    finally:
+        runtime.engine.dispose()
+    with make_sessionmaker(engine)() as session:
+        planned = set(session.scalars(select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)))
+        r1_next = session.scalar(select(Subscriber.next_send_at).where(Subscriber.email == "r1@example.org"))
+    engine.dispose()
+    assert planned == {"r0@example.org", "r3@example.org"}
+    assert r1_next == moved_to.replace(tzinfo=None), "their new moment stands"

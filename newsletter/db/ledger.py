@@ -292,9 +292,13 @@ class DueDelivery:
 
 def claim_due(
     session: Session, *, now: dt.datetime, holder: str, lease: dt.timedelta, limit: int, subscriber_id: int | None = None,
-    delivery_ids: Sequence[int] | None = None,
+    delivery_ids: Sequence[int] | None = None, not_due_at: dt.datetime | None = None,
 ) -> list[DueDelivery]:
     """Claim up to ``limit`` due deliveries of active subscribers for ``holder``, and commit the claim.
+
+    ``not_due_at`` (naive UTC; planning at that moment is still going on beside the sending): only deliveries of
+    subscribers who are not due then, i.e. already planned. A subscriber's older unsent digest gives way to their
+    new one when they are planned; claimed before that, it went out beside the new one.
 
     Two senders never get the same row: on PostgreSQL the rows are locked as they are read and rows
     another transaction holds are skipped; on SQLite the whole claim is one write transaction.
@@ -312,6 +316,8 @@ def claim_due(
         query = query.where(Delivery.subscriber_id == subscriber_id)
     if delivery_ids is not None:  # a batch handed to a worker: only those, if still due and free
         query = query.where(Delivery.id.in_(list(delivery_ids)))
+    if not_due_at is not None:
+        query = query.where(or_(Subscriber.next_send_at.is_(None), Subscriber.next_send_at > not_due_at))
     ids = list(session.scalars(_skip_locked(session, query, of=Delivery)))
     if not ids:
         session.commit()

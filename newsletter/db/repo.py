@@ -177,6 +177,16 @@ def move_next_send_at(session: Session, *, moves: Sequence[tuple[int, dt.datetim
             [{"subscriber": subscriber_id, "when": when} for subscriber_id, when in moves])
 
 
+def next_send_moments(session: Session, *, subscriber_ids: Sequence[int]) -> dict[int, dt.datetime | None]:
+    """Each active subscriber's next send moment (naive UTC), as stored now; the others are left out."""
+    found: dict[int, dt.datetime | None] = {}
+    for start in range(0, len(subscriber_ids), IN_CHUNK):
+        rows = session.execute(select(Subscriber.id, Subscriber.next_send_at).where(
+            Subscriber.id.in_(subscriber_ids[start : start + IN_CHUNK]), Subscriber.status == SubscriberStatus.ACTIVE))
+        found.update((subscriber_id, when) for subscriber_id, when in rows)
+    return found
+
+
 def first_send_at(plan: schedule.Schedule, *, now: dt.datetime) -> dt.datetime:
     """A new or changed schedule's first send moment (naive UTC): the next one after ``now`` (naive UTC).
 

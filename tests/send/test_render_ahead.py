@@ -18,12 +18,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy import update as sa_update
 
 import newsletter.deliver
 from newsletter import render_ahead
 from newsletter.db import repo
-from newsletter.db.models import Delivery
+from newsletter.db.models import Delivery, DeliveryItem, Subscriber
 from newsletter.deliver import send_due
 from newsletter.plan import plan_due
 from newsletter.records import NewSubscriber, Preferences
@@ -88,9 +89,16 @@ def broken_renderer(*_args: object, **_kwargs: object) -> None:
     raise AssertionError("rendered in the sending process")
 
 
+def child_started_first(monkeypatch) -> None:  # noqa: ANN001
+    """The sending waits for the rendering process's first word instead of rendering here while it starts:
+    what is checked is then all the child's doing."""
+    monkeypatch.setattr(render_ahead.RenderAhead, "ready", lambda self: self._from_child.poll(60))  # noqa: SLF001
+
+
 def test_the_messages_are_rendered_by_the_other_process(sqlite_url, tmp_path, monkeypatch, caplog) -> None:
     runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 250)
     monkeypatch.setattr(newsletter.deliver, "message_for", broken_renderer)  # here only: the child imports its own
+    child_started_first(monkeypatch)
     mailer = RecordingMailer()
     caplog.set_level(logging.INFO, logger="newsletter.render_ahead")
     with render_ahead.RenderAhead(runtime) as ahead:
@@ -118,6 +126,8 @@ def test_a_failing_render_process_stops_the_run_with_its_reason_and_the_next_run
     runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 120, dkim_private_key_path=key_path)
     key_path.unlink()  # the sender has read it; the child, starting now, cannot
     caplog.set_level(logging.INFO)
+    monkeypatch = pytest.MonkeyPatch()
+    child_started_first(monkeypatch)  # nothing is rendered here, where the key was read
     with render_ahead.RenderAhead(runtime) as ahead:
         report = asyncio.run(send_due(runtime, mailers=[RecordingMailer()], ahead=ahead))
 
@@ -129,6 +139,7 @@ def test_a_failing_render_process_stops_the_run_with_its_reason_and_the_next_run
     assert child_said and child_said[0].process != os.getpid(), "the child's own log record reached our loggers"
     assert "\n" not in child_said[0].getMessage(), "one line: no traceback on a user's terminal"
 
+    monkeypatch.undo()
     mailer = RecordingMailer()  # the next run (rendering here: the key is back in the sender's runtime)
     again = asyncio.run(send_due(runtime, mailers=[mailer]))
     assert again.error is None and again.outcomes == Counter(sent=120)
@@ -191,8 +202,110 @@ def test_a_run_with_only_deliveries_left_over_counts_them_and_renders_ahead(sqli
     runtime = Runtime.build(planned.settings, connect=lambda: mailer)
     monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 2)
     monkeypatch.setattr(newsletter.deliver, "message_for", broken_renderer)  # here only: the child imports its own
+    child_started_first(monkeypatch)
 
     run = asyncio.run(run_digest(runtime, now=now))
     assert not run.picks, "nobody was due: the 60 deliveries were planned by an earlier run"
     assert run.errors == [] and run.outcomes == Counter(sent=60)
     assert Counter(e.recipient for e in mailer.sent) == Counter({f"reader{i:03d}@example.org": 1 for i in range(60)})
+
+
+def test_the_first_messages_go_out_while_the_rendering_process_starts_and_each_digest_goes_once(
+        sqlite_url, tmp_path, monkeypatch) -> None:
+    """The child's start (~1 s of imports) is not waited for: batches are rendered here until it speaks."""
+    runtime, _ = runtime_with_readers(tmp_path, sqlite_url, 400)
+    rendered_here = []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        rendered_here.append(1)
+        return message_for(*args, **kwargs)
+
+    message_for = newsletter.deliver.message_for
+    monkeypatch.setattr(newsletter.deliver, "message_for", counted)
+    asked = []
+
+    def ready(self: render_ahead.RenderAhead) -> bool:  # not before two batches were rendered here
+        asked.append(1)
+        return len(asked) > 2 and self._from_child.poll(60)  # noqa: SLF001
+
+    monkeypatch.setattr(render_ahead.RenderAhead, "ready", ready)
+    mailer = RecordingMailer()
+    with render_ahead.RenderAhead(runtime) as ahead:
+        report = asyncio.run(send_due(runtime, mailers=[mailer], ahead=ahead))
+
+    assert report.error is None and report.outcomes == Counter(sent=400)
+    assert len(rendered_here) == 2 * render_ahead.FIRST_BATCH, "two small batches here, the rest in the child"
+    assert Counter(e.recipient for e in mailer.sent) == Counter({f"reader{i:03d}@example.org": 1 for i in range(400)})
+    assert delivery_states(runtime) == Counter({("sent", False): 400})
+
+
+def test_a_big_run_plans_in_the_rendering_process_beside_the_sending(sqlite_url, tmp_path, monkeypatch) -> None:
+    """Everyone due is planned once and sent once, the first few planned here and the rest by the child, and
+    the run's counts say so; with the picks asked for (--json, --verbose) everything is planned here."""
+    from newsletter import pipeline
+
+    planned, now = runtime_with_readers(tmp_path, sqlite_url, 1, render_ahead_from=50)  # reader000, planned already
+    with planned.sessions() as session:
+        repo.import_subscribers(session, subscribers=[
+            NewSubscriber(email=f"reader{i:03d}@example.org", max_papers=2, preferences=Preferences.from_lists(
+                topics=["diffusion models", "language models"] if i % 4 else ["zebra husbandry"]))
+            for i in range(1, 121)])
+        session.commit()
+        due_at = dict(session.execute(select(Subscriber.id, Subscriber.next_send_at).where(Subscriber.id > 1)).all())
+    now = dt.datetime.fromisoformat(fixed_send_moment(sqlite_url))
+    monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(pipeline, "FIRST_PLAN_BATCH", 10)
+    planned_here = []
+    plan_due = pipeline.plan_due
+
+    def counted_plan(*args: object, **kwargs: object):  # noqa: ANN202
+        report = plan_due(*args, **kwargs)
+        planned_here.append(report.due)
+        return report
+
+    monkeypatch.setattr(pipeline, "plan_due", counted_plan)
+    mailer = RecordingMailer()
+    runtime = Runtime.build(planned.settings, connect=lambda: mailer)
+    with_papers = {f"reader{i:03d}@example.org" for i in range(1, 121) if i % 4}  # the others' topic: nothing today
+
+    run = asyncio.run(pipeline.run_digest(runtime, now=now, keep_picks=False))
+    assert run.errors == []
+    assert planned_here == [10], "ten planned here, the other 110 in the rendering process"
+    assert (run.due, run.served) == (120, 90) and not run.picks, "the counts of both, without the picks"
+    assert run.outcomes == Counter(sent=91), "with reader000's, planned before"
+    assert Counter(e.recipient for e in mailer.sent) == Counter(dict.fromkeys([*with_papers, "reader000@example.org"], 1))
+    with runtime.sessions() as session:
+        assert Counter(session.scalars(select(Delivery.status))) == Counter(sent=91, empty=30)
+
+    with runtime.sessions() as session:  # the same again, the picks asked for
+        session.execute(DeliveryItem.__table__.delete())
+        session.execute(Delivery.__table__.delete().where(Delivery.subscriber_id > 1))
+        reschedule = sa_update(Subscriber).where(Subscriber.id == bindparam("subscriber")).values(next_send_at=bindparam("at"))
+        session.connection().execute(reschedule,
+                                     [{"subscriber": i, "at": at} for i, at in due_at.items()])
+        session.commit()
+    planned_here.clear()
+    mailer.sent.clear()
+    run = asyncio.run(pipeline.run_digest(runtime, now=now))
+    assert planned_here == [120] and len(run.picks) == 120 and (run.due, run.served) == (120, 90)
+    assert sorted(e.recipient for e in mailer.sent) == sorted(with_papers)
+
+
+def test_planning_beside_the_sending_still_lets_an_older_unsent_digest_give_way(sqlite_url, tmp_path, monkeypatch) -> None:
+    """Yesterday's digests never went out (the relay was down): today's big run sends each reader today's only,
+    planned or not yet planned when the sending started; yesterday's give way to them (its papers roll over)."""
+    from newsletter import pipeline
+
+    planned, day_one = runtime_with_readers(tmp_path, sqlite_url, 60, render_ahead_from=50)
+    monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(pipeline, "FIRST_PLAN_BATCH", 10)
+    mailer = RecordingMailer()
+    runtime = Runtime.build(planned.settings, connect=lambda: mailer)
+    day_two = day_one + dt.timedelta(days=1)
+
+    run = asyncio.run(pipeline.run_digest(runtime, now=day_two, keep_picks=False))
+    assert run.errors == [] and run.due == 60 and run.outcomes == Counter(sent=60)
+    assert Counter(e.recipient for e in mailer.sent) == Counter({f"reader{i:03d}@example.org": 1 for i in range(60)})
+    with runtime.sessions() as session:
+        states = Counter(session.execute(select(Delivery.issue_date, Delivery.status)).all())
+    assert states == Counter({(day_one.date(), "expired"): 60, (day_two.date(), "sent"): 60}), states
