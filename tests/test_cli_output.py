@@ -89,9 +89,9 @@ def test_a_digest_run_reprs_as_a_summary_not_its_picks() -> None:
 
     from newsletter.pipeline import DigestRun, Pick
 
-    run = DigestRun(dt.datetime(2026, 12, 1, 7, tzinfo=dt.UTC), candidates=211,
+    run = DigestRun(dt.datetime(2026, 12, 1, 7, tzinfo=dt.UTC), candidates=211, due=10_000,
                     picks=[Pick(f"r{n}@example.org", [], dt.date(2026, 12, 1)) for n in range(10_000)])
-    assert repr(run) == ("DigestRun(now=2026-12-01T07:00:00+00:00, candidates=211, picks=10000, missed=0, outcomes={}, "
+    assert repr(run) == ("DigestRun(now=2026-12-01T07:00:00+00:00, candidates=211, due=10000, missed=0, outcomes={}, "
                          "errors=0)")
 
 
