@@ -105,14 +105,7 @@ def plan_in_batches(runtime: Runtime, *, now: dt.datetime, keep_picks: bool = Fa
     while not stopped():
         with runtime.sessions() as session:
             ledger.begin_write(session)
-            query = (select(Subscriber)
-                     .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at <= naive(now))
-                     .order_by(Subscriber.next_send_at, Subscriber.id).limit(batch or PLAN_BATCH))
-            if session.get_bind().dialect.name == "postgresql":
-                # FOR NO KEY UPDATE: rows another planner holds are skipped, and inserting a delivery (whose
-                # foreign key takes a key-share lock on the subscriber, as --only does) never deadlocks with it.
-                query = query.with_for_update(skip_locked=True, of=Subscriber, key_share=True)
-            subscribers = list(session.scalars(query).unique())
+            subscribers = repo.due_readers(session, now=naive(now), limit=batch or PLAN_BATCH)
             if not subscribers:
                 session.commit()
                 return
@@ -159,7 +152,7 @@ class _Batch:
     emails: dict[int, str]
     moves: list[tuple[int, dt.datetime | None]]  # (subscriber id, their next send moment; None: a schedule to fix)
     missed: list[PlannedDelivery]
-    due: list[tuple[Subscriber, schedule.Schedule, schedule.DueIssue]]
+    due: list[tuple[repo.Reader, schedule.Schedule, schedule.DueIssue]]
     picks: list[list[RankedPaper]] = field(default_factory=list)  # of ``due``, in its order, once scored
     candidates: int = 0  # papers in the largest window scored
 
@@ -177,18 +170,18 @@ class _Batch:
                       [entry for _, entry in due], [self.picks[i] for i, _ in due], self.candidates)
 
 
-def _walk_batch(session: Session, subscribers: list[Subscriber], *, now: dt.datetime) -> _Batch:
+def _walk_batch(session: Session, subscribers: list[tuple[repo.Reader, dt.datetime]], *, now: dt.datetime) -> _Batch:
     """Walk each subscriber's schedule up to now, and let their older unsent digests give way to the one due now."""
-    batch = _Batch({s.id: s.next_send_at for s in subscribers}, {s.id: s.email for s in subscribers}, [], [], [])  # type: ignore[misc]  # selected by next_send_at <= now
+    batch = _Batch({s.id: at for s, at in subscribers}, {s.id: s.email for s, _ in subscribers}, [], [], [])
     walks: dict[tuple[schedule.Schedule, dt.datetime], _Walk] = {}  # subscribers share a few schedules and moments
-    for subscriber in subscribers:
+    for subscriber, next_send_at in subscribers:
         try:
             plan = repo.schedule_of(subscriber)
         except NewsletterError as exc:  # a schedule written by hand that makes no sense: skip them, not everyone
             logger.warning("subscriber %s has an invalid schedule (%s); skipped until it is fixed", subscriber.email, exc)
             batch.moves.append((subscriber.id, None))
             continue
-        send_at = aware(subscriber.next_send_at)  # type: ignore[arg-type]  # selected by next_send_at <= now
+        send_at = aware(next_send_at)
         if (walk := walks.get((plan, send_at))) is None:
             walk = walks[(plan, send_at)] = _walk(plan, send_at, now=now)
         batch.missed.extend(PlannedDelivery(subscriber.id, issue.issue_date, (), DeliveryStatus.MISSED, naive(issue.send_at))
@@ -213,7 +206,7 @@ def _score_batch(runtime: Runtime, session: Session, batch: _Batch, *,
             window = known[(plan, issue.issue_date, previous)] = naive_window(schedule.candidate_window(
                 plan, issue.issue_date, daily_days=settings.candidate_window_days, last_sent=aware(previous) if previous else None))
         windows.append(window)
-    batch.candidates, batch.picks = score_subscribers(runtime, session, subscribers=[repo.reader_of(s) for s, _, _ in batch.due],
+    batch.candidates, batch.picks = score_subscribers(runtime, session, subscribers=[s for s, _, _ in batch.due],
                                                       windows=windows, indexes=indexes, after_store=after_store)
     return batch
 

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import String, bindparam, func, insert, select, text, type_coerce, update
+from sqlalchemy import Select, String, bindparam, func, insert, select, text, type_coerce, update
 from sqlalchemy.orm import Session
 
 from newsletter import records, schedule
@@ -125,19 +125,38 @@ def active_readers(session: Session) -> list[Reader]:
 
     Core rows, and the preferences' JSON read here from its text: most lists are empty, and SQLAlchemy's
     per-value JSON decoding was a third of the load."""
+    rows = session.connection().execute(_readers().where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(Subscriber.email))
+    return [_reader(row) for row in rows]
+
+
+def due_readers(session: Session, *, now: dt.datetime, limit: int) -> list[tuple[Reader, dt.datetime]]:
+    """Up to ``limit`` active subscribers due at ``now`` (naive UTC), the earliest first, with their next send
+    moment, as plain rows (``active_readers``). On PostgreSQL the rows are locked as they are read, and those
+    another transaction holds are skipped: concurrent planners split them (FOR NO KEY UPDATE: inserting a
+    delivery, whose foreign key takes a key-share lock on the subscriber, never waits on it)."""
+    query = (_readers(Subscriber.next_send_at)
+             .where(Subscriber.status == SubscriberStatus.ACTIVE, Subscriber.next_send_at <= now)
+             .order_by(Subscriber.next_send_at, Subscriber.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Subscriber, key_share=True)
+    return [(_reader(row[:-1]), row[-1]) for row in session.connection().execute(query)]
+
+
+def _readers(*extra: Any) -> Select[*tuple[Any, ...]]:
     lists = [type_coerce(column, String) for column in (Preferences.topics, Preferences.exclude, Preferences.categories,
                                                          Preferences.authors, Preferences.seed_papers)]
-    rows = session.connection().execute(
-        select(Subscriber.id, Subscriber.email, Subscriber.timezone, Subscriber.send_hour, Subscriber.send_minute,
-               Subscriber.frequency, Subscriber.send_weekday, Subscriber.max_papers, *lists,
-               Preferences.describe, Preferences.min_score)
-        .outerjoin(Preferences, Preferences.subscriber_id == Subscriber.id)
-        .where(Subscriber.status == SubscriberStatus.ACTIVE).order_by(Subscriber.email))
-    return [Reader(id_, email, timezone, hour, minute, frequency, weekday, max_papers,
-                   _preferences(_json(topics), _json(exclude), _json(categories), _json(authors), describe, _json(seeds),
-                                min_score))
-            for (id_, email, timezone, hour, minute, frequency, weekday, max_papers, topics, exclude, categories, authors,
-                 seeds, describe, min_score) in rows]
+    return (select(Subscriber.id, Subscriber.email, Subscriber.timezone, Subscriber.send_hour, Subscriber.send_minute,
+                   Subscriber.frequency, Subscriber.send_weekday, Subscriber.max_papers, *lists,
+                   Preferences.describe, Preferences.min_score, *extra)
+            .outerjoin(Preferences, Preferences.subscriber_id == Subscriber.id))
+
+
+def _reader(row: Sequence[Any]) -> Reader:
+    (id_, email, timezone, hour, minute, frequency, weekday, max_papers, topics, exclude, categories, authors,
+     seeds, describe, min_score) = row
+    return Reader(id_, email, timezone, hour, minute, frequency, weekday, max_papers,
+                  _preferences(_json(topics), _json(exclude), _json(categories), _json(authors), describe, _json(seeds),
+                               min_score))
 
 
 def _json(value: Any) -> Any:
