@@ -309,3 +309,39 @@ def test_planning_beside_the_sending_still_lets_an_older_unsent_digest_give_way(
     with runtime.sessions() as session:
         states = Counter(session.execute(select(Delivery.issue_date, Delivery.status)).all())
     assert states == Counter({(day_one.date(), "expired"): 60, (day_two.date(), "sent"): 60}), states
+
+
+def test_stopping_a_big_run_stops_the_planning_beside_it_and_the_next_run_sends_the_rest_once(
+        sqlite_url, tmp_path, monkeypatch) -> None:
+    """SIGTERM or Ctrl-C once the sender waits on the rendering process, which plans a long stretch of quiet
+    days (nothing to hand over, so the sender only waits on it): it is told at once and stops planning between
+    batches; nothing is left claimed, and the next run plans everyone else, and sends each digest once."""
+    from newsletter import pipeline
+
+    planned, _ = runtime_with_readers(tmp_path, sqlite_url, 1, render_ahead_from=50)
+    with planned.sessions() as session:
+        repo.import_subscribers(session, subscribers=[
+            NewSubscriber(email=f"reader{i:04d}@example.org", max_papers=2, preferences=Preferences.from_lists(
+                topics=["diffusion models", "language models"] if i <= 10 else ["zebra husbandry"]))
+            for i in range(1, 2_501)])
+        session.commit()
+    now = dt.datetime.fromisoformat(fixed_send_moment(sqlite_url))
+    monkeypatch.setattr(render_ahead, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(pipeline, "FIRST_PLAN_BATCH", 10)  # reader0001-0010, here; the quiet rest in the child
+    mailer = RecordingMailer()
+    runtime = Runtime.build(planned.settings, connect=lambda: mailer)
+
+    async def stopped_once_the_sender_waits_on_the_planning() -> pipeline.DigestRun:
+        stop = asyncio.Event()  # set with the 11th message, the last planned when the rendering process started
+        return await pipeline.run_digest(runtime, now=now, keep_picks=False, stop=stop,
+                                         progress=lambda done: stop.set() if done >= 11 else None)
+
+    first = asyncio.run(stopped_once_the_sender_waits_on_the_planning())
+    assert first.errors == [] and first.outcomes["sent"] >= 11
+    assert first.due < 2_500, "planning stopped too"
+    assert delivery_states(runtime)[("pending", True)] == 0, "nothing left claimed"
+
+    again = asyncio.run(pipeline.run_digest(runtime, now=now, keep_picks=False))
+    assert again.errors == [] and first.due + again.due == 2_500
+    assert Counter(e.recipient for e in mailer.sent) == Counter(
+        {"reader000@example.org": 1, **{f"reader{i:04d}@example.org": 1 for i in range(1, 11)}})
