@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy import select
@@ -149,7 +149,6 @@ class _Batch:
     """A batch of due subscribers walked up to now: what to record for each, once scored."""
 
     read_at: dict[int, dt.datetime]  # subscriber id → the next send moment the batch was read with
-    emails: dict[int, str]
     moves: list[tuple[int, dt.datetime | None]]  # (subscriber id, their next send moment; None: a schedule to fix)
     missed: list[PlannedDelivery]
     due: list[tuple[repo.Reader, schedule.Schedule, schedule.DueIssue]]
@@ -164,15 +163,15 @@ class _Batch:
         if len(kept) == len(self.read_at):
             return self
         logger.info("%s of %s subscribers were planned by another run meanwhile", len(self.read_at) - len(kept), len(self.read_at))
-        due = [(i, entry) for i, entry in enumerate(self.due) if entry[0].id in kept]
-        return _Batch({i: w for i, w in self.read_at.items() if i in kept}, self.emails,
-                      [m for m in self.moves if m[0] in kept], [m for m in self.missed if m.subscriber_id in kept],
-                      [entry for _, entry in due], [self.picks[i] for i, _ in due], self.candidates)
+        due = [(entry, picks) for entry, picks in zip(self.due, self.picks, strict=True) if entry[0].id in kept]
+        return replace(self, read_at={i: w for i, w in self.read_at.items() if i in kept},
+                       moves=[m for m in self.moves if m[0] in kept], missed=[m for m in self.missed if m.subscriber_id in kept],
+                       due=[entry for entry, _ in due], picks=[picks for _, picks in due])
 
 
 def _walk_batch(session: Session, subscribers: list[tuple[repo.Reader, dt.datetime]], *, now: dt.datetime) -> _Batch:
     """Walk each subscriber's schedule up to now, and let their older unsent digests give way to the one due now."""
-    batch = _Batch({s.id: at for s, at in subscribers}, {s.id: s.email for s, _ in subscribers}, [], [], [])
+    batch = _Batch({s.id: at for s, at in subscribers}, [], [], [])
     walks: dict[tuple[schedule.Schedule, dt.datetime], _Walk] = {}  # subscribers share a few schedules and moments
     for subscriber, next_send_at in subscribers:
         try:
@@ -221,6 +220,7 @@ def _record_batch(runtime: Runtime, session: Session, batch: _Batch, *, report: 
         status = DeliveryStatus.PENDING if picks or settings.send_empty_digest else DeliveryStatus.EMPTY  # quiet: no email
         planned.append(PlannedDelivery(subscriber.id, issue.issue_date, picks, status, naive(issue.send_at)))
     recorded = ledger.record_deliveries(session, planned=planned, message_domain=settings.from_domain, now=utcnow())
+    emails = {subscriber.id: subscriber.email for subscriber, _, _ in batch.due}
     for entry in planned:  # only what this pass recorded: another run (or --only) may have planned some first
         if (entry.subscriber_id, entry.issue_date) not in recorded:
             continue
@@ -231,7 +231,7 @@ def _record_batch(runtime: Runtime, session: Session, batch: _Batch, *, report: 
         report.empty += entry.status == DeliveryStatus.EMPTY
         report.served += bool(entry.picks)
         if keep_picks:
-            report.picks.append(Pick(batch.emails[entry.subscriber_id], list(entry.picks), entry.issue_date))
+            report.picks.append(Pick(emails[entry.subscriber_id], list(entry.picks), entry.issue_date))
     return recorded
 
 

@@ -160,25 +160,25 @@ class RenderAhead:
         self._tell("stop")
         deadline = time.monotonic() + STOP_WAIT_S
         while self._child.is_alive() and time.monotonic() < deadline:
-            # Drain, so it is not stuck handing over a batch. Anything may come out of a pipe a dying child
-            # wrote half a batch into (or that a cancelled read left mid-message): it is thrown away.
-            with contextlib.suppress(Exception):
-                while self._from_child.poll(0.1):
-                    kind, value = self._from_child.recv()
-                    if kind == "planned":  # a child stopped while planning says what it planned
-                        self.planned = value
+            self._drain(wait_s=0.1)  # so that it is not stuck handing over a batch
             self._child.join(timeout=0.1)
-        with contextlib.suppress(Exception):  # what it said as it ended ("planned", after a stop)
-            while self._from_child.poll(0):
-                kind, value = self._from_child.recv()
-                if kind == "planned":
-                    self.planned = value
+        self._drain(wait_s=0)  # what it said as it ended
         if self._child.is_alive():
             logger.warning("the rendering process did not stop within %.0f s; killing it", STOP_WAIT_S)
             self._child.kill()  # it ignores SIGTERM (sent to the whole group by timeout(1) and systemd)
             self._child.join(timeout=STOP_WAIT_S)
         self._from_child.close()
         self._to_child.close()
+
+    def _drain(self, *, wait_s: float) -> None:
+        """Read whatever the child wrote, keeping only what it planned (a child stopped while planning says so as
+        it ends). Anything may come out of a pipe a dying child wrote half a batch into (or that a cancelled read
+        left mid-message): it is thrown away."""
+        with contextlib.suppress(Exception):
+            while self._from_child.poll(wait_s):
+                kind, value = self._from_child.recv()
+                if kind == "planned":
+                    self.planned = value
 
     def _tell(self, order: object) -> None:
         with contextlib.suppress(OSError):  # the child is gone already (closed, or it died): nothing to tell

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,6 +30,34 @@ def next_send(url: str, email: str) -> dt.datetime:
     engine.dispose()
     assert when is not None
     return when.replace(tzinfo=dt.UTC)
+
+
+def readers_due(cli, count: int) -> dt.datetime:  # noqa: ANN001
+    """``count`` readers r0, r1, … of the same schedule, papers ingested; the moment they are all due."""
+    assert cli("init").code == 0
+    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
+    for n in range(count):
+        assert cli("subscribers", "add", f"r{n}@example.org", "--topic", "diffusion models").code == 0
+    return next_send(load_settings().database_url, "r0@example.org") + dt.timedelta(minutes=1)
+
+
+def plan_while_scoring(monkeypatch, *, now: dt.datetime, beside: Callable[[], object]) -> int:  # noqa: ANN001
+    """Plan everyone due at ``now``, running ``beside()`` (another process's doing) as each batch is scored;
+    the number of digests planned."""
+    import newsletter.plan as plan_module
+
+    score = plan_module.score_subscribers
+
+    def score_with_something_beside(*args: object, **kwargs: object):  # noqa: ANN202
+        beside()
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "score_subscribers", score_with_something_beside)
+    runtime = Runtime.build(load_settings())
+    try:
+        return plan_due(runtime, now=now).due
+    finally:
+        runtime.engine.dispose()
 
 
 def test_a_subscriber_without_a_next_send_moment_is_scheduled_and_then_served(cli, configured) -> None:
@@ -209,11 +238,7 @@ def test_planning_stops_between_batches_when_told_and_the_rest_stays_due(cli, co
     """Ctrl-C or SIGTERM during planning: what is planned is committed, the rest is planned by the next run."""
     import newsletter.plan as plan_module
 
-    assert cli("init").code == 0
-    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
-    for n in range(5):
-        assert cli("subscribers", "add", f"r{n}@example.org", "--topic", "diffusion models").code == 0
-    due = next_send(configured, "r0@example.org")
+    now = readers_due(cli, 5)
     monkeypatch.setattr(plan_module, "PLAN_BATCH", 2)
     asked = []
 
@@ -223,39 +248,24 @@ def test_planning_stops_between_batches_when_told_and_the_rest_stays_due(cli, co
 
     runtime = Runtime.build(load_settings())
     try:
-        first = plan_due(runtime, now=due + dt.timedelta(minutes=1), stopped=stopped)
+        first = plan_due(runtime, now=now, stopped=stopped)
         assert first.due == 2, "one batch, then it stopped"
-        rest = plan_due(runtime, now=due + dt.timedelta(minutes=1))
+        rest = plan_due(runtime, now=now)
         assert rest.due == 3
     finally:
         runtime.engine.dispose()
-
-
-def readers_due(cli, count: int) -> dt.datetime:  # noqa: ANN001
-    assert cli("init").code == 0
-    assert cli("ingest", str(FIXTURES / "arxiv_cs_lg.rss")).code == 0
-    for n in range(count):
-        assert cli("subscribers", "add", f"r{n}@example.org", "--topic", "diffusion models").code == 0
-    return next_send_of_first(cli)
-
-
-def next_send_of_first(cli) -> dt.datetime:  # noqa: ANN001
-    return next_send(load_settings().database_url, "r0@example.org") + dt.timedelta(minutes=1)
 
 
 def test_planning_on_sqlite_scores_without_holding_the_write_lock(cli, configured, monkeypatch) -> None:
     """A sender beside the planner commits each message: it must not wait while a batch is scored."""
     import sqlite3
 
-    import newsletter.plan as plan_module
-
     if not configured.startswith("sqlite"):
         pytest.skip("PostgreSQL locks the rows it plans, not the database")
     now = readers_due(cli, 3)
-    score = plan_module.score_subscribers
     writes_while_scoring = []
 
-    def score_and_write_beside(*args: object, **kwargs: object):  # noqa: ANN202
+    def write_beside() -> None:
         other = sqlite3.connect(make_url(configured).database, timeout=0, isolation_level=None)
         try:  # another process's write, not willing to wait at all
             other.execute("BEGIN IMMEDIATE")
@@ -266,42 +276,27 @@ def test_planning_on_sqlite_scores_without_holding_the_write_lock(cli, configure
             writes_while_scoring.append(str(exc))
         finally:
             other.close()
-        return score(*args, **kwargs)
 
-    monkeypatch.setattr(plan_module, "score_subscribers", score_and_write_beside)
-    runtime = Runtime.build(load_settings())
-    try:
-        assert plan_due(runtime, now=now).due == 3
-    finally:
-        runtime.engine.dispose()
+    assert plan_while_scoring(monkeypatch, now=now, beside=write_beside) == 3
     assert writes_while_scoring == ["written"]
 
 
 def test_a_subscriber_changed_while_their_batch_was_scored_is_not_recorded_over(cli, configured, monkeypatch) -> None:
     """SQLite: the picks are recorded only for those whose next send moment is still the one read (another
     planner, or a change of schedule, got there first) and who are still active."""
-    import newsletter.plan as plan_module
-
     if not configured.startswith("sqlite"):
         pytest.skip("PostgreSQL holds the rows of the batch it scores: nobody changes them meanwhile")
     now = readers_due(cli, 4)
     moved_to = now + dt.timedelta(days=3)
-    score = plan_module.score_subscribers
     engine = make_engine(configured)
 
-    def changed_while_scoring(*args: object, **kwargs: object):  # noqa: ANN202
+    def change_beside() -> None:
         with make_sessionmaker(engine)() as session:  # another process: a new hour for r1, r2 leaves
             session.execute(update(Subscriber).where(Subscriber.email == "r1@example.org").values(next_send_at=moved_to))
             session.execute(update(Subscriber).where(Subscriber.email == "r2@example.org").values(status="unsubscribed"))
             session.commit()
-        return score(*args, **kwargs)
 
-    monkeypatch.setattr(plan_module, "score_subscribers", changed_while_scoring)
-    runtime = Runtime.build(load_settings())
-    try:
-        assert plan_due(runtime, now=now).due == 2
-    finally:
-        runtime.engine.dispose()
+    assert plan_while_scoring(monkeypatch, now=now, beside=change_beside) == 2
     with make_sessionmaker(engine)() as session:
         planned = set(session.scalars(select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)))
         r1_next = session.scalar(select(Subscriber.next_send_at).where(Subscriber.email == "r1@example.org"))
